@@ -1,0 +1,609 @@
+"""Configuration: TOML, validated strictly at load.
+
+Every mistake is collected (not just the first) and each message names the
+file, the key path, the value found and what was expected. Unknown keys are
+errors: a misspelt option silently ignored is how a lock ends up on the
+wrong channel. Relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lockerd.errors import ConfigError
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+ID_EXPECT = "an id of 1-32 characters from a-z, 0-9 and '-' (used in MQTT topics)"
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One option: its type, bounds and default."""
+
+    kind: str  # str, int, float, bool, path, id, list-str, list-int, list-id, table
+    default: Any = _MISSING
+    min: float | None = None
+    max: float | None = None
+    choices: tuple | None = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+class _Checker:
+    def __init__(self, file: Path):
+        self.file = file
+        self.problems: list[str] = []
+
+    def problem(self, path: str, value: Any, expected: str) -> None:
+        shown = "(missing)" if value is _MISSING else repr(value)
+        self.problems.append(f"{self.file}: {path} = {shown}: expected {expected}")
+
+    def expect(self, opt: Opt) -> str:
+        if opt.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in opt.choices)
+        base = {
+            "str": "a string",
+            "path": "a file path (string)",
+            "id": ID_EXPECT,
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "list-str": "a list of strings",
+            "list-int": "a list of integers",
+            "list-id": f"a list of ids ({ID_EXPECT})",
+            "table": "a table",
+        }[opt.kind]
+        if opt.min is not None and opt.max is not None:
+            base += f" from {opt.min:g} to {opt.max:g}"
+        elif opt.min is not None:
+            base += f" of at least {opt.min:g}"
+        elif opt.max is not None:
+            base += f" of at most {opt.max:g}"
+        return base
+
+    def value(self, path: str, raw: Any, opt: Opt) -> Any:
+        """Check one value; returns it (converted) or _MISSING after noting a problem."""
+        ok = True
+        k = opt.kind
+        if k in ("str", "path"):
+            ok = isinstance(raw, str) and raw != ""
+        elif k == "id":
+            ok = isinstance(raw, str) and bool(ID_RE.match(raw))
+        elif k == "int":
+            ok = isinstance(raw, int) and not isinstance(raw, bool)
+        elif k == "float":
+            ok = isinstance(raw, int | float) and not isinstance(raw, bool)
+            if ok:
+                raw = float(raw)
+        elif k == "bool":
+            ok = isinstance(raw, bool)
+        elif k == "list-str":
+            ok = isinstance(raw, list) and all(isinstance(x, str) for x in raw)
+        elif k == "list-int":
+            ok = isinstance(raw, list) and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in raw
+            )
+        elif k == "list-id":
+            ok = isinstance(raw, list) and all(isinstance(x, str) and ID_RE.match(x) for x in raw)
+        elif k == "table":
+            ok = isinstance(raw, dict)
+        if ok and opt.choices is not None:
+            ok = raw in opt.choices
+        if ok and k in ("int", "float"):
+            ok = (opt.min is None or raw >= opt.min) and (opt.max is None or raw <= opt.max)
+        if ok and k == "list-int":
+            ok = all(
+                (opt.min is None or x >= opt.min) and (opt.max is None or x <= opt.max) for x in raw
+            )
+        if not ok:
+            self.problem(path, raw, self.expect(opt))
+            return _MISSING
+        if k == "path":
+            p = Path(raw).expanduser()
+            return p if p.is_absolute() else (self.file.parent / p).resolve()
+        if k.startswith("list-"):
+            return tuple(raw)
+        return raw
+
+    def table(self, path: str, raw: Any, spec: dict[str, Opt]) -> dict[str, Any]:
+        """Check a table against a spec; unknown keys and missing required ones are problems."""
+        out: dict[str, Any] = {}
+        if not isinstance(raw, dict):
+            self.problem(path, raw, "a table")
+            raw = {}
+        for key in raw:
+            if key not in spec:
+                known = ", ".join(sorted(spec)) or "none"
+                self.problems.append(
+                    f"{self.file}: {_join(path, key)}: unknown option (known here: {known})"
+                )
+        for key, opt in spec.items():
+            if key in raw:
+                out[key] = self.value(_join(path, key), raw[key], opt)
+            elif opt.required:
+                self.problem(_join(path, key), _MISSING, self.expect(opt))
+                out[key] = _MISSING
+            else:
+                out[key] = opt.default
+        return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# ---------------------------------------------------------------------------
+# The schema. Each section's options, with defaults and bounds.
+
+CONTROLLER = {
+    "site": Opt("id", doc="station id"),
+    "node": Opt("id", doc="this controller's id within the station"),
+    "control_socket": Opt("path", "lockerd.sock", doc="Unix socket for the lockerd CLI"),
+    "log_level": Opt("str", "info", choices=("debug", "info", "warning", "error")),
+}
+
+JOURNAL = {
+    "path": Opt("path", doc="the SQLite journal file"),
+}
+
+TIMING = {
+    "pulse_ms": Opt("int", 500, min=20, max=5000, doc="how long a lock solenoid is energised"),
+    "open_timeout_s": Opt("float", 10.0, min=0.1, max=300, doc="how long a door may take to open after its pulse"),
+    "max_open_s": Opt("float", 120.0, min=1, max=86400, doc="how long a door may stay open before an alarm"),
+    "alarm_repeat_s": Opt("float", 60.0, min=1, max=86400, doc="how often a held-open alarm repeats"),
+    "debounce_ms": Opt("int", 30, min=0, max=2000, doc="door-sensor settle window"),
+    "evidence_window_s": Opt("float", 60.0, min=5, max=600, doc="how long badges and item scans stay together"),
+    "jam_after": Opt("int", 3, min=1, max=100, doc="consecutive not-opened pulses that put a compartment in fault"),
+}
+
+POWER = {
+    "max_energised": Opt("int", 2, min=1, max=64, doc="solenoids the supply can drive at once"),
+    "max_wait_s": Opt("float", 5.0, min=0.1, max=60, doc="how long a pulse may wait for the budget"),
+}
+
+STATION = {
+    "enabled": Opt("bool", True),
+    "brokers": Opt("list-str", doc='"host:port" entries, tried in turn'),
+    "prefix": Opt("str", "lockerd", doc="topic prefix (levels of a-z, 0-9, '-', separated by '/')"),
+    "client_id": Opt("str", "", doc="MQTT client id; default lockerd-<site>-<node>"),
+    "protocol": Opt("str", "5", choices=("5", "3.1.1")),
+    "keepalive_s": Opt("int", 30, min=5, max=3600),
+    "username": Opt("str", ""),
+    "password_file": Opt("path", "", doc="file holding the broker password"),
+    "tls": Opt("bool", False),
+    "ca_file": Opt("path", ""),
+    "cert_file": Opt("path", ""),
+    "key_file": Opt("path", ""),
+    "command_max_age_s": Opt("float", 60.0, min=1, max=86400),
+    "batch_size": Opt("int", 200, min=1, max=5000, doc="events in flight at once while draining"),
+    "reconnect_max_s": Opt("float", 30.0, min=1, max=600),
+}
+
+# Driver types: the options each accepts besides "type".
+DRIVER_TYPES: dict[str, dict[str, Opt]] = {
+    "sim": {
+        "channels": Opt("int", 32, min=1, max=256, doc="lock and sensor channels of the simulated board"),
+        "crossed": Opt("list-int", (), doc="two channels whose door sensors are swapped (bench fault)"),
+        "state_file": Opt("path", "", doc="keeps the simulated doors across restarts, as real doors are"),
+        "spring": Opt("bool", False, doc="doors pop open when released, with nobody pulling"),
+    },
+    "modbus": {
+        "bus": Opt("id", doc="the [buses.*] section this board hangs on"),
+        "unit": Opt("int", min=0, max=247, doc="Modbus unit (device) id"),
+        "profile": Opt("str", "generic", choices=("generic", "waveshare")),
+        "coils": Opt("int", 16, min=1, max=256),
+        "first_coil": Opt("int", 0, min=0, max=65535),
+        "inputs": Opt("int", 16, min=0, max=256),
+        "first_input": Opt("int", 0, min=0, max=65535),
+        "input_kind": Opt("str", "discrete", choices=("discrete", "input-register")),
+        "open_level": Opt("int", 1, min=0, max=1, doc="input value that means the door is open"),
+        "poll_hz": Opt("float", 10.0, min=0.1, max=100),
+    },
+    "gpio": {
+        "pin_factory": Opt("str", "", choices=("", "lgpio", "rpigpio", "pigpio", "native", "mock")),
+        "locks": Opt("list-int", (), min=0, max=53, doc="BCM pins driving lock relays"),
+        "sensors": Opt("list-int", (), min=0, max=53, doc="BCM pins reading door switches"),
+        "active_high": Opt("bool", True, doc="relay energised when the pin is high"),
+        "pull_up": Opt("bool", True),
+        "bounce_ms": Opt("int", 20, min=0, max=1000),
+        "open_level": Opt("int", 1, min=0, max=1, doc="pin level that means the door is open"),
+    },
+}
+
+BUS_TYPES: dict[str, dict[str, Opt]] = {
+    "rtu": {
+        "device": Opt("path", doc="serial device, e.g. /dev/serial/by-id/..."),
+        "baudrate": Opt("int", 9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+        "parity": Opt("str", "N", choices=("N", "E", "O")),
+        "stopbits": Opt("int", 1, choices=(1, 2)),
+        "bytesize": Opt("int", 8, choices=(7, 8)),
+        "timeout_ms": Opt("int", 200, min=10, max=10000),
+        "retries": Opt("int", 1, min=0, max=5),
+        "frame_gap_ms": Opt("float", 4.0, min=0, max=1000, doc="silence between frames"),
+    },
+    "tcp": {
+        "host": Opt("str"),
+        "port": Opt("int", 502, min=1, max=65535),
+        "timeout_ms": Opt("int", 500, min=10, max=10000),
+        "retries": Opt("int", 1, min=0, max=5),
+        "frame_gap_ms": Opt("float", 0.0, min=0, max=1000),
+    },
+}
+
+SCANNER_COMMON = {
+    "cabinets": Opt("list-id", doc="cabinets this scanner serves"),
+    "feedback": Opt("str", "", doc="[feedback.*] section; default: log to the console"),
+    "debounce_ms": Opt("int", 1500, min=0, max=60000, doc="same code again within this is one scan"),
+}
+
+SCANNER_TYPES: dict[str, dict[str, Opt]] = {
+    "sim": {},
+    "serial": {
+        "port": Opt("path", doc="e.g. /dev/serial/by-id/usb-...-if00"),
+        "baudrate": Opt("int", 9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+        "terminators": Opt("list-str", ("\r", "\n"), doc="bytes that end a scan; CR, LF and CRLF alike"),
+        "idle_timeout_ms": Opt("int", 200, min=5, max=10000, doc="flush a scan whose terminator never came"),
+        "max_length": Opt("int", 256, min=1, max=4096),
+        "aim": Opt("bool", False, doc="scans start with an AIM symbology identifier like ]C1"),
+        "symbologies": Opt("list-str", (), doc="AIM identifiers allowed; empty allows all"),
+    },
+}
+
+FEEDBACK_TYPES: dict[str, dict[str, Opt]] = {
+    "console": {},
+    "gpio": {
+        "pin_factory": Opt("str", "", choices=("", "lgpio", "rpigpio", "pigpio", "native", "mock")),
+        "accept_pin": Opt("int", -1, min=-1, max=53, doc="green LED (-1: none)"),
+        "refuse_pin": Opt("int", -1, min=-1, max=53, doc="red LED (-1: none)"),
+        "buzzer_pin": Opt("int", -1, min=-1, max=53, doc="buzzer (-1: none)"),
+    },
+}
+
+CABINET = {
+    "kind": Opt("str", choices=("dossier", "evidence")),
+    "lock_driver": Opt("id", doc="default driver for the locks"),
+    "sensor_driver": Opt("id", "", doc="default driver for the door sensors; default lock_driver"),
+    "count": Opt("int", 0, min=0, max=512, doc="generate this many compartments"),
+    "first_lock": Opt("int", 0, min=0, max=65535),
+    "first_sensor": Opt("int", 0, min=0, max=65535),
+    "prefix": Opt("str", "", doc="id prefix of generated compartments; default the cabinet id"),
+    # plus "compartments": an array of tables checked against COMPARTMENT
+}
+
+COMPARTMENT = {
+    "id": Opt("id"),
+    "lock": Opt("int", min=0, max=65535),
+    "sensor": Opt("int", min=0, max=65535),
+    "lock_driver": Opt("id", ""),
+    "sensor_driver": Opt("id", ""),
+}
+
+TOP = {
+    "controller", "journal", "timing", "power", "station", "drivers", "buses",
+    "scanners", "feedback", "cabinets",
+}
+
+
+# ---------------------------------------------------------------------------
+# The result.
+
+
+@dataclass(frozen=True)
+class Section:
+    """A named driver, bus, scanner or feedback section: its type and checked options."""
+
+    name: str
+    type: str
+    options: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.options[key]
+
+
+@dataclass(frozen=True)
+class Compartment:
+    id: str
+    cabinet: str
+    kind: str  # dossier | evidence
+    lock_driver: str
+    lock: int
+    sensor_driver: str
+    sensor: int
+
+
+@dataclass(frozen=True)
+class Cabinet:
+    id: str
+    kind: str
+    compartments: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Timing:
+    pulse_ms: int
+    open_timeout_s: float
+    max_open_s: float
+    alarm_repeat_s: float
+    debounce_ms: int
+    evidence_window_s: float
+    jam_after: int
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    digest: str  # sha256 of the file, reported to the station
+    site: str
+    node: str
+    control_socket: Path
+    log_level: str
+    journal_path: Path
+    timing: Timing
+    max_energised: int
+    power_wait_s: float
+    station: dict[str, Any] | None
+    drivers: dict[str, Section]
+    buses: dict[str, Section]
+    scanners: dict[str, Section]
+    feedback: dict[str, Section]
+    cabinets: dict[str, Cabinet]
+    compartments: dict[str, Compartment] = field(default_factory=dict)
+
+    def compartment(self, cid: str) -> Compartment:
+        return self.compartments[cid]
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a config file; raise ConfigError listing every problem."""
+    file = Path(path)
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{file}: cannot read: {e.strerror or e}"]) from None
+    return parse(data, file)
+
+
+def parse(data: bytes, file: Path) -> Config:
+    file = file.resolve()
+    c = _Checker(file)
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{file}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{file}: not valid TOML: {e}"]) from None
+
+    for key in doc:
+        if key not in TOP:
+            c.problems.append(
+                f"{file}: {key}: unknown section (known: {', '.join(sorted(TOP))})"
+            )
+    for key in ("controller", "journal", "cabinets"):
+        if key not in doc:
+            c.problems.append(f"{file}: [{key}]: missing section")
+
+    ctl = c.table("controller", doc.get("controller", {}), CONTROLLER)
+    jnl = c.table("journal", doc.get("journal", {}), JOURNAL)
+    tim = c.table("timing", doc.get("timing", {}), TIMING)
+    pwr = c.table("power", doc.get("power", {}), POWER)
+    station = None
+    if "station" in doc:
+        station = c.table("station", doc["station"], STATION)
+        _check_station(c, station)
+
+    buses = _typed_sections(c, "buses", doc.get("buses", {}), BUS_TYPES, {})
+    drivers = _typed_sections(c, "drivers", doc.get("drivers", {}), DRIVER_TYPES, {})
+    feedback = _typed_sections(c, "feedback", doc.get("feedback", {}), FEEDBACK_TYPES, {})
+    scanners = _typed_sections(c, "scanners", doc.get("scanners", {}), SCANNER_TYPES, SCANNER_COMMON)
+
+    for name, d in drivers.items():
+        if d.type == "modbus" and d.options.get("bus") not in (_MISSING, None):
+            if d["bus"] not in buses:
+                c.problem(f"drivers.{name}.bus", d["bus"], f"one of the [buses] sections ({_names(buses)})")
+        if d.type == "sim" and d.options["crossed"] and len(d.options["crossed"]) != 2:
+            c.problem(f"drivers.{name}.crossed", list(d["crossed"]), "exactly two channels")
+        if d.type == "gpio":
+            both = set(d["locks"] or ()) & set(d["sensors"] or ())
+            if both:
+                c.problem(f"drivers.{name}.sensors", list(d["sensors"]), f"pins not also used as locks ({sorted(both)})")
+
+    cabinets, compartments = _cabinets(c, doc.get("cabinets", {}), drivers)
+
+    for name, s in scanners.items():
+        for cab in s.options.get("cabinets") or ():
+            if cab not in cabinets:
+                c.problem(f"scanners.{name}.cabinets", list(s["cabinets"]), f"cabinet ids from [cabinets] ({_names(cabinets)})")
+                break
+        fb = s.options.get("feedback")
+        if fb and fb not in feedback:
+            c.problem(f"scanners.{name}.feedback", fb, f"one of the [feedback] sections ({_names(feedback)})")
+
+    if c.problems:
+        raise ConfigError(list(dict.fromkeys(c.problems)))  # one line per distinct mistake
+
+    return Config(
+        path=file,
+        digest=hashlib.sha256(data).hexdigest(),
+        site=ctl["site"],
+        node=ctl["node"],
+        control_socket=ctl["control_socket"],
+        log_level=ctl["log_level"],
+        journal_path=jnl["path"],
+        timing=Timing(**tim),
+        max_energised=pwr["max_energised"],
+        power_wait_s=pwr["max_wait_s"],
+        station=station,
+        drivers=drivers,
+        buses=buses,
+        scanners=scanners,
+        feedback=feedback,
+        cabinets=cabinets,
+        compartments=compartments,
+    )
+
+
+def _names(d: dict) -> str:
+    return ", ".join(sorted(d)) or "none defined"
+
+
+def _check_station(c: _Checker, st: dict[str, Any]) -> None:
+    for i, b in enumerate(st.get("brokers") or ()):
+        host, sep, port = b.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            c.problem(f"station.brokers[{i}]", b, '"host:port" with a port from 1 to 65535')
+    if st.get("brokers") == ():
+        c.problem("station.brokers", [], "at least one broker")
+    prefix = st.get("prefix")
+    if isinstance(prefix, str) and not all(ID_RE.match(level) for level in prefix.split("/")):
+        c.problem("station.prefix", prefix, "topic levels of a-z, 0-9 and '-', separated by '/'")
+    if st.get("tls") is True and not st.get("ca_file"):
+        c.problem("station.ca_file", "", "a CA file when tls = true")
+    if bool(st.get("cert_file")) != bool(st.get("key_file")):
+        c.problem("station.key_file", str(st.get("key_file") or ""), "cert_file and key_file given together")
+
+
+def _typed_sections(
+    c: _Checker, top: str, raw: Any, types: dict[str, dict[str, Opt]], common: dict[str, Opt]
+) -> dict[str, Section]:
+    out: dict[str, Section] = {}
+    if not isinstance(raw, dict):
+        c.problem(top, raw, "a table of named sections")
+        return out
+    for name, body in raw.items():
+        path = f"{top}.{name}"
+        if not ID_RE.match(name):
+            c.problem(path, name, f"a section name that is {ID_EXPECT}")
+        if not isinstance(body, dict):
+            c.problem(path, body, "a table")
+            continue
+        kind = body.get("type", _MISSING)
+        if kind not in types:
+            c.problem(f"{path}.type", kind, "one of " + ", ".join(repr(t) for t in types))
+            continue
+        spec = {"type": Opt("str")} | common | types[kind]
+        opts = c.table(path, body, spec)
+        opts.pop("type")
+        out[name] = Section(name, kind, opts)
+    return out
+
+
+def _cabinets(
+    c: _Checker, raw: Any, drivers: dict[str, Section]
+) -> tuple[dict[str, Cabinet], dict[str, Compartment]]:
+    cabinets: dict[str, Cabinet] = {}
+    comps: dict[str, Compartment] = {}
+    used: dict[tuple[str, str, int], str] = {}  # (role, driver, channel) -> compartment
+    if not isinstance(raw, dict):
+        c.problem("cabinets", raw, "a table of cabinets")
+        return cabinets, comps
+    if not raw:
+        c.problems.append(f"{c.file}: cabinets: no cabinet defined")
+    for cab_id, body in raw.items():
+        path = f"cabinets.{cab_id}"
+        if not ID_RE.match(cab_id):
+            c.problem(path, cab_id, f"a cabinet id that is {ID_EXPECT}")
+        body = dict(body) if isinstance(body, dict) else body
+        explicit = body.pop("compartments", []) if isinstance(body, dict) else []
+        opts = c.table(path, body, CABINET)
+        lock_drv = opts["lock_driver"]
+        sensor_drv = opts["sensor_driver"] or lock_drv
+        entries: list[tuple[str, dict[str, Any]]] = []
+        count = opts["count"]
+        if count is not _MISSING and count:
+            prefix = opts["prefix"] or cab_id
+            width = max(2, len(str(count)))
+            for i in range(count):
+                entries.append(
+                    (
+                        f"{path}.count",
+                        {
+                            "id": f"{prefix}{i + 1:0{width}d}",
+                            "lock": opts["first_lock"] + i,
+                            "sensor": opts["first_sensor"] + i,
+                            "lock_driver": "",
+                            "sensor_driver": "",
+                        },
+                    )
+                )
+        if not isinstance(explicit, list):
+            c.problem(f"{path}.compartments", explicit, "an array of tables ([[cabinets.X.compartments]])")
+            explicit = []
+        for i, item in enumerate(explicit):
+            entries.append((f"{path}.compartments[{i}]", c.table(f"{path}.compartments[{i}]", item, COMPARTMENT)))
+        if not entries:
+            c.problem(path, body, "count > 0 or at least one [[compartments]] entry")
+        ids = []
+        for where, e in entries:
+            if any(v is _MISSING for v in e.values()):
+                continue
+            cid = e["id"]
+            if not ID_RE.match(cid):
+                c.problem(f"{where}.id", cid, ID_EXPECT)
+                continue
+            if cid in comps:
+                c.problem(f"{where}.id", cid, f"an id not already used (also in cabinet {comps[cid].cabinet})")
+                continue
+            ld = e["lock_driver"] or lock_drv
+            sd = e["sensor_driver"] or sensor_drv
+            ok = True
+            for role, drv, ch in (("lock", ld, e["lock"]), ("sensor", sd, e["sensor"])):
+                if drv is _MISSING:
+                    ok = False
+                    continue
+                if drv not in drivers:
+                    if e[f"{role}_driver"]:
+                        where_set = f"{where}.{role}_driver"
+                    elif role == "sensor" and opts["sensor_driver"]:
+                        where_set = f"{path}.sensor_driver"
+                    else:
+                        where_set = f"{path}.lock_driver"
+                    c.problem(where_set, drv, f"one of the [drivers] sections ({_names(drivers)})")
+                    ok = False
+                    continue
+                limit = _channel_limit(drivers[drv], role)
+                if limit is not None and ch not in limit:
+                    c.problem(f"{where}.{role}", ch, f"a {role} channel of driver {drv!r} ({_fmt_channels(limit)})")
+                    ok = False
+                key = (role, drv, ch)
+                if key in used:
+                    c.problem(f"{where}.{role}", ch, f"a {role} channel not already used by compartment {used[key]}")
+                    ok = False
+                used[key] = cid
+            if not ok or opts["kind"] is _MISSING:
+                continue
+            comps[cid] = Compartment(cid, cab_id, opts["kind"], ld, e["lock"], sd, e["sensor"])
+            ids.append(cid)
+        if opts["kind"] is not _MISSING:
+            cabinets[cab_id] = Cabinet(cab_id, opts["kind"], tuple(ids))
+    return cabinets, comps
+
+
+def _channel_limit(d: Section, role: str) -> range | tuple[int, ...] | None:
+    """The channels a driver offers for a role, when the config says."""
+    o = d.options
+    if d.type == "sim":
+        n = o.get("channels")
+        return range(n) if isinstance(n, int) else None
+    if d.type == "modbus":
+        n = o.get("coils") if role == "lock" else o.get("inputs")
+        return range(n) if isinstance(n, int) else None
+    if d.type == "gpio":
+        pins = o.get("locks") if role == "lock" else o.get("sensors")
+        return pins if isinstance(pins, tuple) else None
+    return None
+
+
+def _fmt_channels(limit: range | tuple[int, ...]) -> str:
+    if isinstance(limit, range):
+        return f"0 to {limit.stop - 1}" if limit.stop else "none"
+    return ", ".join(map(str, limit)) or "none"

@@ -1,0 +1,516 @@
+"""The journal: an append-only, hash-chained SQLite event log, and the state tables.
+
+One thread owns the writing connection and is fed by a queue. It takes every
+request waiting, writes them in one transaction and commits once (WAL with
+``synchronous=FULL``: one fsync), then resolves each request's future on the
+event loop. So a grant is durable when its future resolves, and a burst of
+events that need not wait (door changes, pulses sent) shares one fsync.
+
+Each event row has a gapless sequence number, a unique id, UTC wall time,
+monotonic time with the boot it belongs to, a canonical JSON payload and a
+hash over the previous row's hash and its own content, so an edit or a
+deletion anywhere is found by :func:`verify`. State changes (dossier in or
+out, people, badges, compartment faults) are written in the same transaction
+as the event that caused them, so state and journal never disagree.
+
+The hot path uses the stdlib sqlite3 module; sqlite-utils creates and
+migrates the schema (imported only when a migration runs) and serves reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lockerd.clock import Clock, iso_utc
+from lockerd.errors import JournalError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+GENESIS = "0" * 64
+MAX_BATCH = 1000
+
+# Primary keys of the state tables, for upserts.
+STATE_TABLES = {
+    "items": "code",
+    "people": "id",
+    "badges": "code",
+    "compartments": "id",
+}
+
+
+def canonical(obj: Any) -> str:
+    """The one JSON spelling that is hashed: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def chain_hash(prev: str, record: dict[str, Any]) -> str:
+    return hashlib.sha256((prev + "\n" + canonical(record)).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    id: str
+    ts: str
+    mono: float
+    boot: str
+    kind: str
+    compartment: str | None
+    dossier: str | None
+    people: tuple[str, ...]
+    data: dict[str, Any]
+    prev: str
+    hash: str
+
+    def record(self) -> dict[str, Any]:
+        """The hashed content of the row (everything but prev and hash)."""
+        return {
+            "seq": self.seq,
+            "id": self.id,
+            "ts": self.ts,
+            "mono": self.mono,
+            "boot": self.boot,
+            "kind": self.kind,
+            "compartment": self.compartment,
+            "dossier": self.dossier,
+            "people": list(self.people),
+            "data": self.data,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.record() | {"prev": self.prev, "hash": self.hash}
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Event:
+        seq, id_, ts, mono, boot, kind, comp, dossier, people, data, prev, h = row
+        return cls(seq, id_, ts, mono, boot, kind, comp, dossier, tuple(json.loads(people)),
+                   json.loads(data), prev, h)
+
+
+EVENT_COLUMNS = "seq, id, ts, mono, boot, kind, compartment, dossier, people, data, prev, hash"
+
+StateOp = tuple[str, str, dict[str, Any]]  # ("upsert" | "delete", table, row or key)
+
+
+@dataclass
+class _Pending:
+    """One event waiting for the writer, with its future."""
+
+    kind: str
+    fields: dict[str, Any]
+    state: tuple[StateOp, ...]
+    future: asyncio.Future | None
+    event: Event | None = None
+
+
+@dataclass
+class _Control:
+    """A non-event request for the writer thread (e.g. moving the outbox cursor)."""
+
+    sql: str
+    params: tuple
+    future: asyncio.Future | None = None
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    count: int
+    first_bad: int | None = None
+    reason: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+    # synchronous is per connection: without FULL a power cut can lose the
+    # last commits even in WAL mode.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def migrate(path: Path) -> None:
+    """Create or upgrade the schema to SCHEMA_VERSION."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(connect(path))
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise JournalError(f"{path}: journal schema {version} is newer than this lockerd ({SCHEMA_VERSION})")
+    if version < 1:
+        with db.conn:
+            db["events"].create(
+                {"seq": int, "id": str, "ts": str, "mono": float, "boot": str, "kind": str,
+                 "compartment": str, "dossier": str, "people": str, "data": str,
+                 "prev": str, "hash": str},
+                pk="seq", not_null={"id", "ts", "kind", "people", "data", "prev", "hash"},
+            )
+            db["events"].create_index(["id"], unique=True)
+            for col in ("kind", "compartment", "dossier", "ts"):
+                db["events"].create_index([col])
+            # Append-only: the database itself refuses edits and deletions.
+            db.execute("CREATE TRIGGER events_no_update BEFORE UPDATE ON events "
+                       "BEGIN SELECT RAISE(ABORT, 'journal events are append-only'); END")
+            db.execute("CREATE TRIGGER events_no_delete BEFORE DELETE ON events "
+                       "BEGIN SELECT RAISE(ABORT, 'journal events are append-only'); END")
+            db["items"].create(
+                {"code": str, "kind": str, "case_name": str, "category": str, "officer": str,
+                 "compartment": str, "state": str, "holder": str, "depositor": str,
+                 "since": str, "updated_seq": int},
+                pk="code",
+            )
+            db["items"].create_index(["compartment"])
+            db["people"].create({"id": str, "name": str, "role": str, "active": int}, pk="id")
+            db["badges"].create({"code": str, "person": str, "active": int}, pk="code")
+            db["compartments"].create(
+                {"id": str, "door": str, "faults": str, "alarm": str, "not_opened": int}, pk="id"
+            )
+            db["outbox"].create({"id": int, "delivered": int}, pk="id")
+            db["outbox"].insert({"id": 1, "delivered": 0})
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    db.conn.close()
+
+
+class Journal:
+    """Writes events durably from one thread; reads from any."""
+
+    def __init__(self, path: Path, clock: Clock | None = None, boot: str | None = None):
+        self.path = Path(path)
+        self.clock = clock or Clock()
+        self.boot = boot or uuid.uuid4().hex[:12]
+        self.error: str | None = "not opened"
+        self.last_seq = 0
+        self.last_hash = GENESIS
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: list[Callable[[list[Event]], None]] = []
+        self._lockfile: int | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._last_attempt = -1e9
+        self.commits = 0
+
+    # -- life ------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self.error is None
+
+    def open(self) -> bool:
+        """Open (creating or migrating) the journal and start the writer.
+
+        Never raises: on failure ``error`` says why, every append fails with
+        that reason (so nothing unlocks), and appends retry the open now and
+        then, so a freed disk or a replaced file heals without a restart.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._last_attempt = self.clock.monotonic()
+        try:
+            self._open()
+        except (OSError, sqlite3.Error, JournalError) as e:
+            self.error = f"journal {self.path} unusable: {e}"
+            log.error("%s", self.error)
+            self._release_lock()
+            return False
+        self.error = None
+        return True
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        conn = connect(self.path)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                conn.close()
+                migrate(self.path)
+                conn = connect(self.path)
+            row = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is not None:
+                last = Event.from_row(row)
+                if chain_hash(last.prev, last.record()) != last.hash:
+                    raise JournalError(f"last event (seq {last.seq}) fails its hash check")
+                self.last_seq, self.last_hash = last.seq, last.hash
+            # Prove we can write before claiming to be healthy (read-only
+            # file, full disk): an empty transaction that touches the file.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE outbox SET delivered = delivered WHERE id = 1")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        self._reader = connect(self.path)
+        self._thread = threading.Thread(target=self._writer, args=(conn,), name="journal-writer", daemon=True)
+        self._thread.start()
+
+    def _take_lock(self) -> None:
+        # One writer per journal: a second daemon (or an offline import while
+        # the daemon runs) would fork the hash chain.
+        if self._lockfile is not None:
+            return
+        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise JournalError(f"{self.path} is in use by another lockerd process") from None
+        self._lockfile = fd
+
+    def _release_lock(self) -> None:
+        if self._lockfile is not None:
+            os.close(self._lockfile)
+            self._lockfile = None
+
+    def close(self) -> None:
+        """Write what is queued, then stop the writer."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self._release_lock()
+
+    def subscribe(self, listener: Callable[[list[Event]], None]) -> None:
+        """Call ``listener(events)`` on the loop after each commit."""
+        self._listeners.append(listener)
+
+    # -- writing -----------------------------------------------------------------
+
+    def append(
+        self,
+        kind: str,
+        *,
+        compartment: str | None = None,
+        dossier: str | None = None,
+        people: Iterable[str] = (),
+        state: Iterable[StateOp] = (),
+        **data: Any,
+    ) -> asyncio.Future[Event]:
+        """Queue an event; the returned future resolves once it is durable.
+
+        Await it where the event must be on disk before acting (grants);
+        leave it where group commit is fine. A failure to write resolves the
+        future with JournalError (and is logged if nobody awaits it).
+        """
+        loop = self._loop or asyncio.get_running_loop()
+        fut: asyncio.Future[Event] = loop.create_future()
+        fut.add_done_callback(_log_unretrieved)
+        if self.error is not None and not self._retry_open():
+            fut.set_exception(JournalError(self.error))
+            return fut
+        fields = {
+            "id": uuid.uuid4().hex,
+            "ts": iso_utc(self.clock.wall()),
+            "mono": round(self.clock.monotonic(), 6),
+            "boot": self.boot,
+            "compartment": compartment,
+            "dossier": dossier,
+            "people": list(people),
+            "data": data,
+        }
+        self._queue.put(_Pending(kind, fields, tuple(state), fut))
+        return fut
+
+    async def record(self, kind: str, **kw: Any) -> Event:
+        """Append and wait until durable."""
+        return await self.append(kind, **kw)
+
+    def _retry_open(self) -> bool:
+        if self._thread is not None:
+            return False  # open, but the writer reported a failure: it retries per batch
+        if self.clock.monotonic() - self._last_attempt < 5.0:
+            return False
+        return self.open()
+
+    def execute(self, sql: str, *params: Any) -> asyncio.Future:
+        """Run a non-event statement on the writer (outbox cursor and the like)."""
+        loop = self._loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        fut.add_done_callback(_log_unretrieved)
+        if self._thread is None:
+            fut.set_exception(JournalError(self.error or "journal closed"))
+        else:
+            self._queue.put(_Control(sql, params, fut))
+        return fut
+
+    def _writer(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._queue.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._write_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending | _Control]) -> None:
+        seq, prev = self.last_seq, self.last_hash
+        done: list[Event] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for item in batch:
+                if isinstance(item, _Control):
+                    conn.execute(item.sql, item.params)
+                    continue
+                seq += 1
+                f = item.fields
+                ev = Event(seq, f["id"], f["ts"], f["mono"], f["boot"], item.kind, f["compartment"],
+                           f["dossier"], tuple(f["people"]), f["data"], prev, "")
+                h = chain_hash(prev, ev.record())
+                ev = replace(ev, hash=h)
+                conn.execute(
+                    f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (ev.seq, ev.id, ev.ts, ev.mono, ev.boot, ev.kind, ev.compartment, ev.dossier,
+                     canonical(list(ev.people)), canonical(ev.data), ev.prev, ev.hash),
+                )
+                for op in item.state:
+                    _apply_state(conn, op, seq)
+                item.event = ev
+                done.append(ev)
+                prev = h
+            conn.execute("COMMIT")
+        except (sqlite3.Error, OSError, ValueError, TypeError) as e:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            msg = f"journal write failed: {e}"
+            if self.error != msg:
+                log.error("%s", msg)
+            self.error = msg
+            err = JournalError(msg)
+            for item in batch:
+                self._resolve(item.future, exc=err)
+            return
+        if self.error is not None:
+            log.warning("journal: writing again")
+        self.error = None
+        self.commits += 1
+        self.last_seq, self.last_hash = seq, prev
+        for item in batch:
+            self._resolve(item.future, result=item.event if isinstance(item, _Pending) else None)
+        if done and self._listeners and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._notify, done)
+
+    def _resolve(self, fut: asyncio.Future | None, result: Any = None, exc: Exception | None = None) -> None:
+        if fut is None or self._loop is None:
+            return
+
+        def settle() -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        self._loop.call_soon_threadsafe(settle)
+
+    def _notify(self, events: list[Event]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(events)
+            except Exception:  # an observer never breaks the journal
+                log.exception("journal listener failed")
+
+    # -- reading -------------------------------------------------------------------
+
+    def read(self, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+        """Events with seq > after_seq, oldest first."""
+        if self._reader is None:
+            raise JournalError(self.error or "journal closed")
+        rows = self._reader.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+        ).fetchall()
+        return [Event.from_row(r) for r in rows]
+
+    def query(self, sql: str, *params: Any) -> list[tuple]:
+        if self._reader is None:
+            raise JournalError(self.error or "journal closed")
+        return self._reader.execute(sql, params).fetchall()
+
+
+def _apply_state(conn: sqlite3.Connection, op: StateOp, seq: int) -> None:
+    action, table, row = op
+    pk = STATE_TABLES[table]
+    if action == "delete":
+        conn.execute(f"DELETE FROM {table} WHERE {pk} = ?", (row[pk],))
+        return
+    row = dict(row)
+    if table == "items":
+        row["updated_seq"] = seq
+    cols = list(row)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != pk)
+    conn.execute(
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+        f"ON CONFLICT({pk}) DO UPDATE SET {updates}",
+        [canonical(v) if isinstance(v, list | dict) else v for v in row.values()],
+    )
+
+
+def _log_unretrieved(fut: asyncio.Future) -> None:
+    # Mark the exception retrieved: every failure is logged by the writer
+    # once, and callers that must act on it await the future themselves.
+    if not fut.cancelled():
+        fut.exception()
+
+
+def verify(path: Path) -> VerifyResult:
+    """Check the whole chain: gapless seqs, each row's hash, each link."""
+    try:
+        conn = connect(Path(path), readonly=True)
+        cur = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq")
+    except sqlite3.Error as e:
+        return VerifyResult(False, 0, None, f"cannot read the journal: {e}")
+    prev, expected, count = GENESIS, 1, 0
+    try:
+        for row in cur:
+            ev = Event.from_row(row)
+            if ev.seq != expected:
+                return VerifyResult(False, count, expected,
+                                    f"seq {expected} is missing (next row is seq {ev.seq}): rows deleted")
+            if ev.prev != prev:
+                return VerifyResult(False, count, ev.seq,
+                                    f"seq {ev.seq} does not link to the hash of seq {ev.seq - 1}")
+            if chain_hash(prev, ev.record()) != ev.hash:
+                return VerifyResult(False, count, ev.seq, f"seq {ev.seq} was changed after it was written")
+            prev, expected, count = ev.hash, expected + 1, count + 1
+    except (sqlite3.Error, ValueError) as e:
+        return VerifyResult(False, count, expected, f"unreadable row near seq {expected}: {e}")
+    finally:
+        conn.close()
+    return VerifyResult(True, count)
