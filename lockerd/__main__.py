@@ -1,0 +1,3 @@
+from lockerd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,278 @@
+"""The lockerd command line: run the daemon, check a config, read the journal, act on the sim."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from lockerd import __version__
+from lockerd.errors import ConfigError
+
+DEFAULT_CONFIG = os.environ.get("LOCKERD_CONFIG", "/etc/lockerd/lockerd.toml")
+
+
+def _load(path: str):
+    from lockerd import config
+
+    try:
+        return config.load(path)
+    except ConfigError as e:
+        print(f"lockerd: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from lockerd.daemon import run
+
+    return run(_load(a.config))
+
+
+def cmd_check_config(a: argparse.Namespace) -> int:
+    cfg = _load(a.file)
+    kinds = {}
+    for c in cfg.compartments.values():
+        kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    print(f"{cfg.path}: OK: site {cfg.site}, node {cfg.node}, {len(cfg.cabinets)} cabinet(s), "
+          + ", ".join(f"{n} {k} compartments" for k, n in sorted(kinds.items()))
+          + f", {len(cfg.scanners)} scanner(s), drivers: "
+          + ", ".join(f"{n} ({d.type})" for n, d in cfg.drivers.items()))
+    return 0
+
+
+def _journal_path(a: argparse.Namespace) -> Path:
+    return Path(a.journal) if getattr(a, "journal", None) else _load(a.config).journal_path
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from lockerd.journal import verify
+
+    path = _journal_path(a)
+    if not path.exists():
+        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+        return 2
+    r = verify(path)
+    if r.ok:
+        print(f"{path}: OK: {r.count} events, hash chain intact")
+        return 0
+    print(f"{path}: BROKEN at seq {r.first_bad}: {r.reason} ({r.count} events before it are intact)")
+    return 1
+
+
+def cmd_history(a: argparse.Namespace) -> int:
+    import sqlite_utils
+
+    from lockerd.clock import iso_utc, parse_time
+    from lockerd.journal import connect
+
+    path = _journal_path(a)
+    if not path.exists():
+        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+        return 2
+    where, params = [], []
+    if a.dossier:
+        where.append("dossier = ?")
+        params.append(a.dossier)
+    if a.compartment:
+        where.append("compartment = ?")
+        params.append(a.compartment)
+    if a.person:
+        where.append("EXISTS (SELECT 1 FROM json_each(events.people) WHERE value = ?)")
+        params.append(a.person)
+    if a.kind:
+        where.append("(kind = ? OR kind LIKE ?)")
+        params += [a.kind, a.kind + ".%"]
+    try:
+        if a.since:
+            where.append("ts >= ?")
+            params.append(iso_utc(parse_time(a.since)))
+        if a.until:
+            where.append("ts <= ?")
+            params.append(iso_utc(parse_time(a.until)))
+    except ValueError as e:
+        print(f"lockerd: bad time: {e} (use ISO 8601, e.g. 2026-11-22T08:00)", file=sys.stderr)
+        return 2
+    db = sqlite_utils.Database(connect(path, readonly=True))
+    rows = list(db["events"].rows_where(" AND ".join(where) or None, params, order_by="seq desc",
+                                        limit=a.limit))
+    rows.reverse()
+    for r in rows:
+        r["people"] = json.loads(r["people"])
+        r["data"] = json.loads(r["data"])
+        if a.json:
+            print(json.dumps(r, ensure_ascii=False))
+            continue
+        who = ",".join(r["people"])
+        details = " ".join(f"{k}={v}" for k, v in r["data"].items() if v not in (None, "", [], {}))
+        print(f"{r['seq']:>7} {r['ts']} {r['kind']:<24} {r['compartment'] or '-':<6} "
+              f"{r['dossier'] or '-':<16} {who or '-':<14} {details}")
+    return 0
+
+
+def _request(config_path: str, req: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+    cfg = _load(config_path)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(cfg.control_socket))
+    except OSError as e:
+        print(f"lockerd: no daemon answering on {cfg.control_socket} ({e.strerror}); "
+              f"start it with: lockerd run --config {cfg.path}", file=sys.stderr)
+        raise SystemExit(3) from None
+    with s, s.makefile("rwb") as f:
+        f.write(json.dumps(req).encode() + b"\n")
+        f.flush()
+        line = f.readline()
+    if not line:
+        print("lockerd: the daemon closed the connection", file=sys.stderr)
+        raise SystemExit(3)
+    return json.loads(line)
+
+
+def _show(reply: dict[str, Any]) -> int:
+    if not reply.get("ok"):
+        print(f"lockerd: {reply.get('error')}", file=sys.stderr)
+        return 1
+    reply.pop("ok")
+    if "message" in reply:
+        print(("OPEN  " if reply.get("pulsed") else "OK    " if reply.get("accepted") else "NO    ")
+              + reply["message"] + (" (door pulled open)" if reply.get("opened") else ""))
+    elif reply:
+        print(json.dumps(reply, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    reply = _request(a.config, {"op": "status"})
+    if not reply.get("ok") or a.json:
+        return _show(reply)
+    j = reply["journal"]
+    print(f"site {reply['site']} node {reply['node']}: journal "
+          + ("OK" if j["healthy"] else f"FAULT: {j['error']}") + f", last seq {j['last_seq']}")
+    for n, d in {**reply["drivers"], **reply["scanners"]}.items():
+        print(f"  {n}: {'online' if d['online'] else 'OFFLINE ' + d['detail']}")
+    for cid, st in reply["compartments"].items():
+        extra = " ".join(x for x in (
+            ("items: " + ",".join(st["items"])) if st["items"] else "",
+            ("ALARM " + st["alarm"]) if st["alarm"] else "",
+            ("FAULT " + "; ".join(st["faults"])) if st["faults"] else "") if x)
+        print(f"  {cid:<6} door {st['door']:<7} {st['lock']:<8} {extra}")
+    return 0
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    path = Path(a.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"lockerd: {path}: cannot read: {e}", file=sys.stderr)
+        return 2
+    req = {"op": "import", "text": text, "csv": path.suffix.lower() == ".csv", "name": str(path),
+           "by": a.by}
+    reply = _request(a.config, req, timeout=120)
+    if reply.get("ok"):
+        n = reply["imported"]
+        print(f"imported {n['people']} people, {n['badges']} badges, {n['items']} items")
+        return 0
+    return _show(reply)
+
+
+def cmd_clear_fault(a: argparse.Namespace) -> int:
+    return _show(_request(a.config, {"op": "clear-fault", "compartment": a.compartment, "person": a.person}))
+
+
+def cmd_sim(a: argparse.Namespace) -> int:
+    if a.action == "scan":
+        req = {"op": "scan", "code": a.target, "scanner": a.scanner, "pull": a.pull}
+    elif a.action in ("vanish", "reappear"):
+        req = {"op": a.action, "driver": a.target}
+    else:
+        req = {"op": a.action, "compartment": a.target, "wait_s": a.wait, "times": a.times}
+    reply = _request(a.config, req)
+    if a.action == "pull" and reply.get("ok"):
+        print("door opened" if reply["opened"] else
+              "door stays shut: the lock is engaged" + (f" (still pulling for {a.wait:g} s)" if a.wait else ""))
+        return 0
+    return _show(reply)
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from lockerd.demo import main as demo_main
+
+    return demo_main(a.config, keep=a.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lockerd", description="Controller daemon for smart dossier and evidence lockers.")
+    p.add_argument("--version", action="version", version=f"lockerd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+        return sp
+
+    sp = with_config(sub.add_parser("run", help="run the daemon"))
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("check-config", help="check a config file; exit 2 if invalid")
+    sp.add_argument("file")
+    sp.set_defaults(func=cmd_check_config)
+
+    sp = with_config(sub.add_parser("verify", help="check the journal's hash chain"))
+    sp.add_argument("--journal", help="journal file (default: from the config)")
+    sp.set_defaults(func=cmd_verify)
+
+    sp = with_config(sub.add_parser("history", help="list journal events"))
+    sp.add_argument("--journal", help="journal file (default: from the config)")
+    sp.add_argument("--dossier", help="item barcode (dossier or evidence)")
+    sp.add_argument("--compartment")
+    sp.add_argument("--person", help="person id")
+    sp.add_argument("--kind", help="event kind, or a family such as 'door' or 'alarm'")
+    sp.add_argument("--since", help="ISO 8601 time (UTC unless an offset is given)")
+    sp.add_argument("--until")
+    sp.add_argument("--limit", type=int, default=200, help="newest N events (default 200)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_history)
+
+    sp = with_config(sub.add_parser("status", help="the running daemon's view of every compartment"))
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_status)
+
+    sp = with_config(sub.add_parser("import", help="import people, badges and items (JSON or CSV)"))
+    sp.add_argument("file")
+    sp.add_argument("--by", default="cli", help="who is importing (journaled)")
+    sp.set_defaults(func=cmd_import)
+
+    sp = with_config(sub.add_parser("clear-fault", help="clear a compartment's lock faults after a repair"))
+    sp.add_argument("compartment")
+    sp.add_argument("--person", required=True, help="technician's person id (journaled)")
+    sp.set_defaults(func=cmd_clear_fault)
+
+    sp = with_config(sub.add_parser("sim", help="act as a person on simulated hardware"))
+    sp.add_argument("action", choices=["scan", "pull", "close", "force", "jam", "unjam", "stick", "unstick",
+                                       "bounce", "vanish", "reappear"])
+    sp.add_argument("target", help="the code to scan, a compartment id, or (vanish/reappear) a driver")
+    sp.add_argument("--scanner", help="simulated scanner (default: the first)")
+    sp.add_argument("--pull", action="store_true", help="with scan: pull the door as the lock releases")
+    sp.add_argument("--wait", type=float, default=0.0, help="with pull: keep pulling this many seconds")
+    sp.add_argument("--times", type=int, default=3, help="with bounce: how many times the sensor chatters")
+    sp.set_defaults(func=cmd_sim)
+
+    sp = sub.add_parser("demo", help="run the demo station and play a short shift")
+    sp.add_argument("-c", "--config", default=str(Path(__file__).resolve().parent.parent / "config" / "demo.toml"))
+    sp.add_argument("--keep", action="store_true", help="keep the previous demo journal")
+    sp.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

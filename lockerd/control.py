@@ -1,0 +1,144 @@
+"""The control socket: how the lockerd CLI talks to a running daemon.
+
+A Unix socket, one JSON object per line each way. It carries status, the
+technician's commands and the person-side actions on simulated hardware
+(scan, pull, close, force, jam, ...). Actions on simulated hardware are
+refused for real drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from lockerd import importer
+from lockerd.controller import Controller, Outcome
+from lockerd.drivers.base import Scan
+from lockerd.drivers.sim import SimBoard, SimScanner
+from lockerd.errors import CommandError, LockerdError
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 4 * 1024 * 1024  # an import file travels in one line
+
+
+class ControlServer:
+    def __init__(self, path: Path, controller: Controller):
+        self.path = path
+        self.c = controller
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket from a crash; the journal lock guards against two daemons
+        self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_LINE)
+        os.chmod(self.path, 0o660)
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+                        raise CommandError('expected {"op": "...", ...}')
+                    reply = {"ok": True} | await self.dispatch(req)
+                except (LockerdError, ValueError, KeyError, TypeError) as e:
+                    reply = {"ok": False, "error": str(e)}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req["op"]
+        c = self.c
+        if op == "status":
+            return {
+                "site": c.config.site, "node": c.config.node,
+                "journal": {"healthy": c.journal.healthy, "error": c.journal.error, "last_seq": c.journal.last_seq},
+                "drivers": {n: {"online": d.online, "detail": d.detail} for n, d in c.hw.drivers.items()},
+                "scanners": {n: {"online": d.online, "detail": d.detail} for n, d in c.hw.scanners.items()},
+                "compartments": c.states(),
+            }
+        if op == "scan":
+            return await self._scan(req)
+        if op == "import":
+            data = importer.parse(req["text"], bool(req.get("csv")), req.get("name", "import"))
+            return {"imported": await importer.apply(c, data, by=req.get("by", "cli"))}
+        if op == "clear-fault":
+            return {"cleared": c.clear_faults(req["compartment"], req.get("person", "technician"))}
+        if op in ("pull", "close", "force", "jam", "unjam", "stick", "unstick", "bounce"):
+            board, channel = self._sim_door(req["compartment"])
+            if op == "pull":
+                return {"opened": board.pull(channel, float(req.get("wait_s", 0)))}
+            action = {
+                "close": lambda: board.close_door(channel),
+                "force": lambda: board.force(channel),
+                "jam": lambda: board.jam(channel, True),
+                "unjam": lambda: board.jam(channel, False),
+                "stick": lambda: board.stick(channel, True),
+                "unstick": lambda: board.stick(channel, False),
+                "bounce": lambda: board.bounce(channel, int(req.get("times", 3))),
+            }[op]
+            action()
+            return {}
+        if op in ("vanish", "reappear"):
+            board = c.hw.drivers.get(req["driver"])
+            if not isinstance(board, SimBoard):
+                raise CommandError(f"{req['driver']!r} is not a simulated driver")
+            board.vanish() if op == "vanish" else board.reappear()
+            return {}
+        raise CommandError(f"unknown op {op!r}")
+
+    def _sim_door(self, compartment: str) -> tuple[SimBoard, int]:
+        cfg = self.c.config.compartments.get(compartment)
+        if cfg is None:
+            raise CommandError(f"unknown compartment {compartment!r}")
+        board = self.c.hw.drivers[cfg.lock_driver]
+        if not isinstance(board, SimBoard):
+            raise CommandError(f"compartment {compartment} is on real hardware ({board.type_name}); go there in person")
+        return board, cfg.lock
+
+    async def _scan(self, req: dict[str, Any]) -> dict[str, Any]:
+        scanners = self.c.hw.scanners
+        name = req.get("scanner") or next((n for n, s in scanners.items() if isinstance(s, SimScanner)), None)
+        scanner = scanners.get(name) if name else None
+        if not isinstance(scanner, SimScanner):
+            raise CommandError(f"no simulated scanner {name!r}" if name else "no simulated scanner configured")
+        data = req["code"]
+        raw = bytes.fromhex(req["hex"]) if req.get("hex") else data
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcome] = loop.create_future()
+
+        def watch(scan: Scan, outcome: Outcome) -> None:
+            if scan.scanner == name and not done.done():
+                done.set_result(outcome)
+
+        self.c.on_outcome(watch)
+        try:
+            if not scanner.inject(raw):
+                return {"accepted": False, "message": "same code again within the debounce window: ignored"}
+            outcome = await asyncio.wait_for(done, 10)
+        finally:
+            self.c.off_outcome(watch)
+        reply: dict[str, Any] = {"accepted": outcome.accepted, "message": outcome.message,
+                                 "compartment": outcome.compartment, "pulsed": outcome.pulsed}
+        if req.get("pull") and outcome.pulsed and outcome.compartment:
+            board, channel = self._sim_door(outcome.compartment)
+            reply["opened"] = board.pull(channel, 2.0)
+        return reply

@@ -1,0 +1,747 @@
+"""The controller: scan -> decide -> journal the grant durably -> pulse -> supervise the door.
+
+The safety path (``_open``) is plain awaits, readable top to bottom: the
+grant is on disk before the lock moves, and nothing an observer does can
+block or break it. Everything else here is supervision: did the door open
+after the pulse, was it forced, is it held open, did the sensor bounce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockerd import __version__
+from lockerd.clock import Clock, iso_utc
+from lockerd.config import Compartment, Config
+from lockerd.domain import OFFICER_ROLES, Item, ItemState, Person, Registry, Role
+from lockerd.drivers import Hardware
+from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, Scan
+from lockerd.drivers.sim import ConsoleFeedback
+from lockerd.errors import CommandError, DriverError, JournalError
+from lockerd.journal import Event, Journal, StateOp
+
+log = logging.getLogger(__name__)
+
+# What a grant does to each item when the door closes again.
+CHECKOUT, RETURN, DEPOSIT, RETRIEVE = "checkout", "return", "deposit", "retrieve"
+ITEM_EVENT = {
+    ("dossier", CHECKOUT): "dossier.checked_out",
+    ("dossier", RETURN): "dossier.returned",
+    ("dossier", DEPOSIT): "dossier.deposited",
+    ("evidence", DEPOSIT): "evidence.deposited",
+    ("evidence", RETRIEVE): "evidence.retrieved",
+}
+
+
+@dataclass
+class Session:
+    """One opening of a compartment: from the grant until the door closes."""
+
+    grant_seq: int
+    pulsed_at: float
+    items: dict[str, str] = field(default_factory=dict)  # code -> action
+    people: list[str] = field(default_factory=list)
+    opened: bool = False
+    opened_at: float | None = None
+
+
+@dataclass
+class Slot:
+    """The live state of one compartment."""
+
+    cfg: Compartment
+    door: DoorState = DoorState.UNKNOWN
+    raw: DoorState = DoorState.UNKNOWN  # last sensor reading, before debouncing
+    settling: bool = False
+    session: Session | None = None
+    faults: dict[str, str] = field(default_factory=dict)
+    alarms: set[str] = field(default_factory=set)
+    not_opened: int = 0
+    held_task: asyncio.Task | None = None
+    open_task: asyncio.Task | None = None
+    released: bool = False  # lock pulse running
+
+
+@dataclass
+class Pending:
+    """Badges and an evidence item scanned together at one scanner."""
+
+    badges: dict[str, float] = field(default_factory=dict)  # person id -> monotonic time
+    item: str | None = None
+    started: float = 0.0
+    expiry: asyncio.Task | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one scan or command, as the person is told."""
+
+    accepted: bool
+    message: str
+    compartment: str | None = None
+    reason: str | None = None
+    pulsed: bool = False
+
+
+class Controller:
+    def __init__(self, config: Config, journal: Journal, hardware: Hardware, clock: Clock):
+        self.config = config
+        self.journal = journal
+        self.hw = hardware
+        self.clock = clock
+        self.t = config.timing
+        self.registry = Registry()
+        self.slots = {cid: Slot(c) for cid, c in config.compartments.items()}
+        self._by_sensor = {(c.sensor_driver, c.sensor): cid for cid, c in config.compartments.items()}
+        self._by_lock = {(c.lock_driver, c.lock): cid for cid, c in config.compartments.items()}
+        self._pending: dict[str, Pending] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._state_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._outcome_listeners: list[Callable[[Scan, Outcome], None]] = []
+        self._default_feedback = ConsoleFeedback("console", clock)
+        self._accepting = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.heartbeat = clock.monotonic()  # moves while the scan loops are alive
+
+    # -- life ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load state, de-energise every lock, read the doors, journal what changed while down."""
+        if self.journal.healthy:
+            self.registry.load(self.journal)
+        saved = self._load_compartments()
+        await self.hw.start()  # every lock bank switches all outputs off first
+        for d in self.hw.drivers.values():
+            d.on_status(self._driver_status)
+            if hasattr(d, "on_lock_fault"):
+                d.on_lock_fault(lambda ch, detail, name=d.name: self._lock_fault(name, ch, detail))
+        self.journal.append("daemon.started", version=__version__, config=self.config.digest,
+                            boot=self.journal.boot, site=self.config.site, node=self.config.node)
+        for cid, slot in self.slots.items():
+            self._recover(slot, saved.get(cid))
+        # The doors as read at start, saved so the next start can tell what changed meanwhile.
+        self.journal.append("daemon.ready", doors={cid: str(s.door) for cid, s in self.slots.items()},
+                            state=[self._comp_op(s) for s in self.slots.values()])
+        for name in {c.sensor_driver for c in self.config.compartments.values()}:
+            self._spawn(self._door_loop(name), f"doors-{name}")
+        for name, scanner in self.hw.scanners.items():
+            self._spawn(self._scan_loop(name, scanner), f"scanner-{name}")
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Stop taking scans, finish what is in flight, de-energise every lock."""
+        self._accepting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), 5.0)
+        for d in self.hw.drivers.values():
+            if hasattr(d, "wait_pulses"):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(d.wait_pulses(), self.t.pulse_ms / 1000 + 2)
+        for t in list(self._tasks):
+            t.cancel()
+        for slot in self.slots.values():
+            for t in (slot.held_task, slot.open_task):
+                if t:
+                    t.cancel()
+        for p in self._pending.values():
+            if p.expiry:
+                p.expiry.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.journal.record("daemon.stopped")
+        await self.hw.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _load_compartments(self) -> dict[str, dict[str, Any]]:
+        if not self.journal.healthy:
+            return {}
+        rows = self.journal.query("SELECT id, door, faults, alarm, not_opened FROM compartments")
+        return {r[0]: {"door": r[1], "faults": json.loads(r[2] or "{}"),
+                       "alarms": json.loads(r[3] or "[]"), "not_opened": r[4] or 0} for r in rows}
+
+    def _recover(self, slot: Slot, saved: dict[str, Any] | None) -> None:
+        cid = slot.cfg.id
+        now = self.hw.sensors(slot.cfg.sensor_driver).door(slot.cfg.sensor)
+        slot.door = slot.raw = now
+        if saved:
+            slot.faults = {k: v for k, v in saved["faults"].items() if k == "jam"}
+            slot.alarms = set(saved["alarms"])
+            slot.not_opened = saved["not_opened"]
+            was = DoorState(saved["door"]) if saved["door"] else DoorState.UNKNOWN
+            if was != now and DoorState.UNKNOWN not in (was, now):
+                self.journal.append("door.changed_while_down", compartment=cid, was=str(was), now=str(now),
+                                    state=[self._comp_op(slot)])
+        lock_drv = self.hw.drivers[slot.cfg.lock_driver]
+        if not lock_drv.online:
+            slot.faults["lock"] = f"driver {lock_drv.name} offline: {lock_drv.detail}"
+        if now is DoorState.UNKNOWN:
+            slot.faults["sensor"] = "door state unknown"
+        if now is DoorState.OPEN:
+            if "forced" not in slot.alarms and "held-open" not in slot.alarms:
+                slot.alarms.add("forced")
+                self.journal.append("alarm.forced", compartment=cid, reason="door open at start",
+                                    state=[self._comp_op(slot)])
+            slot.held_task = self._spawn(self._held_open(slot), f"held-{cid}")
+        elif slot.alarms and now is DoorState.CLOSED:
+            for alarm in sorted(slot.alarms):
+                self.journal.append("alarm.cleared", compartment=cid, alarm=alarm, reason="door closed at start")
+            slot.alarms.clear()
+
+    # -- observers -----------------------------------------------------------------
+
+    def on_state(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self._state_listeners.append(listener)
+
+    def on_outcome(self, listener: Callable[[Scan, Outcome], None]) -> None:
+        self._outcome_listeners.append(listener)
+
+    def off_outcome(self, listener: Callable[[Scan, Outcome], None]) -> None:
+        self._outcome_listeners.remove(listener)
+
+    def state_of(self, slot: Slot) -> dict[str, Any]:
+        c = slot.cfg
+        return {
+            "compartment": c.id,
+            "cabinet": c.cabinet,
+            "kind": c.kind,
+            "door": str(slot.door),
+            "lock": "released" if slot.released else "locked",
+            "items": self.registry.in_compartment(c.id),
+            "faults": sorted(f"{k}: {v}" for k, v in slot.faults.items()),
+            "alarm": ",".join(sorted(slot.alarms)) or None,
+        }
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        return {cid: self.state_of(s) for cid, s in self.slots.items()}
+
+    def _changed(self, slot: Slot) -> None:
+        if not self._state_listeners:
+            return
+        state = self.state_of(slot)
+        for listener in list(self._state_listeners):
+            try:
+                listener(state)
+            except Exception:
+                log.exception("state listener failed")
+
+    def items_changed(self, compartments: set[str]) -> None:
+        for cid in compartments:
+            if cid in self.slots:
+                self._changed(self.slots[cid])
+
+    def reload_registry(self) -> None:
+        fresh = Registry()
+        if self.journal.healthy:
+            fresh.load(self.journal)
+        self.registry = fresh
+
+    def _comp_op(self, slot: Slot) -> StateOp:
+        return ("upsert", "compartments", {
+            "id": slot.cfg.id, "door": str(slot.door), "faults": slot.faults,
+            "alarm": sorted(slot.alarms), "not_opened": slot.not_opened,
+        })
+
+    # -- scans ---------------------------------------------------------------------
+
+    async def _scan_loop(self, name: str, scanner: Any) -> None:
+        async for scan in scanner.scans():
+            self.heartbeat = self.clock.monotonic()
+            if not self._accepting:
+                continue
+            # One task per scan: a pulse waiting for the power budget must
+            # not hold up the next person's scan.
+            self._spawn(self.handle_scan(scan), f"scan-{name}")
+
+    def _feedback_for(self, scanner: str) -> Feedback:
+        sec = self.config.scanners.get(scanner)
+        name = sec.options.get("feedback") if sec else ""
+        return self.hw.feedback.get(name, self._default_feedback) if name else self._default_feedback
+
+    async def handle_scan(self, scan: Scan) -> Outcome:
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            outcome = await self._decide_and_act(scan)
+        except Exception as e:  # never let one scan take the loop down
+            log.exception("scan from %s failed", scan.scanner)
+            outcome = Outcome(False, f"internal error: {e}", reason="internal error")
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+        try:
+            await self._feedback_for(scan.scanner).show(scan.scanner, outcome.accepted, outcome.message)
+        except Exception:
+            log.exception("feedback on %s failed", scan.scanner)
+        for listener in list(self._outcome_listeners):
+            try:
+                listener(scan, outcome)
+            except Exception:
+                log.exception("outcome listener failed")
+        return outcome
+
+    def _scan_fields(self, scan: Scan) -> dict[str, Any]:
+        shown = scan.code if scan.code is not None else scan.raw[:64].decode("utf-8", "replace")
+        f: dict[str, Any] = {"scanner": scan.scanner, "code": shown}
+        if scan.symbology:
+            f["symbology"] = scan.symbology
+        if scan.code is None:
+            f["raw_hex"] = scan.raw[:64].hex()
+        return f
+
+    def _deny(self, scan: Scan, reason: str, message: str | None = None, *,
+              compartment: str | None = None, dossier: str | None = None,
+              people: tuple[str, ...] = (), journal_scan: bool = True) -> Outcome:
+        # A refusal moves no lock, so it shares the next group commit.
+        if journal_scan:
+            self.journal.append("scan", compartment=compartment, dossier=dossier, **self._scan_fields(scan))
+        self.journal.append("access.denied", compartment=compartment, dossier=dossier, people=people,
+                            scanner=scan.scanner, reason=reason)
+        return Outcome(False, message or f"refused: {reason}", compartment, reason)
+
+    async def _decide_and_act(self, scan: Scan) -> Outcome:
+        if scan.code is None:
+            return self._deny(scan, f"malformed input: {scan.error}")
+        code = scan.code
+        served = self._served(scan.scanner)
+        person = self.registry.person_of_badge(code)
+        if person is not None:
+            return await self._badge(scan, person, served)
+        if code in self.registry.badges or code in self.registry.revoked_badges:
+            return self._deny(scan, "badge revoked or its holder inactive")
+        item = self.registry.items.get(code)
+        if item is None:
+            return self._deny(scan, "unknown code", f"refused: unknown code {code}")
+        cid = item.compartment
+        if cid is None:
+            return self._deny(scan, "not assigned to a compartment", dossier=code)
+        slot = self.slots.get(cid)
+        if slot is None:
+            return self._deny(scan, f"assigned compartment {cid} is not in this locker", dossier=code)
+        if slot.cfg.cabinet not in served:
+            return self._deny(scan, f"belongs to cabinet {slot.cfg.cabinet}, not served by this scanner",
+                              f"refused: {code} belongs in cabinet {slot.cfg.cabinet}",
+                              compartment=cid, dossier=code)
+        if slot.cfg.kind != item.kind:
+            return self._deny(scan, f"a {item.kind} assigned to {slot.cfg.kind} compartment {cid}",
+                              compartment=cid, dossier=code)
+        if item.kind == "evidence":
+            pend = self._pending_for(scan.scanner)
+            pend.item = code
+            return await self._try_evidence(scan, pend)
+        action = CHECKOUT if item.state is ItemState.IN else (DEPOSIT if item.state is ItemState.NEW else RETURN)
+        return await self._open(slot, {code: action}, (), scan=scan)
+
+    def _served(self, scanner: str) -> tuple[str, ...]:
+        sec = self.config.scanners.get(scanner)
+        return tuple(sec.options["cabinets"]) if sec else tuple(self.config.cabinets)
+
+    # -- evidence: two people, either order, within the window ---------------------------
+
+    def _pending_for(self, scanner: str) -> Pending:
+        now = self.clock.monotonic()
+        p = self._pending.get(scanner)
+        if p is None or now - p.started > self.t.evidence_window_s:
+            if p and p.expiry:
+                p.expiry.cancel()
+            p = Pending(started=now)
+            self._pending[scanner] = p
+            p.expiry = self._spawn(self._pending_expiry(scanner, p), f"evidence-window-{scanner}")
+        return p
+
+    async def _pending_expiry(self, scanner: str, p: Pending) -> None:
+        await self.clock.sleep(self.t.evidence_window_s)
+        if self._pending.get(scanner) is not p:
+            return
+        del self._pending[scanner]
+        if p.item is None:
+            return
+        missing = self._evidence_missing(p)
+        reason = f"evidence rule not met within {self.t.evidence_window_s:g} s: {missing}"
+        item = self.registry.items.get(p.item)
+        self.journal.append("access.denied", compartment=item.compartment if item else None, dossier=p.item,
+                            people=tuple(p.badges), scanner=scanner, reason=reason)
+        with contextlib.suppress(Exception):
+            await self._feedback_for(scanner).show(scanner, False, f"refused: {reason}")
+
+    async def _badge(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome:
+        if not any(self.config.cabinets[c].kind == "evidence" for c in served if c in self.config.cabinets):
+            return self._deny(scan, "badge scanned where a dossier is expected",
+                              "refused: that is a badge; scan the dossier's barcode", people=(person.id,))
+        pend = self._pending_for(scan.scanner)
+        # Keyed by person: two badges of one person still count as one person.
+        pend.badges[person.id] = self.clock.monotonic()
+        self.journal.append("scan", people=(person.id,), **self._scan_fields(scan))
+        self.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role))
+        if pend.item is not None:
+            return await self._try_evidence(scan, pend, scanned=False)
+        return Outcome(True, f"badge of {person.name} ({person.role}) accepted: "
+                             "scan the item and the second person's badge")
+
+    def _evidence_missing(self, p: Pending) -> str:
+        people = [self.registry.people[pid] for pid in p.badges if pid in self.registry.people]
+        officers = {x.id for x in people if x.role in OFFICER_ROLES}
+        managers = {x.id for x in people if x.role is Role.CASE_MANAGER}
+        if not officers and not managers:
+            return "needs an officer's and a case manager's badge"
+        if not managers:
+            return "needs a case manager's badge"
+        if not officers:
+            return "needs an officer's badge"
+        return ""  # a person has one role, so an officer and a case manager are two people
+
+    async def _try_evidence(self, scan: Scan, pend: Pending, scanned: bool = True) -> Outcome:
+        """Open an evidence compartment once both people are there; ``scanned``
+        is False when the triggering scan (a badge) is journaled already."""
+        assert pend.item is not None
+        item = self.registry.items[pend.item]
+        missing = self._evidence_missing(pend)
+        if missing:
+            if scanned:
+                self.journal.append("scan", dossier=item.code, **self._scan_fields(scan))
+            self.journal.append("access.pending", compartment=item.compartment, dossier=item.code,
+                                people=tuple(pend.badges), scanner=scan.scanner, reason=missing)
+            # Not a refusal yet: the second person may still come within the window.
+            return Outcome(True, f"evidence {item.code}: {missing}", item.compartment, missing)
+        people = tuple(pend.badges)
+        if pend.expiry:
+            pend.expiry.cancel()
+        self._pending.pop(scan.scanner, None)
+        action = RETRIEVE if item.state is ItemState.IN else DEPOSIT
+        slot = self.slots[item.compartment]  # type: ignore[index]
+        return await self._open(slot, {item.code: action}, people, scan=scan, journal_scan=scanned)
+
+    # -- the safety path -------------------------------------------------------------------
+
+    async def _open(self, slot: Slot, items: dict[str, str], people: tuple[str, ...], *,
+                    scan: Scan | None = None, journal_scan: bool = True,
+                    source: dict[str, Any] | None = None) -> Outcome:
+        """Grant, journal durably, pulse. ``scan`` is None for a station command
+        (``source`` says who asked); ``journal_scan`` is False when the scan that
+        completed the grant was journaled already (an evidence co-signer's badge)."""
+        cid = slot.cfg.id
+        dossier = next(iter(items), None)
+        what = ", ".join(f"{a} {c}" for c, a in items.items()) or "open"
+        if slot.faults:
+            reason = f"compartment {cid} in fault ({'; '.join(f'{k}: {v}' for k, v in slot.faults.items())})"
+            if scan is None:
+                raise CommandError(reason)
+            return self._deny(scan, reason, compartment=cid, dossier=dossier, people=people,
+                              journal_scan=journal_scan)
+        origin = self._scan_fields(scan) if scan else dict(source or {})
+        journal_scan = journal_scan and scan is not None
+        if slot.session is not None or slot.door is DoorState.OPEN:
+            # Already unlocking or open: never pulse twice. Add the items to
+            # the running session so the close records them too.
+            s = slot.session
+            if s is None:
+                s = slot.session = Session(grant_seq=0, pulsed_at=self.clock.monotonic(), opened=True,
+                                           opened_at=self.clock.monotonic())
+            repeat = all(c in s.items for c in items) and bool(items)
+            s.items.update(items)
+            s.people.extend(p for p in people if p not in s.people)
+            if journal_scan:
+                self.journal.append("scan", compartment=cid, dossier=dossier, **origin)
+            self.journal.append("access.granted", compartment=cid, dossier=dossier, people=people,
+                                items=items, pulse=False,
+                                reason="repeat scan, door already open" if repeat else "door already open",
+                                **({} if scan else origin))
+            return Outcome(True, f"compartment {cid} is already open ({what})", cid)
+
+        now = self.clock.monotonic()
+        session = Session(grant_seq=0, pulsed_at=now, items=dict(items), people=list(people))
+        slot.session = session  # claimed before any await: a second scan now sees it
+        try:
+            if journal_scan:
+                self.journal.append("scan", compartment=cid, dossier=dossier, **origin)
+            grant = await self.journal.append(
+                "access.granted", compartment=cid, dossier=dossier, people=people, items=items,
+                pulse=True, **({} if scan else origin))
+        except JournalError as e:
+            slot.session = None
+            msg = f"refused: cannot record the opening ({e}); nothing opened"
+            log.error("%s: %s", cid, msg)
+            return Outcome(False, msg, cid, "journal unavailable")
+        session.grant_seq = grant.seq
+
+        bank = self.hw.lock_bank(slot.cfg.lock_driver)
+        try:
+            await bank.pulse(slot.cfg.lock, self.t.pulse_ms)
+        except DriverError as e:
+            slot.session = None
+            self._set_fault(slot, "lock", str(e))
+            self.journal.append("lock.failed", compartment=cid, grant_seq=grant.seq, error=str(e),
+                                driver=bank.name, channel=slot.cfg.lock)
+            return Outcome(False, f"refused: lock of {cid} did not respond ({e})", cid, "lock failed")
+        slot.released = True
+        self.journal.append("lock.pulsed", compartment=cid, grant_seq=grant.seq, ms=self.t.pulse_ms,
+                            driver=bank.name, channel=slot.cfg.lock,
+                            latency_ms=round((self.clock.monotonic() - (scan.at if scan else now)) * 1000, 3))
+        slot.open_task = self._spawn(self._expect_open(slot, session), f"expect-open-{cid}")
+        self._spawn(self._relock(slot), f"relock-{cid}")
+        self._changed(slot)
+        return Outcome(True, f"open {cid}: {what}", cid, pulsed=True)
+
+    async def _relock(self, slot: Slot) -> None:
+        await self.clock.sleep(self.t.pulse_ms / 1000)
+        slot.released = False
+        self._changed(slot)
+
+    async def remote_open(self, compartment: str, person: str, reason: str, command_id: str) -> Outcome:
+        """Open a compartment on the station's request (no items change hands)."""
+        slot = self.slots.get(compartment)
+        if slot is None:
+            raise CommandError(f"unknown compartment {compartment!r}")
+        if not reason.strip():
+            raise CommandError("a remote open needs a reason")
+        src = {"source": "station", "command_id": command_id, "requested_by": person, "reason": reason}
+        return await self._open(slot, {}, (person,), source=src)
+
+    # -- doors ---------------------------------------------------------------------------
+
+    async def _door_loop(self, driver: str) -> None:
+        sensors = self.hw.sensors(driver)
+        async for change in sensors.door_changes():
+            cid = self._by_sensor.get((driver, change.channel))
+            if cid is None:
+                continue
+            try:
+                self._raw_door(self.slots[cid], change)
+            except Exception:
+                log.exception("door change on %s failed", cid)
+
+    def _raw_door(self, slot: Slot, change: DoorChange) -> None:
+        """Debounce: act on the first edge at once, then ignore chatter for the
+        settle window and reconcile with the reading at its end."""
+        slot.raw = change.state
+        if slot.settling:
+            return
+        if change.state != slot.door:
+            self._door_changed(slot, change.state)
+            if self.t.debounce_ms > 0:
+                slot.settling = True
+                self._spawn(self._settle(slot), f"settle-{slot.cfg.id}")
+
+    async def _settle(self, slot: Slot) -> None:
+        while True:
+            await self.clock.sleep(self.t.debounce_ms / 1000)
+            if slot.raw == slot.door:
+                slot.settling = False
+                return
+            self._door_changed(slot, slot.raw)
+
+    def _door_changed(self, slot: Slot, state: DoorState) -> None:
+        cid = slot.cfg.id
+        was = slot.door
+        slot.door = state
+        now = self.clock.monotonic()
+        if was is DoorState.UNKNOWN and "sensor" in slot.faults and state is not DoorState.UNKNOWN:
+            self._clear_fault(slot, "sensor")
+        if state is DoorState.UNKNOWN:
+            self._set_fault(slot, "sensor", "door state unknown")
+            self.journal.append("door.unknown", compartment=cid, state=[self._comp_op(slot)])
+        elif state is DoorState.OPEN:
+            s = slot.session
+            if s is not None and not s.opened:
+                s.opened, s.opened_at = True, now
+                if slot.open_task:
+                    slot.open_task.cancel()
+                slot.not_opened = 0
+                if "jam" in slot.faults:
+                    self._clear_fault(slot, "jam")
+                self.journal.append("door.opened", compartment=cid, granted=True, grant_seq=s.grant_seq,
+                                    after_ms=round((now - s.pulsed_at) * 1000, 1),
+                                    state=[self._comp_op(slot)])
+            elif s is not None:
+                self.journal.append("door.opened", compartment=cid, granted=True, grant_seq=s.grant_seq,
+                                    state=[self._comp_op(slot)])
+            else:
+                slot.alarms.add("forced")
+                self.journal.append("door.opened", compartment=cid, granted=False, state=[self._comp_op(slot)])
+                self.journal.append("alarm.forced", compartment=cid, reason="door opened without a grant",
+                                    state=[self._comp_op(slot)])
+                self._alarm_feedback(slot, f"ALARM: compartment {cid} forced open")
+            if slot.held_task is None or slot.held_task.done():
+                slot.held_task = self._spawn(self._held_open(slot), f"held-{cid}")
+        elif state is DoorState.CLOSED:
+            if slot.held_task:
+                slot.held_task.cancel()
+                slot.held_task = None
+            s = slot.session
+            if s is not None and s.opened:
+                slot.session = None
+            self.journal.append("door.closed", compartment=cid, granted=s is not None and s.opened,
+                                grant_seq=s.grant_seq if s else None,
+                                open_s=round(now - s.opened_at, 3) if s and s.opened_at else None,
+                                state=[self._comp_op(slot)])
+            if s is not None and s.opened:
+                self._record_items(slot, s)
+            for alarm in sorted(slot.alarms):
+                slot.alarms.discard(alarm)
+                self.journal.append("alarm.cleared", compartment=cid, alarm=alarm, reason="door closed",
+                                    state=[self._comp_op(slot)])
+        self._changed(slot)
+
+    def _record_items(self, slot: Slot, s: Session) -> None:
+        """The door closed after a grant: the items of the session changed hands."""
+        ts = iso_utc(self.clock.wall())
+        holder = next(iter(s.people), None)
+        for code, action in s.items.items():
+            item = self.registry.items.get(code)
+            if item is None:
+                continue
+            if action in (CHECKOUT, RETRIEVE):
+                item.state, item.holder = ItemState.OUT, holder
+            else:
+                item.state, item.holder = ItemState.IN, None
+                if item.kind == "evidence" and action == DEPOSIT:
+                    item.depositor = self._depositor(s)
+            item.since = ts
+            self.journal.append(ITEM_EVENT[(item.kind, action)], compartment=slot.cfg.id, dossier=code,
+                                people=tuple(s.people), grant_seq=s.grant_seq, case_name=item.case_name,
+                                officer=item.officer, state=self.registry.put_item(item))
+
+    def _depositor(self, s: Session) -> str | None:
+        for pid in s.people:
+            p = self.registry.people.get(pid)
+            if p and p.role in OFFICER_ROLES:
+                return pid
+        return None
+
+    async def _expect_open(self, slot: Slot, session: Session) -> None:
+        """Pulse sent is not door opened: say so when the door stays shut."""
+        await self.clock.sleep(self.t.open_timeout_s)
+        if slot.session is not session or session.opened:
+            return
+        slot.session = None
+        slot.not_opened += 1
+        cid = slot.cfg.id
+        self.journal.append("door.not_opened", compartment=cid, grant_seq=session.grant_seq,
+                            timeout_s=self.t.open_timeout_s, in_a_row=slot.not_opened,
+                            state=[self._comp_op(slot)])
+        if slot.not_opened >= self.t.jam_after:
+            self._set_fault(slot, "jam", f"{slot.not_opened} pulses in a row without the door opening")
+        self._changed(slot)
+
+    async def _held_open(self, slot: Slot) -> None:
+        opened = self.clock.monotonic()
+        await self.clock.sleep(self.t.max_open_s)
+        count = 0
+        while slot.door is DoorState.OPEN:
+            count += 1
+            slot.alarms.add("held-open")
+            cid = slot.cfg.id
+            self.journal.append("alarm.held_open", compartment=cid, count=count,
+                                open_s=round(self.clock.monotonic() - opened, 1), state=[self._comp_op(slot)])
+            self._alarm_feedback(slot, f"ALARM: compartment {cid} open too long ({count})")
+            self._changed(slot)
+            await self.clock.sleep(self.t.alarm_repeat_s)
+
+    def _alarm_feedback(self, slot: Slot, message: str) -> None:
+        log.warning("%s", message)
+        for name, sec in self.config.scanners.items():
+            if slot.cfg.cabinet in sec.options["cabinets"]:
+                self._spawn(self._feedback_for(name).show(name, False, message), f"alarm-fb-{name}")
+
+    # -- faults --------------------------------------------------------------------------
+
+    def _set_fault(self, slot: Slot, key: str, detail: str) -> None:
+        if slot.faults.get(key) == detail:
+            return
+        slot.faults[key] = detail
+        self.journal.append("compartment.fault", compartment=slot.cfg.id, fault=key, detail=detail,
+                            state=[self._comp_op(slot)])
+        self._changed(slot)
+
+    def _clear_fault(self, slot: Slot, key: str, by: str | None = None) -> None:
+        if slot.faults.pop(key, None) is None:
+            return
+        self.journal.append("compartment.fault_cleared", compartment=slot.cfg.id, fault=key,
+                            people=(by,) if by else (), state=[self._comp_op(slot)])
+        self._changed(slot)
+
+    def clear_faults(self, compartment: str, person: str) -> list[str]:
+        """A technician clears a compartment's faults after fixing it."""
+        slot = self.slots.get(compartment)
+        if slot is None:
+            raise CommandError(f"unknown compartment {compartment!r}")
+        cleared = [k for k in list(slot.faults) if k in ("jam", "lock", "relay")]
+        for k in cleared:
+            self._clear_fault(slot, k, person)
+        slot.not_opened = 0
+        return cleared
+
+    def _driver_status(self, st: DriverStatus) -> None:
+        for slot in self.slots.values():
+            if slot.cfg.lock_driver == st.driver:
+                if st.online:
+                    self._clear_fault(slot, "lock")
+                else:
+                    self._set_fault(slot, "lock", f"driver {st.driver} offline: {st.detail}")
+        self.journal.append("driver.online" if st.online else "driver.offline", driver=st.driver,
+                            detail=st.detail)
+
+    def _lock_fault(self, driver: str, channel: int, detail: str | None) -> None:
+        cid = self._by_lock.get((driver, channel))
+        if cid is None:
+            return
+        if detail is None:
+            self._clear_fault(self.slots[cid], "relay")
+        else:
+            self._set_fault(self.slots[cid], "relay", detail)
+
+    # -- registry changes (import, station commands) ----------------------------------------
+
+    def check_item(self, code: str, kind: str, compartment: str | None, case_name: str, category: str,
+                   officer: str, people: dict[str, Person] | None = None) -> Item:
+        known = people if people is not None else self.registry.people
+        if not code or not isinstance(code, str) or len(code) > 128:
+            raise CommandError(f"item code {code!r}: expected 1-128 characters")
+        if kind not in ("dossier", "evidence"):
+            raise CommandError(f"item {code}: kind {kind!r}: expected 'dossier' or 'evidence'")
+        if code in self.registry.badges:
+            raise CommandError(f"item {code}: that code is already a badge")
+        if compartment is not None:
+            c = self.config.compartments.get(compartment)
+            if c is None:
+                raise CommandError(f"item {code}: unknown compartment {compartment!r}")
+            if c.kind != kind:
+                raise CommandError(f"item {code}: a {kind} cannot go in {c.kind} compartment {compartment}")
+        if officer and officer not in known:
+            raise CommandError(f"item {code}: unknown responsible officer {officer!r}")
+        old = self.registry.items.get(code)
+        if old is not None and old.state is ItemState.IN and old.compartment != compartment:
+            raise CommandError(f"item {code} is in compartment {old.compartment}: take it out before moving it")
+        item = Item(code, kind, case_name or "", category or "", officer or "", compartment)
+        if old is not None:
+            item.state, item.holder, item.depositor, item.since = old.state, old.holder, old.depositor, old.since
+        return item
+
+    async def assign(self, item: Item, by: dict[str, Any]) -> Event:
+        return await self.journal.record("item.assigned", compartment=item.compartment, dossier=item.code,
+                                         item_kind=item.kind, case_name=item.case_name, category=item.category,
+                                         officer=item.officer, **by, state=self.registry.put_item(item))
+
+    async def unassign(self, code: str, by: dict[str, Any]) -> Event:
+        item = self.registry.items.get(code)
+        if item is None:
+            raise CommandError(f"item {code}: not registered")
+        if item.state is ItemState.IN:
+            raise CommandError(f"item {code} is in compartment {item.compartment}: take it out first")
+        self.registry.items.pop(code)
+        return await self.journal.record("item.unassigned", compartment=item.compartment, dossier=code, **by,
+                                         state=[("delete", "items", {"code": code})])
+

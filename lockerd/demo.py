@@ -1,0 +1,98 @@
+"""`lockerd demo`: the demo station on simulated hardware, with a short scripted shift.
+
+It runs the real daemon in this process and plays a person at the cabinet
+through the same control requests the `lockerd sim` commands send, then
+leaves the daemon running for the newcomer's own scans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+from pathlib import Path
+
+from lockerd import config as config_mod
+from lockerd.daemon import Daemon, setup_logging
+
+DATA = Path(__file__).resolve().parent.parent / "config" / "demo-data.json"
+PAUSE = 1.6  # seconds between steps, so a person can follow (and past the scanner's repeat window)
+
+
+def say(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+async def play(daemon: Daemon, pause: float = PAUSE) -> None:
+    ctl = daemon.control
+
+    async def do(op: str, **kw: object) -> dict:
+        reply = await ctl.dispatch({"op": op, **kw})
+        if "message" in reply:
+            print(f"    result: {reply['message']}" + ("  (door pulled open)" if reply.get("opened") else ""))
+        return reply
+
+    async def step(text: str) -> None:
+        say(text)
+        await asyncio.sleep(pause)
+
+    say(f"Importing people, badges and dossier assignments from {DATA.name}")
+    if DATA.exists():
+        print(f"    {await do('import', text=DATA.read_text(), name=str(DATA), by='demo')}")
+    await step("Officer Berg deposits dossier D-2026-0417 (assigned to her compartment d01)")
+    await do("scan", code="D-2026-0417", pull=True)
+    await step("... puts it in and closes the door")
+    await do("close", compartment="d01")
+    await step("Start of shift: she takes the dossier out again (a checkout)")
+    await do("scan", code="D-2026-0417", pull=True)
+    await do("close", compartment="d01")
+    await step("End of shift: she brings it back (a return)")
+    await do("scan", code="D-2026-0417", pull=True)
+    await do("close", compartment="d01")
+    await step("Someone scans a code the locker does not know")
+    await do("scan", code="X-UNKNOWN-1")
+    await step("Evidence deposit: officer Berg's badge, the item, then case manager Lindqvist's badge")
+    await do("scan", code="B-1001")
+    await do("scan", code="E-2026-0090")
+    await do("scan", code="B-2001", pull=True)
+    await do("close", compartment="e01")
+    await step("Somebody pries compartment d07 open without a grant")
+    await do("force", compartment="d07")
+    await step("... and shuts it again")
+    await do("close", compartment="d07")
+    await asyncio.sleep(0.2)
+    cfg = daemon.config
+    say("Demo shift done. The daemon keeps running: in another terminal try")
+    print(f"    .venv/bin/lockerd sim scan D-2026-0431 --pull -c {cfg.path}   # officer Okafor's dossier -> d02")
+    print(f"    .venv/bin/lockerd sim close d02 -c {cfg.path}")
+    print(f"    .venv/bin/lockerd status -c {cfg.path}")
+    print(f"    .venv/bin/lockerd history -c {cfg.path}")
+    print(f"    .venv/bin/lockerd verify -c {cfg.path}")
+    print("    Press Ctrl-C here to stop the daemon.", flush=True)
+
+
+async def _main(cfg: config_mod.Config, pause: float, stay: bool) -> int:
+    daemon = Daemon(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stopping.set)
+    await daemon.start()
+    try:
+        await play(daemon, pause)
+        if stay:
+            await daemon.stopping.wait()
+    finally:
+        await daemon.stop()
+    return 0
+
+
+def main(config_path: str, keep: bool = False, pause: float = PAUSE, stay: bool = True) -> int:
+    cfg = config_mod.load(config_path)
+    setup_logging("warning")
+    state = cfg.journal_path.parent
+    if not keep and state.exists() and state.name == "demo":
+        shutil.rmtree(state)  # a fresh station each run; --keep to continue the last one
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_main(cfg, pause, stay))
+    return 0

@@ -1,0 +1,126 @@
+"""Import people, badges and item assignments from a JSON or CSV file.
+
+Until the station link pushes them, this is how a locker learns who may
+open what. The whole file is checked first and applied only if every
+record is valid: nothing is half-applied. Format: see docs/import-format.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from lockerd.controller import Controller
+from lockerd.domain import Person
+from lockerd.errors import CommandError
+
+PEOPLE_COLUMNS = {"id", "name", "role"}
+BADGE_COLUMNS = {"code", "person"}
+ITEM_COLUMNS = {"code", "kind", "case_name", "category", "officer", "compartment"}
+MAX_RECORDS = 100_000
+
+
+def read(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Read a JSON file ({"people": [...], "badges": [...], "items": [...]}) or a CSV file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CommandError(f"{path}: cannot read: {e}") from None
+    return parse(text, path.suffix.lower() == ".csv", str(path))
+
+
+def parse(text: str, is_csv: bool, name: str = "import") -> dict[str, list[dict[str, Any]]]:
+    if is_csv:
+        return _parse_csv(text, name)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CommandError(f"{name}: not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or not set(doc) <= {"people", "badges", "items"}:
+        raise CommandError(f'{name}: expected an object with "people", "badges" and/or "items" lists')
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in ("people", "badges", "items"):
+        records = doc.get(key, [])
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise CommandError(f"{name}: {key}: expected a list of objects")
+        out[key] = records
+    return out
+
+
+def _parse_csv(text: str, name: str) -> dict[str, list[dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(text))
+    cols = {c.strip() for c in reader.fieldnames or ()}
+    for key, need in (("people", PEOPLE_COLUMNS), ("badges", BADGE_COLUMNS), ("items", ITEM_COLUMNS)):
+        if cols == need:
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+            return {key: rows}
+    raise CommandError(
+        f"{name}: unrecognised CSV header {sorted(cols)}; expected exactly the columns of people "
+        f"({', '.join(sorted(PEOPLE_COLUMNS))}), badges ({', '.join(sorted(BADGE_COLUMNS))}) "
+        f"or items ({', '.join(sorted(ITEM_COLUMNS))})"
+    )
+
+
+async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], by: str = "import") -> dict[str, int]:
+    """Check every record, then journal them all; returns counts."""
+    reg = controller.registry
+    total = sum(len(v) for v in data.values())
+    if total > MAX_RECORDS:
+        raise CommandError(f"too many records ({total}, at most {MAX_RECORDS})")
+    problems: list[str] = []
+    people: dict[str, Person] = dict(reg.people)
+    new_people: list[Person] = []
+    for i, r in enumerate(data.get("people", [])):
+        try:
+            p = reg.check_person(str(r.get("id", "")), str(r.get("name", "")), str(r.get("role", "")))
+            people[p.id] = p
+            new_people.append(p)
+        except CommandError as e:
+            problems.append(f"people[{i}]: {e}")
+    badges: list[tuple[str, str]] = []
+    for i, r in enumerate(data.get("badges", [])):
+        code, person = str(r.get("code", "")), str(r.get("person", ""))
+        try:
+            reg.check_badge(code, person, people)
+            badges.append((code, person))
+        except CommandError as e:
+            problems.append(f"badges[{i}]: {e}")
+    items = []
+    for i, r in enumerate(data.get("items", [])):
+        try:
+            comp = r.get("compartment") or None
+            items.append(controller.check_item(
+                str(r.get("code", "")), str(r.get("kind", "dossier") or "dossier"),
+                str(comp) if comp is not None else None, str(r.get("case_name", "")),
+                str(r.get("category", "")), str(r.get("officer", "")), people))
+        except CommandError as e:
+            problems.append(f"items[{i}]: {e}")
+    codes = [c for c, _ in badges] + [it.code for it in items]
+    dupes = sorted({c for c in codes if codes.count(c) > 1})
+    if dupes:
+        problems.append(f"codes used twice in the file: {', '.join(dupes[:10])}")
+    if problems:
+        raise CommandError("nothing imported:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    j = controller.journal
+    last = None
+    for p in new_people:
+        last = j.append("person.registered", people=(p.id,), name=p.name, role=str(p.role), by=by,
+                        state=reg.put_person(p))
+    for code, person in badges:
+        last = j.append("badge.registered", people=(person,), badge=code, by=by, state=reg.put_badge(code, person))
+    for it in items:
+        last = j.append("item.assigned", compartment=it.compartment, dossier=it.code, item_kind=it.kind,
+                        case_name=it.case_name, category=it.category, officer=it.officer, by=by,
+                        state=reg.put_item(it))
+    if last is not None:
+        try:
+            await last  # the writer is FIFO: the last one durable means all are
+        except Exception:
+            controller.reload_registry()  # forget what memory took but the disk refused
+            raise
+    controller.items_changed({it.compartment for it in items if it.compartment})
+    return {"people": len(new_people), "badges": len(badges), "items": len(items)}
