@@ -161,7 +161,7 @@ TIMING = {
     "open_timeout_s": Opt("float", 10.0, min=0.1, max=300, doc="how long a door may take to open after its pulse"),
     "max_open_s": Opt("float", 120.0, min=1, max=86400, doc="how long a door may stay open before an alarm"),
     "alarm_repeat_s": Opt("float", 60.0, min=1, max=86400, doc="how often a held-open alarm repeats"),
-    "debounce_ms": Opt("int", 30, min=0, max=2000, doc="door-sensor settle window"),
+    "debounce_ms": Opt("int", 20, min=0, max=2000, doc="a door reading counts once stable this long"),
     "evidence_window_s": Opt("float", 60.0, min=5, max=600, doc="how long badges and item scans stay together"),
     "jam_after": Opt("int", 3, min=1, max=100, doc="consecutive not-opened pulses that put a compartment in fault"),
 }

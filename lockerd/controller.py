@@ -58,6 +58,7 @@ class Slot:
     cfg: Compartment
     door: DoorState = DoorState.UNKNOWN
     raw: DoorState = DoorState.UNKNOWN  # last sensor reading, before debouncing
+    raw_at: float = 0.0
     settling: bool = False
     session: Session | None = None
     faults: dict[str, str] = field(default_factory=dict)
@@ -524,23 +525,26 @@ class Controller:
                 log.exception("door change on %s failed", cid)
 
     def _raw_door(self, slot: Slot, change: DoorChange) -> None:
-        """Debounce: act on the first edge at once, then ignore chatter for the
-        settle window and reconcile with the reading at its end."""
-        slot.raw = change.state
-        if slot.settling:
+        """Debounce: a reading counts once it has held for the settle window.
+
+        Acting on the first edge would be faster but turns a vibrating open
+        door into close/forced-open pairs; a few tens of ms is the price.
+        """
+        slot.raw, slot.raw_at = change.state, self.clock.monotonic()
+        if self.t.debounce_ms <= 0:
+            if slot.raw != slot.door:
+                self._door_changed(slot, slot.raw)
             return
-        if change.state != slot.door:
-            self._door_changed(slot, change.state)
-            if self.t.debounce_ms > 0:
-                slot.settling = True
-                self._spawn(self._settle(slot), f"settle-{slot.cfg.id}")
+        if not slot.settling:
+            slot.settling = True
+            self._spawn(self._settle(slot), f"settle-{slot.cfg.id}")
 
     async def _settle(self, slot: Slot) -> None:
-        while True:
-            await self.clock.sleep(self.t.debounce_ms / 1000)
-            if slot.raw == slot.door:
-                slot.settling = False
-                return
+        window = self.t.debounce_ms / 1000
+        while (wait := slot.raw_at + window - self.clock.monotonic()) > 0:
+            await self.clock.sleep(wait)
+        slot.settling = False
+        if slot.raw != slot.door:
             self._door_changed(slot, slot.raw)
 
     def _door_changed(self, slot: Slot, state: DoorState) -> None:

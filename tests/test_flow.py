@@ -1,0 +1,278 @@
+"""The scan-to-open flow on simulated hardware, with time driven by hand."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import pytest_asyncio
+from rig import close_rig, make_rig
+
+from lockerd.journal import verify
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def rig(tmp_path):
+    r = await make_rig(tmp_path)
+    yield r
+    await close_rig(r)
+
+
+async def test_deposit_checkout_return_cycle(rig):
+    start = rig.journal.last_seq
+    out = await rig.scan("D-1")
+    assert out.accepted and out.pulsed and out.compartment == "d01"
+    assert await rig.pull(rig.d, 0)  # the latch is released: the door opens
+    await rig.close(rig.d, 0)
+    await rig.flush()
+    assert rig.c.registry.items["D-1"].state == "in"
+    await rig.clock.advance(1)
+    out = await rig.scan("D-1")
+    assert "checkout" in out.message
+    await rig.pull(rig.d, 0)
+    await rig.close(rig.d, 0)
+    await rig.flush()
+    assert rig.c.registry.items["D-1"].state == "out"
+    await rig.clock.advance(1)
+    assert "return" in (await rig.scan("D-1")).message
+    await rig.pull(rig.d, 0)
+    await rig.close(rig.d, 0)
+    kinds = await rig.kinds(start, "d01")
+    assert [k for k in kinds if k.startswith("dossier.")] == [
+        "dossier.deposited", "dossier.checked_out", "dossier.returned"]
+    assert kinds[:6] == ["scan", "access.granted", "lock.pulsed", "door.opened", "door.closed",
+                         "dossier.deposited"]
+    assert rig.c.registry.items["D-1"].state == "in"
+    assert verify(rig.cfg.journal_path).ok
+
+
+async def test_grant_is_on_disk_before_the_lock_moves(rig):
+    seen = []
+    energise = rig.d._energise
+
+    async def spy(channel, ms):
+        # A separate connection sees only what is committed (and fsynced).
+        conn = sqlite3.connect(rig.cfg.journal_path)
+        rows = conn.execute("SELECT kind, dossier FROM events WHERE kind = 'access.granted'").fetchall()
+        conn.close()
+        seen.append(rows)
+        await energise(channel, ms)
+
+    rig.d._energise = spy
+    await rig.scan("D-3")
+    assert seen == [[("access.granted", "D-3")]]
+
+
+async def test_dossier_opens_only_its_own_compartment(rig):
+    await rig.scan("D-3")
+    assert [ch for ch, _, _ in rig.d.pulse_log] == [1]
+    assert rig.e.pulse_log == []
+    assert rig.d.released(1) and not any(rig.d.released(c) for c in (0, 2, 3, 4, 5))
+
+
+async def test_repeat_scan_while_open_does_not_pulse_again(rig):
+    await rig.scan("D-1")
+    await rig.pull(rig.d, 0)
+    await rig.flush()
+    out = await rig.scan("D-1")
+    assert out.accepted and not out.pulsed
+    out2 = await rig.scan("D-2")  # another dossier of the same open compartment
+    assert out2.accepted and not out2.pulsed
+    assert len(rig.d.pulse_log) == 1
+    await rig.close(rig.d, 0)
+    await rig.flush()
+    assert rig.c.registry.items["D-2"].state == "in"  # recorded with the same opening
+
+
+async def test_second_scan_while_unlocking_does_not_pulse_twice(rig):
+    await rig.scan("D-1")
+    out = await rig.scan("D-1")
+    assert not out.pulsed
+    assert len(rig.d.pulse_log) == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("NOPE-123", "unknown code"),
+        ("D-NOWHERE", "not assigned"),
+        (b"", "empty"),
+        (b"\xff\xfeabc", "UTF-8"),
+        (b"AB\x07CD", "control character"),
+        (b"X" * 300, "too long"),
+    ],
+)
+async def test_refusals_are_journaled_with_a_reason(rig, code, reason):
+    start = rig.journal.last_seq
+    out = await rig.scan(code)
+    assert not out.accepted and reason in out.message
+    evs = await rig.events(start)
+    assert [e.kind for e in evs] == ["scan", "access.denied"]
+    assert reason in evs[1].data["reason"]
+    assert rig.d.pulse_log == [] and rig.e.pulse_log == []
+
+
+async def test_badge_where_a_dossier_is_expected_is_refused(rig):
+    out = await rig.scan("B-BERG", scanner="side")  # the side scanner serves dossiers only
+    assert not out.accepted and "badge" in out.message
+
+
+async def test_dossier_at_a_scanner_of_another_cabinet_is_refused(tmp_path):
+    from rig import TOML
+
+    r = await make_rig(tmp_path, TOML.replace('[scanners.side]\ntype = "sim"\ncabinets = ["d"]',
+                                              '[scanners.side]\ntype = "sim"\ncabinets = ["e"]'))
+    try:
+        out = await r.scan("D-1", scanner="side")
+        assert not out.accepted and "cabinet d" in out.message
+    finally:
+        await close_rig(r)
+
+
+async def test_evidence_needs_officer_and_case_manager_in_either_order(rig):
+    assert (await rig.scan("E-1")).accepted  # waiting for people, not refused
+    await rig.scan("B-LIND")
+    assert rig.e.pulse_log == []
+    out = await rig.scan("B-BERG")
+    assert out.pulsed and out.compartment == "e01"
+    await rig.pull(rig.e, 0)
+    await rig.close(rig.e, 0)
+    evs = await rig.events()
+    dep = [e for e in evs if e.kind == "evidence.deposited"]
+    assert len(dep) == 1 and set(dep[0].people) == {"berg", "lind"}
+    assert rig.c.registry.items["E-1"].depositor == "berg"
+
+
+async def test_depositor_alone_can_never_reopen_evidence(rig):
+    await rig.scan("B-BERG")
+    await rig.scan("E-1")
+    await rig.scan("B-LIND")
+    await rig.pull(rig.e, 0)
+    await rig.close(rig.e, 0)
+    await rig.clock.advance(120)
+    # Now the depositor alone, even with two of his own badges.
+    await rig.scan("B-BERG")
+    await rig.scan("E-1")
+    out = await rig.scan("B-BERG-2")
+    assert not out.pulsed and "case manager" in out.message
+    await rig.clock.advance(61)  # the window closes: the attempt is refused and journaled
+    evs = await rig.events()
+    denied = [e for e in evs if e.kind == "access.denied" and e.dossier == "E-1"]
+    assert denied and "evidence rule not met" in denied[-1].data["reason"]
+    assert len(rig.e.pulse_log) == 1
+
+
+async def test_two_officers_do_not_make_an_evidence_opening(rig):
+    await rig.scan("B-BERG")
+    await rig.scan("B-OKAFOR")
+    out = await rig.scan("E-1")
+    assert not out.pulsed and "case manager" in out.message
+
+
+async def test_badges_expire_after_the_window(rig):
+    await rig.scan("B-BERG")
+    await rig.clock.advance(61)
+    await rig.scan("E-1")
+    out = await rig.scan("B-LIND")
+    assert not out.pulsed and "officer" in out.message
+
+
+async def test_forced_door_raises_an_alarm_until_closed(rig):
+    rig.d.force(3)
+    await rig.clock.advance(0.05)
+    assert "forced" in rig.c.states()["d04"]["alarm"]
+    await rig.close(rig.d, 3)
+    kinds = await rig.kinds(compartment="d04")
+    assert kinds[-4:] == ["door.opened", "alarm.forced", "door.closed", "alarm.cleared"]
+    assert rig.c.states()["d04"]["alarm"] is None
+
+
+async def test_door_held_open_alarm_repeats_until_closed(rig):
+    await rig.scan("D-3")
+    await rig.pull(rig.d, 1)
+    await rig.clock.advance(59)
+    assert "alarm.held_open" not in await rig.kinds()
+    await rig.clock.advance(2)  # past max_open_s = 60
+    await rig.clock.advance(30)  # repeated every alarm_repeat_s = 30
+    await rig.clock.advance(30)
+    held = [e for e in await rig.events() if e.kind == "alarm.held_open"]
+    assert [e.data["count"] for e in held] == [1, 2, 3]
+    await rig.close(rig.d, 1)
+    await rig.clock.advance(100)
+    kinds = await rig.kinds(compartment="d02")
+    assert kinds.count("alarm.held_open") == 3 and kinds[-1] == "alarm.cleared"
+
+
+async def test_pulse_without_opening_is_reported_not_opened(rig):
+    await rig.scan("D-3")
+    await rig.clock.advance(10.5)
+    evs = [e for e in await rig.events() if e.compartment == "d02"]
+    assert evs[-1].kind == "door.not_opened"
+    assert rig.c.registry.items["D-3"].state == "new"  # nothing changed hands
+
+
+async def test_jammed_lock_ends_in_fault_and_refusals(rig):
+    rig.d.jam(1)
+    for _ in range(3):
+        out = await rig.scan("D-3")
+        assert out.pulsed
+        assert not await rig.pull(rig.d, 1)  # pulled, but the latch is jammed
+        await rig.clock.advance(11)
+    out = await rig.scan("D-3")
+    assert not out.accepted and "fault" in out.message
+    assert "jam" in " ".join(rig.c.states()["d02"]["faults"])
+    assert len(rig.d.pulse_log) == 3
+    rig.d.jam(1, False)
+    assert rig.c.clear_faults("d02", "nowak") == ["jam"]
+    assert (await rig.scan("D-3")).pulsed
+
+
+async def test_bouncing_sensor_gives_one_open_and_one_close(rig):
+    await rig.scan("D-3")
+    await rig.pull(rig.d, 1)
+    rig.d.bounce(1, times=4, interval_s=0.003)
+    await rig.clock.advance(0.2)
+    await rig.close(rig.d, 1)
+    rig.d.bounce(1, times=4, interval_s=0.003)
+    await rig.clock.advance(0.2)
+    kinds = await rig.kinds(compartment="d02")
+    assert kinds.count("door.opened") == 1 and kinds.count("door.closed") == 1
+    assert "alarm.forced" not in kinds
+
+
+async def test_power_budget_caps_energised_solenoids(rig):
+    for code in ("D-1", "D-3"):
+        await rig.scan(code)
+    assert rig.hw.budget.in_use == 2
+    # A third pulse waits for a slot instead of overloading the supply.
+    import asyncio
+
+    third = asyncio.create_task(rig.c.remote_open("d05", "nowak", "test", "cmd-1"))
+    await rig.clock.settle()
+    assert not third.done()
+    await rig.clock.advance(0.6)
+    out = await third
+    assert out.pulsed and rig.hw.budget.peak == 2
+
+
+async def test_board_vanishing_puts_its_compartments_in_fault(rig):
+    rig.d.vanish()
+    await rig.flush()
+    out = await rig.scan("D-1")
+    assert not out.accepted and "fault" in out.message
+    rig.d.reappear()
+    await rig.flush()
+    assert (await rig.scan("D-1")).pulsed
+
+
+async def test_stuck_relay_is_reported_and_the_compartment_faulted(rig):
+    rig.d.stick(1)
+    await rig.scan("D-3")
+    await rig.clock.advance(1)
+    assert any("relay" in f for f in rig.c.states()["d02"]["faults"])
+    rig.d.stick(1, False)
+    await rig.clock.advance(3)
+    assert rig.c.states()["d02"]["faults"] == []
+    assert 1 not in rig.d.energised
