@@ -74,6 +74,7 @@ class SimBoard(LockBank, DoorSensors):
 
     async def start(self) -> None:
         self._load()
+        self._save()
         await self.all_off()
         self._read_all()
 

@@ -1,0 +1,97 @@
+"""Strict config validation: every mistake at once, each named precisely."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rig import TOML
+
+from lockerd import config
+from lockerd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    assert all(p.startswith(str(path)) for p in e.value.problems)  # every line names the file
+    return e.value.problems
+
+
+def test_shipped_configs_are_valid():
+    for path in (ROOT / "config").glob("*.toml"):
+        cfg = config.load(path)
+        assert cfg.compartments, path
+
+
+def test_demo_station_has_24_dossier_and_8_evidence_compartments():
+    cfg = config.load(ROOT / "config" / "demo.toml")
+    kinds = [c.kind for c in cfg.compartments.values()]
+    assert kinds.count("dossier") == 24 and kinds.count("evidence") == 8
+
+
+def test_every_mistake_is_reported_at_once(tmp_path):
+    bad = TOML.replace('site = "test-site"', 'site = "Test Site"') \
+        .replace("pulse_ms = 500", "pulse_ms = -5") \
+        .replace("jam_after = 3", "jam_after = 3\njam_afterr = 4") \
+        .replace('lock_driver = "sim-e"', 'lock_driver = "nope"') \
+        .replace('cabinets = ["d"]', 'cabinets = ["z"]') \
+        .replace("count = 6", "count = 7")
+    found = problems(tmp_path, bad + "\n[bogus]\nx = 1\n")
+    text = "\n".join(found)
+    assert "controller.site = 'Test Site': expected an id" in text
+    assert "timing.pulse_ms = -5: expected an integer from 20 to 5000" in text
+    assert "timing.jam_afterr: unknown option" in text
+    assert "cabinets.e.lock_driver = 'nope': expected one of the [drivers] sections" in text
+    assert "scanners.side.cabinets = ['z']: expected cabinet ids" in text
+    assert "cabinets.d.count.lock = 6: expected a lock channel of driver 'sim-d' (0 to 5)" in text
+    assert "bogus: unknown section" in text
+    assert len(found) >= 7
+
+
+def test_missing_sections_and_wrong_types(tmp_path):
+    text = "\n".join(problems(tmp_path, '[controller]\nsite = 3\nnode = "n"\n[timing]\npulse_ms = "fast"\n'))
+    assert "[journal]: missing section" in text and "[cabinets]: missing section" in text
+    assert "controller.site = 3" in text and "timing.pulse_ms = 'fast': expected an integer" in text
+
+
+def test_channel_used_twice_and_duplicate_ids(tmp_path):
+    bad = TOML.replace("count = 4", 'count = 0\n[[cabinets.e.compartments]]\nid = "e1"\nlock = 0\nsensor = 0\n'
+                                    '[[cabinets.e.compartments]]\nid = "e1"\nlock = 0\nsensor = 1\n'
+                                    '[[cabinets.e.compartments]]\nid = "e3"\nlock = 0\nsensor = 2\n')
+    text = "\n".join(problems(tmp_path, bad))
+    assert "id = 'e1': expected an id not already used" in text
+    assert "lock = 0: expected a lock channel not already used by compartment e1" in text
+
+
+def test_not_toml_and_not_utf8(tmp_path):
+    assert "not valid TOML" in problems(tmp_path, "[controller\n")[0]
+    path = tmp_path / "latin.toml"
+    path.write_bytes(b"site = '\xe9'")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(path)
+
+
+def test_check_config_exit_codes(tmp_path):
+    good = ROOT / "config" / "demo.toml"
+    r = subprocess.run([sys.executable, "-m", "lockerd", "check-config", str(good)], capture_output=True, text=True)
+    assert r.returncode == 0 and "OK" in r.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TOML.replace("pulse_ms = 500", "pulse_ms = 0"))
+    r = subprocess.run([sys.executable, "-m", "lockerd", "check-config", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "timing.pulse_ms = 0" in r.stderr
+
+
+def test_daemon_refuses_to_start_on_an_invalid_config(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TOML.replace('kind = "dossier"', 'kind = "dosier"'))
+    r = subprocess.run([sys.executable, "-m", "lockerd", "run", "-c", str(bad)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "cabinets.d.kind = 'dosier'" in r.stderr
+    assert not (tmp_path / "journal.db").exists()

@@ -1,0 +1,113 @@
+"""The real daemon as a subprocess, driven through the lockerd CLI like a person would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rig import DATA, TOML
+
+from lockerd.journal import verify
+
+
+def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lockerd", *args, "-c", str(cfg)], capture_output=True,
+                          text=True, timeout=30)
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited: {proc.stderr.read()}")
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+                return
+        except OSError:
+            time.sleep(0.02)  # polling for readiness, not standing in for it
+    raise AssertionError("daemon did not open its control socket")
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    cfg = tmp_path / "lockerd.toml"
+    cfg.write_text(TOML)
+    (tmp_path / "data.json").write_text(json.dumps(DATA))
+    proc = subprocess.Popen([sys.executable, "-m", "lockerd", "run", "-c", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_socket(tmp_path / "lockerd.sock", proc)
+    yield cfg, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_scan_to_open_through_the_cli(daemon):
+    cfg, proc = daemon
+    r = cli(cfg, "import", str(cfg.parent / "data.json"))
+    assert r.returncode == 0 and "imported 4 people, 4 badges, 5 items" in r.stdout
+    r = cli(cfg, "sim", "scan", "D-1", "--pull")
+    assert r.returncode == 0 and "open d01: deposit D-1" in r.stdout and "door pulled open" in r.stdout
+    assert cli(cfg, "sim", "close", "d01").returncode == 0
+    r = cli(cfg, "sim", "scan", "NOT-A-CODE")
+    assert "refused: unknown code" in r.stdout
+    r = cli(cfg, "sim", "force", "d06")
+    r = cli(cfg, "status", "--json")
+    st = json.loads(r.stdout)
+    assert st["compartments"]["d06"]["alarm"] == "forced"
+    assert cli(cfg, "sim", "pull", "d02").stdout.startswith("door stays shut")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    r = cli(cfg, "history", "--dossier", "D-1")
+    kinds = [line.split()[2] for line in r.stdout.splitlines()]
+    assert kinds[:2] == ["item.assigned", "scan"] and "dossier.deposited" in kinds
+    r = cli(cfg, "history", "--kind", "alarm", "--json")
+    assert [json.loads(x)["kind"] for x in r.stdout.splitlines()] == ["alarm.forced"]
+    r = cli(cfg, "verify")
+    assert r.returncode == 0 and "hash chain intact" in r.stdout
+    assert verify(cfg.parent / "journal.db").ok
+
+
+def test_sigterm_mid_pulse_leaves_no_relay_on_and_exits_cleanly(daemon):
+    cfg, proc = daemon
+    cli(cfg, "import", str(cfg.parent / "data.json"))
+    r = cli(cfg, "sim", "scan", "D-3")
+    assert "open d02" in r.stdout
+    proc.send_signal(signal.SIGTERM)  # within the 500 ms pulse
+    assert proc.wait(15) == 0
+    log = proc.stderr.read()
+    assert "stopped" in log
+    r = cli(cfg, "history", "--limit", "3")
+    assert r.stdout.splitlines()[-1].split()[2] == "daemon.stopped"
+    assert cli(cfg, "verify").returncode == 0
+
+
+def test_second_daemon_on_the_same_journal_refuses_to_write(daemon, tmp_path):
+    cfg, proc = daemon
+    other = tmp_path / "other.toml"
+    other.write_text(TOML.replace('control_socket = "lockerd.sock"', 'control_socket = "other.sock"'))
+    p2 = subprocess.Popen([sys.executable, "-m", "lockerd", "run", "-c", str(other)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_socket(tmp_path / "other.sock", p2)
+        st = json.loads(cli(other, "status", "--json").stdout)
+        assert not st["journal"]["healthy"] and "in use by another lockerd" in st["journal"]["error"]
+    finally:
+        p2.send_signal(signal.SIGTERM)
+        p2.wait(15)
+
+
+def test_start_to_ready_is_logged(daemon):
+    cfg, proc = daemon
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(15)
+    err = proc.stderr.read()
+    assert "ready in" in err and os.path.exists(cfg.parent / "journal.db")

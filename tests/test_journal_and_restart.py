@@ -1,0 +1,173 @@
+"""Journal integrity, failure modes and what survives a restart."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+
+import pytest
+from rig import close_rig, make_rig
+
+from lockerd import importer
+from lockerd.errors import CommandError, JournalError
+from lockerd.journal import verify
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_state_survives_a_restart(tmp_path):
+    r = await make_rig(tmp_path)
+    await r.scan("D-1")
+    await r.pull(r.d, 0)
+    await r.close(r.d, 0)
+    r.d.force(4)  # an alarm left open across the restart
+    await r.clock.advance(0.05)
+    await close_rig(r)
+
+    r2 = await make_rig(tmp_path, data=None)
+    try:
+        assert r2.c.registry.items["D-1"].state == "in"
+        assert r2.c.registry.person_of_badge("B-LIND").name == "Maria Lindqvist"
+        assert "forced" in r2.c.states()["d05"]["alarm"]  # still open, still alarmed
+        out = await r2.scan("D-1")
+        assert "checkout" in out.message
+        assert verify(r2.cfg.journal_path).ok
+    finally:
+        await close_rig(r2)
+
+
+async def test_door_changed_while_down_is_journaled(tmp_path):
+    r = await make_rig(tmp_path)
+    await close_rig(r)
+    # While lockerd was stopped, someone opened compartment d03 (the sim
+    # keeps its doors in a state file, as a real cabinet keeps its doors).
+    state = json.loads((tmp_path / "sim-d.json").read_text())
+    state["doors"][2]["open"] = True
+    (tmp_path / "sim-d.json").write_text(json.dumps(state))
+    r2 = await make_rig(tmp_path, data=None)
+    try:
+        evs = [e for e in await r2.events() if e.compartment == "d03"]
+        kinds = [e.kind for e in evs]
+        assert "door.changed_while_down" in kinds and "alarm.forced" in kinds
+        changed = evs[kinds.index("door.changed_while_down")]
+        assert changed.data == {"was": "closed", "now": "open"}
+    finally:
+        await close_rig(r2)
+
+
+async def test_locks_are_de_energised_at_start(tmp_path):
+    r = await make_rig(tmp_path)
+    try:
+        assert r.d.energised == set() and r.hw.budget.in_use == 0
+        assert not any(r.d.released(c) for c in range(6))
+    finally:
+        await close_rig(r)
+
+
+async def test_verify_names_the_first_edited_row(tmp_path):
+    r = await make_rig(tmp_path)
+    await r.scan("D-1")
+    await close_rig(r)
+    db = tmp_path / "journal.db"
+    assert verify(db).ok
+    conn = sqlite3.connect(db)
+    # Edits need the append-only triggers gone: what an attacker with the file would do.
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET data = json_set(data, '$.reason', 'edited') WHERE seq = 5")
+    conn.commit()
+    conn.close()
+    res = verify(db)
+    assert not res.ok and res.first_bad == 5 and "changed" in res.reason
+
+
+async def test_verify_detects_a_deleted_row(tmp_path):
+    r = await make_rig(tmp_path)
+    await close_rig(r)
+    conn = sqlite3.connect(tmp_path / "journal.db")
+    conn.execute("DROP TRIGGER events_no_delete")
+    conn.execute("DELETE FROM events WHERE seq = 3")
+    conn.commit()
+    conn.close()
+    res = verify(tmp_path / "journal.db")
+    assert not res.ok and res.first_bad == 3 and "missing" in res.reason
+
+
+async def test_the_database_refuses_edits(tmp_path):
+    r = await make_rig(tmp_path)
+    await close_rig(r)
+    conn = sqlite3.connect(tmp_path / "journal.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE events SET kind = 'x' WHERE seq = 1")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM events WHERE seq = 1")
+
+
+async def test_full_disk_refuses_to_unlock_and_keeps_running(tmp_path):
+    r = await make_rig(tmp_path)
+    try:
+        # The disk fills up under the running daemon: the database may not
+        # grow by a single page, so every commit fails.
+        pages = r.journal.query("PRAGMA page_count")[0][0]
+        await r.journal.execute(f"PRAGMA max_page_count = {pages}")
+        for i in range(200):  # use up the free space left in the last pages
+            r.journal.append("filler", blob="x" * 2000)
+        out = await r.scan("D-1")
+        assert not out.accepted and "cannot record" in out.message
+        assert r.d.pulse_log == []
+        assert not r.journal.healthy
+        # ... and the loop still serves the next scan (refused again, no crash).
+        out = await r.scan("D-3")
+        assert not out.accepted and r.d.pulse_log == []
+        assert "full" in r.journal.error
+        # Once space is freed, grants work again without a restart. (The
+        # pragma is connection state: it holds even though the batch it
+        # shares with still-failing events rolls back.)
+        with contextlib.suppress(JournalError):
+            await r.journal.execute("PRAGMA max_page_count = 1073741823")
+        assert (await r.scan("D-3")).pulsed
+    finally:
+        await close_rig(r)
+
+
+async def test_corrupt_journal_fails_secure(tmp_path):
+    (tmp_path / "journal.db").write_bytes(b"this is not a database" * 100)
+    r = await make_rig(tmp_path, data=None)
+    try:
+        assert not r.journal.healthy and "unusable" in r.journal.error
+        r.c.registry.items.clear()
+        out = await r.scan("D-1")
+        assert not out.accepted
+        assert r.d.pulse_log == []
+    finally:
+        await close_rig(r)
+
+
+async def test_import_is_all_or_nothing(tmp_path):
+    r = await make_rig(tmp_path, data=None)
+    try:
+        bad = {
+            "people": [{"id": "x1", "name": "X", "role": "officer"}, {"id": "x2", "name": "Y", "role": "chief"}],
+            "items": [{"code": "D-9", "kind": "dossier", "compartment": "d99", "officer": "x1"}],
+        }
+        with pytest.raises(CommandError) as e:
+            await importer.apply(r.c, bad)
+        assert "chief" in str(e.value) and "d99" in str(e.value)
+        assert r.c.registry.people == {} and r.c.registry.items == {}
+        assert not [k for k in await r.kinds() if k.startswith(("person.", "item."))]
+    finally:
+        await close_rig(r)
+
+
+async def test_csv_import(tmp_path):
+    r = await make_rig(tmp_path, data=None)
+    try:
+        people = importer.parse("id,name,role\nb1,Bea,officer\n", True)
+        items = importer.parse("code,kind,case_name,category,officer,compartment\nD-7,dossier,C,cat,b1,d02\n", True)
+        await importer.apply(r.c, people)
+        await importer.apply(r.c, items)
+        assert r.c.registry.items["D-7"].compartment == "d02"
+        with pytest.raises(CommandError, match="unrecognised CSV header"):
+            importer.parse("foo,bar\n1,2\n", True)
+    finally:
+        await close_rig(r)
