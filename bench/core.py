@@ -27,12 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from lockerd.drivers import build_hardware  # noqa: E402
 from rig import DATA, TOML  # noqa: E402
 
 from lockerd import config, importer  # noqa: E402
 from lockerd.clock import Clock  # noqa: E402
 from lockerd.controller import Controller  # noqa: E402
-from lockerd.drivers import build_hardware  # noqa: E402
 from lockerd.journal import Journal  # noqa: E402
 
 
@@ -66,7 +66,7 @@ async def scan_to_pulse(n: int) -> None:
             pulsed.set()
 
         board._energise = timed
-        for i in range(n):
+        for _i in range(n):
             # Each scan opens d01 (deposit/checkout/return alternate); close it
             # again so the next scan pulses rather than joining an open door.
             pulsed.clear()

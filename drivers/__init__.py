@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lockerd.clock import Clock
-from lockerd.config import Config
 from lockerd.drivers.base import (
     DoorSensors,
     Driver,
@@ -20,6 +18,9 @@ from lockerd.drivers.base import (
     PowerBudget,
     Scanner,
 )
+
+from lockerd.clock import Clock
+from lockerd.config import Config
 
 
 @dataclass

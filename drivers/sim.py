@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lockerd.clock import Clock
 from lockerd.drivers.base import (
     DoorSensors,
     DoorState,
@@ -30,6 +29,8 @@ from lockerd.drivers.base import (
     Scanner,
     decode_scan,
 )
+
+from lockerd.clock import Clock
 from lockerd.errors import DriverError, DriverUnavailable
 
 log = logging.getLogger(__name__)

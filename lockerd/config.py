@@ -407,9 +407,8 @@ def parse(data: bytes, file: Path) -> Config:
     scanners = _typed_sections(c, "scanners", doc.get("scanners", {}), SCANNER_TYPES, SCANNER_COMMON)
 
     for name, d in drivers.items():
-        if d.type == "modbus" and d.options.get("bus") not in (_MISSING, None):
-            if d["bus"] not in buses:
-                c.problem(f"drivers.{name}.bus", d["bus"], f"one of the [buses] sections ({_names(buses)})")
+        if d.type == "modbus" and d.options.get("bus") not in (_MISSING, None) and d["bus"] not in buses:
+            c.problem(f"drivers.{name}.bus", d["bus"], f"one of the [buses] sections ({_names(buses)})")
         if d.type == "sim" and d.options["crossed"] and len(d.options["crossed"]) != 2:
             c.problem(f"drivers.{name}.crossed", list(d["crossed"]), "exactly two channels")
         if d.type == "gpio":

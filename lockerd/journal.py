@@ -20,6 +20,7 @@ migrates the schema (imported only when a migration runs) and serves reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -404,10 +405,8 @@ class Journal:
                 prev = h
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError, ValueError, TypeError) as e:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             msg = f"journal write failed: {e}"
             if self.error != msg:
                 log.error("%s", msg)

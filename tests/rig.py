@@ -7,12 +7,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockerd import config, importer
-from lockerd.clock import ManualClock
-from lockerd.controller import Controller, Outcome
 from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import Scan
 from lockerd.drivers.sim import SimBoard, SimScanner
+
+from lockerd import config, importer
+from lockerd.clock import ManualClock
+from lockerd.controller import Controller, Outcome
 from lockerd.journal import Event, Journal
 
 TOML = """

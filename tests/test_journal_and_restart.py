@@ -110,7 +110,7 @@ async def test_full_disk_refuses_to_unlock_and_keeps_running(tmp_path):
         # grow by a single page, so every commit fails.
         pages = r.journal.query("PRAGMA page_count")[0][0]
         await r.journal.execute(f"PRAGMA max_page_count = {pages}")
-        for i in range(200):  # use up the free space left in the last pages
+        for _i in range(200):  # use up the free space left in the last pages
             r.journal.append("filler", blob="x" * 2000)
         out = await r.scan("D-1")
         assert not out.accepted and "cannot record" in out.message
