@@ -110,7 +110,6 @@ class Controller:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.heartbeat = clock.monotonic()  # moves while the scan loops are alive
 
     # -- life ------------------------------------------------------------------
 
@@ -259,7 +258,6 @@ class Controller:
 
     async def _scan_loop(self, name: str, scanner: Any) -> None:
         async for scan in scanner.scans():
-            self.heartbeat = self.clock.monotonic()
             if not self._accepting:
                 continue
             # One task per scan: a pulse waiting for the power budget must
