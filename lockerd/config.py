@@ -187,6 +187,8 @@ STATION = {
     "command_max_age_s": Opt("float", 60.0, min=1, max=86400),
     "batch_size": Opt("int", 200, min=1, max=5000, doc="events in flight at once while draining"),
     "reconnect_max_s": Opt("float", 30.0, min=1, max=600),
+    "session_expiry_s": Opt("int", 86400, min=0, max=4294967295,
+                            doc="how long the broker keeps our session (queued commands) while we are away"),
 }
 
 # Driver types: the options each accepts besides "type".

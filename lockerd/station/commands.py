@@ -1,0 +1,131 @@
+"""Station commands: parsing, checking against the contract, and de-duplication.
+
+A command is refused (with a reply and a ``command.refused`` journal event)
+when it is too big, not JSON, not matching its schema, retained, too old or
+too far in the future, or addressed to another site or node. An id seen
+before is answered with its first outcome and never applied again; the ids
+of accepted commands are journaled, so this holds across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from lockerd.clock import parse_time
+from lockerd.station import contract
+from lockerd.station.validate import errors
+
+log = logging.getLogger(__name__)
+
+# How many command ids (and their first replies) are remembered.
+SEEN_MAX = 20_000
+
+
+@dataclass
+class Command:
+    """A command as far as it could be read."""
+
+    name: str
+    id: str | None = None
+    requested_by: str | None = None
+    ts: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"command_id": self.id, "requested_by": self.requested_by, "ts": self.ts, "name": self.name}
+
+
+class Refused(Exception):
+    """The command cannot be run; ``command`` holds what could be read of it."""
+
+    def __init__(self, command: Command, message: str):
+        super().__init__(message)
+        self.command = command
+        self.message = message
+
+
+def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, now: float,
+          max_age_s: float) -> Command:
+    """Read and check one command; raise Refused with a one-sentence reason."""
+    cmd = Command(name)
+    if len(payload) > contract.MAX_COMMAND_BYTES:
+        raise Refused(cmd, f"payload of {len(payload)} bytes exceeds the {contract.MAX_COMMAND_BYTES}-byte limit")
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Refused(cmd, f"payload is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise Refused(cmd, "payload must be a JSON object")
+    # Take what we can for the reply and the journal before judging the rest.
+    cid = body.get("id")
+    if isinstance(cid, str) and len(cid) <= 64:
+        cmd.id = cid
+    by = body.get("requested_by")
+    if isinstance(by, str) and len(by) <= 64:
+        cmd.requested_by = by
+    if isinstance(body.get("ts"), str):
+        cmd.ts = body["ts"][:40]
+    if name not in contract.COMMAND_ARGS:
+        raise Refused(cmd, f"unknown command {name!r} (known: {', '.join(contract.COMMAND_ARGS)})")
+    problems = errors(body, contract.command_schema(name))
+    if problems:
+        raise Refused(cmd, "; ".join(problems[:5]))
+    cmd.args = body["args"]
+    if body.get("site", site) != site or body.get("node", node) != node:
+        raise Refused(cmd, f"addressed to {body.get('site', site)}/{body.get('node', node)}, this is {site}/{node}")
+    if retained:
+        raise Refused(cmd, "retained commands are refused: publish commands with retain=false")
+    try:
+        sent = parse_time(body["ts"])
+    except ValueError:
+        raise Refused(cmd, f"ts: {body['ts']!r} is not an ISO 8601 time") from None
+    age = now - sent
+    if age > max_age_s:
+        raise Refused(cmd, f"command is {age:.0f} s old, older than command_max_age_s ({max_age_s:g} s)")
+    if age < -max_age_s:
+        raise Refused(cmd, f"command ts is {-age:.0f} s in the future: check the clocks")
+    return cmd
+
+
+class SeenIds:
+    """Ids of accepted commands, oldest first, with their first reply."""
+
+    def __init__(self, capacity: int = SEEN_MAX):
+        self.capacity = capacity
+        self._seen: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+
+    def __contains__(self, cid: str) -> bool:
+        return cid in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, cid: str, reply: dict[str, Any] | None = None) -> None:
+        self._seen[cid] = reply
+        self._seen.move_to_end(cid)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+
+    def reply(self, cid: str) -> dict[str, Any] | None:
+        return self._seen.get(cid)
+
+    def load(self, journal: Any) -> None:
+        """Reload recent ids (and outcomes) from the journal's command events."""
+        rows = journal.query(
+            "SELECT kind, json_extract(data, '$.command_id'), json_extract(data, '$.command'), "
+            "json_extract(data, '$.error') FROM events WHERE kind IN ('command.accepted', 'command.failed') "
+            "ORDER BY seq DESC LIMIT ?", self.capacity * 2)
+        for kind, cid, name, error in reversed(rows):
+            if not isinstance(cid, str):
+                continue
+            if kind == "command.accepted":
+                self.add(cid, {"command": name, "ok": True})
+            else:
+                self.add(cid, {"command": name, "ok": False, "error": error or "failed"})
+        if rows:
+            log.info("station: %d recent command ids reloaded from the journal", len(self))

@@ -1,0 +1,334 @@
+"""The station contract as data: every topic, payload schema and command.
+
+``docs/asyncapi.yaml`` is rendered from this module (``python -m
+lockerd.station.contract > docs/asyncapi.yaml``) and a test checks the two
+agree, so the document the station side reads and the schemas the link
+enforces cannot drift apart. The link validates incoming commands against
+these schemas with :mod:`lockerd.station.validate` (no runtime dependency on
+jsonschema); the tests validate what the daemon publishes with jsonschema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+from lockerd import __version__
+
+# Biggest command payload the link will parse; larger ones are refused unread.
+MAX_COMMAND_BYTES = 16 * 1024
+# Most events one replay command re-publishes; the station asks again for more.
+REPLAY_MAX = 10_000
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+HEX64 = r"^[0-9a-f]{64}$"
+
+
+def _s(max_len: int, min_len: int = 1, **kw: Any) -> dict[str, Any]:
+    return {"type": "string", "minLength": min_len, "maxLength": max_len, **kw}
+
+
+TS = {"type": "string", "format": "date-time", "maxLength": 40,
+      "description": "UTC wall time, ISO 8601 with milliseconds and a Z"}
+PERSON_ID = _s(64, description="a person id from the station's registry")
+ITEM_CODE = _s(128, description="the item's (dossier's or seized item's) barcode")
+COMPARTMENT_ID = {"type": "string", "pattern": ID_PATTERN, "description": "a compartment id of this controller"}
+
+
+def _args(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+# Each command's "args" schema. Handled by the daemon's CommandHandler
+# except ping and replay, which the link answers itself.
+COMMAND_ARGS: dict[str, dict[str, Any]] = {
+    "assign": _args({
+        "code": ITEM_CODE,
+        "kind": {"type": "string", "enum": ["dossier", "evidence"], "default": "dossier"},
+        "compartment": {"type": ["string", "null"], "pattern": ID_PATTERN,
+                        "description": "where the item belongs; null registers it without a compartment"},
+        "case_name": _s(256, 0),
+        "category": _s(128, 0),
+        "officer": _s(64, 0, description="the responsible officer (person id)"),
+    }, ["code", "compartment"]),
+    "unassign": _args({"code": ITEM_CODE}, ["code"]),
+    "register-person": _args({
+        "id": PERSON_ID,
+        "name": _s(128),
+        "role": {"type": "string", "enum": ["officer", "case_manager", "supervisor", "technician"]},
+    }, ["id", "name", "role"]),
+    "revoke-person": _args({"id": PERSON_ID}, ["id"]),
+    "register-badge": _args({"code": _s(128), "person": PERSON_ID}, ["code", "person"]),
+    "revoke-badge": _args({"code": _s(128)}, ["code"]),
+    "open": _args({
+        "compartment": COMPARTMENT_ID,
+        "reason": _s(256, description="why the station opens it; journaled with the grant"),
+    }, ["compartment", "reason"]),
+    "ping": _args({}, []),
+    "replay": _args({
+        "from_seq": {"type": "integer", "minimum": 1},
+        "to_seq": {"type": "integer", "minimum": 1,
+                   "description": f"inclusive; default and cap: from_seq + {REPLAY_MAX - 1}"},
+    }, ["from_seq"]),
+}
+
+LINK_COMMANDS = frozenset({"ping", "replay"})
+
+COMMAND = {
+    "type": "object",
+    "description": "A command from the station. Topic: {prefix}/{site}/{node}/cmd/{name}; QoS 1; never retained.",
+    "properties": {
+        "id": {"type": "string", "pattern": COMMAND_ID_PATTERN,
+               "description": "unique per command; a repeated id is answered, never applied twice"},
+        "ts": TS,
+        "requested_by": _s(64, description="who asked (person or station user id); journaled"),
+        "site": {"type": "string", "pattern": ID_PATTERN, "description": "optional; refused if not this site"},
+        "node": {"type": "string", "pattern": ID_PATTERN, "description": "optional; refused if not this node"},
+        "args": {"type": "object", "description": "the command's arguments (see each command's schema)"},
+    },
+    "required": ["id", "ts", "requested_by", "args"],
+    "additionalProperties": False,
+}
+
+REPLY = {
+    "type": "object",
+    "description": "The answer to one command, with the command's id.",
+    "properties": {
+        "id": {"type": ["string", "null"], "description": "the command's id; null when it could not be read"},
+        "ts": TS,
+        "command": {"type": ["string", "null"]},
+        "ok": {"type": "boolean"},
+        "result": {"type": "object", "description": "present when ok"},
+        "error": {"type": "string", "description": "present when not ok: what was wrong, in one sentence"},
+        "duplicate": {"type": "boolean",
+                      "description": "true when this id was seen before: the first outcome stands, nothing ran again"},
+    },
+    "required": ["id", "ts", "command", "ok"],
+    "additionalProperties": False,
+}
+
+EVENT = {
+    "type": "object",
+    "description": "One journal event, exactly as journaled (see docs/events.md for kinds and data).",
+    "properties": {
+        "seq": {"type": "integer", "minimum": 1, "description": "gapless per controller: a jump means a gap"},
+        "id": {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "unique; a redelivery keeps it"},
+        "ts": TS,
+        "mono": {"type": "number", "description": "monotonic seconds within this boot"},
+        "boot": _s(64),
+        "kind": _s(64),
+        "compartment": {"type": ["string", "null"]},
+        "dossier": {"type": ["string", "null"], "description": "item barcode, when one is involved"},
+        "people": {"type": "array", "items": {"type": "string"}},
+        "data": {"type": "object"},
+        "prev": {"type": "string", "pattern": HEX64, "description": "hash of seq - 1 (64 zeros for seq 1)"},
+        "hash": {"type": "string", "pattern": HEX64, "description": "sha256 over prev + canonical JSON of the rest"},
+    },
+    "required": ["seq", "id", "ts", "mono", "boot", "kind", "compartment", "dossier", "people", "data",
+                 "prev", "hash"],
+    "additionalProperties": False,
+}
+
+PRESENCE = {
+    "type": "object",
+    "properties": {
+        "state": {"type": "string", "enum": ["online", "offline"]},
+        "ts": TS,
+        "boot": _s(64),
+        "clean": {"type": "boolean",
+                  "description": "offline only: true after a clean stop, false when it is the last will"},
+    },
+    "required": ["state", "ts", "boot"],
+    "additionalProperties": False,
+}
+
+INFO = {
+    "type": "object",
+    "properties": {
+        "ts": TS,
+        "version": _s(32),
+        "config": {"type": "string", "pattern": HEX64, "description": "sha256 of the config file"},
+        "started_at": TS,
+        "site": {"type": "string", "pattern": ID_PATTERN},
+        "node": {"type": "string", "pattern": ID_PATTERN},
+        "boot": _s(64),
+        "client_id": _s(128),
+        "last_seq": {"type": "integer", "minimum": 0},
+    },
+    "required": ["ts", "version", "config", "started_at", "site", "node", "boot", "client_id", "last_seq"],
+    "additionalProperties": False,
+}
+
+STATE = {
+    "type": "object",
+    "properties": {
+        "ts": TS,
+        "compartment": {"type": "string", "pattern": ID_PATTERN},
+        "cabinet": {"type": "string", "pattern": ID_PATTERN},
+        "kind": {"type": "string", "enum": ["dossier", "evidence"]},
+        "door": {"type": "string", "enum": ["open", "closed", "unknown"]},
+        "lock": {"type": "string", "enum": ["locked", "released"]},
+        "items": {"type": "array", "items": {"type": "string"}},
+        "faults": {"type": "array", "items": {"type": "string"}},
+        "alarm": {"type": ["string", "null"]},
+    },
+    "required": ["ts", "compartment", "cabinet", "kind", "door", "lock", "items", "faults", "alarm"],
+    "additionalProperties": False,
+}
+
+# What the link answers with for its own commands (inside the reply's "result").
+PING_RESULT = {"type": "object", "properties": {"last_seq": {"type": "integer"}, "delivered": {"type": "integer"}},
+               "required": ["last_seq", "delivered"]}
+REPLAY_RESULT = {
+    "type": "object",
+    "properties": {"from_seq": {"type": "integer"}, "to_seq": {"type": "integer"}, "count": {"type": "integer"},
+                   "topic": {"type": "string"}},
+    "required": ["from_seq", "to_seq", "count", "topic"],
+}
+
+
+def command_schema(name: str) -> dict[str, Any]:
+    """The full schema of one command: the envelope with that command's args."""
+    s = json.loads(json.dumps(COMMAND))
+    s["properties"]["args"] = COMMAND_ARGS[name]
+    return s
+
+
+_COMMAND_DOCS = {
+    "assign": "Register an item (dossier or seized item) and the compartment it belongs in.",
+    "unassign": "Remove an item's registration.",
+    "register-person": "Add or update a person (officer, case manager, supervisor, technician).",
+    "revoke-person": "Withdraw a person: their badges and dossiers no longer open anything.",
+    "register-badge": "Give a person a badge barcode.",
+    "revoke-badge": "Withdraw a badge.",
+    "open": "Remote open of one compartment by the requester (requested_by) with a reason; pulses at most once.",
+    "ping": "Answered by the link: last journaled seq and delivered cursor.",
+    "replay": "Answered by the link: re-publish journal events from_seq..to_seq on the replay topic.",
+}
+
+
+def asyncapi() -> dict[str, Any]:
+    """The AsyncAPI 2.6 document of the whole station contract."""
+    base = "{prefix}/{site}/{node}"
+    parameters = {
+        "prefix": {"description": "station.prefix (default lockerd); may hold several levels",
+                   "schema": {"type": "string"}},
+        "site": {"description": "controller.site", "schema": {"type": "string", "pattern": ID_PATTERN}},
+        "node": {"description": "controller.node", "schema": {"type": "string", "pattern": ID_PATTERN}},
+        "compartment": {"description": "a compartment id", "schema": {"type": "string", "pattern": ID_PATTERN}},
+    }
+    params = {k: {"$ref": f"#/components/parameters/{k}"} for k in ("prefix", "site", "node")}
+
+    def sub(summary: str, qos: int, retain: bool, name: str) -> dict[str, Any]:
+        message = {"name": name, "contentType": "application/json",
+                   "payload": {"$ref": f"#/components/schemas/{name}"}}
+        return {"summary": summary, "bindings": {"mqtt": {"qos": qos, "retain": retain}}, "message": message}
+
+    channels: dict[str, Any] = {
+        f"{base}/presence": {"parameters": params, "subscribe": sub(
+            "online on connect; offline (clean) on stop; offline (last will, clean false) when the link dies",
+            1, True, "presence")},
+        f"{base}/info": {"parameters": params, "subscribe": sub(
+            "version, config hash, start time; published on every connect", 1, True, "info")},
+        f"{base}/events": {"parameters": params, "subscribe": sub(
+            "the journal, every event in seq order, from the durable outbox; redeliveries keep id and seq",
+            1, False, "event")},
+        f"{base}/replay": {"parameters": params, "subscribe": sub(
+            "events re-published on a replay command (same payload as events)", 1, False, "event")},
+        f"{base}/state/{{compartment}}": {
+            "parameters": params | {"compartment": {"$ref": "#/components/parameters/compartment"}},
+            "subscribe": sub("one compartment's state, on change and on every connect", 1, True, "state")},
+        f"{base}/reply": {"parameters": params, "subscribe": sub(
+            "the answer to each command, with its id", 1, False, "reply")},
+    }
+    for name in COMMAND_ARGS:
+        channels[f"{base}/cmd/{name}"] = {
+            "parameters": params,
+            "publish": {
+                "summary": _COMMAND_DOCS[name],
+                "bindings": {"mqtt": {"qos": 1, "retain": False}},
+                "message": {"name": f"cmd-{name}", "contentType": "application/json",
+                            "payload": {"$ref": f"#/components/schemas/cmd-{name}"}},
+            },
+        }
+    schemas: dict[str, Any] = {"presence": PRESENCE, "info": INFO, "event": EVENT, "state": STATE, "reply": REPLY,
+                               "ping-result": PING_RESULT, "replay-result": REPLAY_RESULT}
+    for name in COMMAND_ARGS:
+        schemas[f"cmd-{name}"] = command_schema(name)
+    return {
+        "asyncapi": "2.6.0",
+        "info": {
+            "title": "lockerd station link",
+            "version": __version__,
+            "description": (
+                "MQTT contract between a locker controller (lockerd) and the station server. "
+                "Topic levels are [a-z0-9-]; payloads are JSON objects with ts. "
+                f"Commands larger than {MAX_COMMAND_BYTES} bytes, retained, older than command_max_age_s, "
+                "for another site or node, or not matching their schema are refused with a reply. "
+                "See docs/station-server.md."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "components": {"parameters": parameters, "schemas": schemas},
+    }
+
+
+# -- a small YAML emitter: block style, every string double-quoted (valid YAML 1.2) --
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
+
+
+def _scalar(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return json.dumps(v)
+    return json.dumps(str(v), ensure_ascii=False)
+
+
+def _key(k: str) -> str:
+    return k if _PLAIN_KEY.match(k) and k not in ("true", "false", "null", "yes", "no", "on", "off") else json.dumps(k)
+
+
+def to_yaml(obj: Any, indent: int = 0) -> str:
+    """Render dicts, lists and scalars as block YAML."""
+    pad = "  " * indent
+    lines: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, dict | list) and v:
+                lines.append(f"{pad}{_key(k)}:")
+                lines.append(to_yaml(v, indent + 1))
+            else:
+                lines.append(f"{pad}{_key(k)}: {_empty(v) if isinstance(v, dict | list) else _scalar(v)}")
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, dict | list) and v:
+                inner = to_yaml(v, indent + 1).lstrip()
+                lines.append(f"{pad}- {inner}")
+            else:
+                lines.append(f"{pad}- {_empty(v) if isinstance(v, dict | list) else _scalar(v)}")
+    else:
+        lines.append(pad + _scalar(obj))
+    return "\n".join(lines)
+
+
+def _empty(v: dict | list) -> str:
+    return "{}" if isinstance(v, dict) else "[]"
+
+
+HEADER = "# Generated from lockerd/station/contract.py: python -m lockerd.station.contract > docs/asyncapi.yaml\n"
+
+
+def render() -> str:
+    return HEADER + to_yaml(asyncapi()) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

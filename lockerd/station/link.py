@@ -1,0 +1,344 @@
+"""The station link: presence, info, the event stream, compartment state and commands.
+
+The daemon constructs it and calls ``start()`` and ``stop()``; everything
+else happens in the background on the daemon's loop. The daemon never
+depends on the link: with no broker, it keeps working and the journal
+(the outbox) holds every event until a broker takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, Protocol
+
+import paho.mqtt.client as paho
+
+from lockerd import __version__
+from lockerd.clock import Clock, iso_utc
+from lockerd.config import Config
+from lockerd.errors import CommandError, JournalError
+from lockerd.journal import Journal
+from lockerd.station import contract
+from lockerd.station.commands import Command, Refused, SeenIds, parse
+from lockerd.station.mqtt import Connection, Settings
+from lockerd.station.outbox import Outbox, encode_event
+from lockerd.station.topics import Topics
+
+log = logging.getLogger(__name__)
+
+COMMAND_QUEUE_MAX = 1000
+REPLAY_PAGE = 200
+
+
+class CommandHandler(Protocol):
+    async def handle(self, name: str, args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class StateSource(Protocol):
+    def states(self) -> dict[str, dict[str, Any]]: ...
+
+    def on_state(self, callback: Any) -> None: ...
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+class StationLink:
+    """MQTT link between one controller and the station server."""
+
+    def __init__(self, config: Config, journal: Journal, clock: Clock | None = None, *,
+                 commands: CommandHandler | None = None, states: StateSource | None = None):
+        self.config = config
+        self.journal = journal
+        self.clock = clock or Clock()
+        self.handler = commands
+        self.state_source = states
+        st = config.station or {}
+        self.enabled = bool(config.station) and st.get("enabled", True)
+        self.topics = Topics(st.get("prefix", "lockerd"), config.site, config.node)
+        self.max_age_s = float(st.get("command_max_age_s", 60.0))
+        self.seen = SeenIds()
+        self.started_at = ""
+        self.conn: Connection | None = None
+        self.outbox: Outbox | None = None
+        self._queue: asyncio.Queue[tuple[str, Command, str]] = asyncio.Queue(COMMAND_QUEUE_MAX)
+        self._worker: asyncio.Task | None = None
+        self._replay_mids: set[int] = set()
+        self._replay_progress = asyncio.Event()
+        self._stopped = False
+        if not self.enabled:
+            return
+        try:
+            settings = Settings.from_station(st, f"lockerd-{config.site}-{config.node}")
+        except OSError as e:
+            # A missing password file must not stop the daemon: the broker
+            # refuses us, which is logged, and the journal keeps everything.
+            log.error("station: cannot read password_file: %s", e)
+            settings = Settings.from_station(st | {"password_file": ""}, f"lockerd-{config.site}-{config.node}")
+        self.conn = Connection(settings, will=(self.topics.presence, self._will),
+                               on_connect=self._on_connect, on_disconnect=self._on_disconnect,
+                               on_message=self._on_message, on_publish=self._on_publish)
+        self.outbox = Outbox(journal, self._publish_event, self.topics.events, int(st.get("batch_size", 200)),
+                             connected=lambda: self.connected, on_failure=self.conn.close_now)
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and self.conn.connected
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start in the background; never raises for an absent broker."""
+        if not self.enabled or self.conn is None or self.outbox is None:
+            log.info("station: link disabled")
+            return
+        self.started_at = iso_utc(self.clock.wall())
+        self.outbox.load()
+        try:
+            self.seen.load(self.journal)
+        except (JournalError, OSError) as e:
+            log.warning("station: cannot reload recent command ids: %s", e)
+        self.journal.subscribe(self._on_events)
+        if self.state_source is not None:
+            self.state_source.on_state(self._on_state)
+        self._worker = asyncio.get_running_loop().create_task(self._command_worker(), name="station-commands")
+        self.conn.start()
+
+    async def stop(self, flush_s: float = 2.0) -> None:
+        """Deliver what is pending (briefly), say offline (retained), disconnect."""
+        if self._stopped or self.conn is None or self.outbox is None:
+            return
+        self._stopped = True
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self.connected:
+            # The last events (daemon.stopped) are worth a short wait.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.outbox.wait_saved(self.journal.last_seq), flush_s)
+            self.conn.publish(self.topics.presence, self._presence("offline", clean=True), qos=1, retain=True)
+        await self.conn.stop()
+
+    # -- connection events --------------------------------------------------------------
+
+    def _on_connect(self, session_present: bool) -> None:
+        assert self.conn is not None and self.outbox is not None
+        self.conn.subscribe(self.topics.commands, qos=1)
+        self.conn.publish(self.topics.presence, self._presence("online"), qos=1, retain=True)
+        self.conn.publish(self.topics.info, _json(self._info()), qos=1, retain=True)
+        if self.state_source is not None:
+            try:
+                states = self.state_source.states()
+            except Exception:
+                log.exception("station: cannot read compartment states")
+                states = {}
+            for state in states.values():
+                self._publish_state(state)
+        self.outbox.on_connect()
+
+    def _on_disconnect(self) -> None:
+        if self.outbox is not None:
+            self.outbox.on_disconnect()
+        self._replay_mids.clear()
+        self._replay_progress.set()
+
+    def _on_publish(self, mid: int, ok: bool) -> None:
+        if self.outbox is not None and self.outbox.on_publish(mid, ok):
+            return
+        if mid in self._replay_mids:
+            self._replay_mids.discard(mid)
+            self._replay_progress.set()
+
+    def _on_events(self, events: list[Any]) -> None:
+        if not self._stopped and self.outbox is not None:
+            self.outbox.on_events(events)
+
+    def _on_state(self, state: dict[str, Any]) -> None:
+        if not self._stopped and self.connected:
+            self._publish_state(state)
+
+    # -- payloads ----------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return iso_utc(self.clock.wall())
+
+    def _presence(self, state: str, clean: bool | None = None) -> bytes:
+        body: dict[str, Any] = {"state": state, "ts": self._now(), "boot": self.journal.boot}
+        if clean is not None:
+            body["clean"] = clean
+        return _json(body)
+
+    def _will(self) -> bytes:
+        return self._presence("offline", clean=False)
+
+    def _info(self) -> dict[str, Any]:
+        assert self.conn is not None
+        return {"ts": self._now(), "version": __version__, "config": self.config.digest,
+                "started_at": self.started_at, "site": self.config.site, "node": self.config.node,
+                "boot": self.journal.boot, "client_id": self.conn.settings.client_id,
+                "last_seq": self.journal.last_seq}
+
+    def _publish_state(self, state: dict[str, Any]) -> None:
+        assert self.conn is not None
+        cid = state.get("compartment")
+        if not isinstance(cid, str):
+            return
+        self.conn.publish(self.topics.state(cid), _json({**state, "ts": self._now()}), qos=1, retain=True)
+
+    def _publish_event(self, topic: str, payload: bytes) -> int | None:
+        assert self.conn is not None
+        return self.conn.publish(topic, payload, qos=1, retain=False)
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _on_message(self, msg: paho.MQTTMessage) -> None:
+        name = self.topics.command_name(msg.topic)
+        if name is None:
+            log.debug("station: ignoring message on %s", msg.topic)
+            return
+        try:
+            cmd = parse(name, msg.payload, retained=bool(msg.retain), site=self.config.site,
+                        node=self.config.node, now=self.clock.wall(), max_age_s=self.max_age_s)
+            item = ("run", cmd, "")
+        except Refused as r:
+            item = ("refuse", r.command, r.message)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            log.warning("station: command queue full; refusing %s %s", name, item[1].id)
+            self.journal.append("command.refused", **self._cmd_fields(item[1]), error="controller busy")
+            self._reply(item[1], ok=False, error="controller busy: too many commands queued; send it again later")
+
+    async def _command_worker(self) -> None:
+        # One at a time, in arrival order: "assign" then "open" must run in
+        # that order, and a duplicate is recognised only after its first
+        # copy was recorded.
+        while True:
+            kind, cmd, message = await self._queue.get()
+            try:
+                if kind == "refuse":
+                    await self._refuse(cmd, message)
+                else:
+                    await self._run(cmd)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("station: command %s %s failed", cmd.name, cmd.id)
+
+    def _cmd_fields(self, cmd: Command) -> dict[str, Any]:
+        fields: dict[str, Any] = {"command_id": cmd.id, "command": cmd.name, "requested_by": cmd.requested_by}
+        comp = cmd.args.get("compartment")
+        if isinstance(comp, str):
+            fields["compartment"] = comp
+        code = cmd.args.get("code")
+        if isinstance(code, str) and cmd.name in ("assign", "unassign"):
+            fields["dossier"] = code
+        return fields
+
+    async def _refuse(self, cmd: Command, message: str, **extra: Any) -> None:
+        log.warning("station: refused command %s (id %s): %s", cmd.name, cmd.id, message)
+        try:
+            await self.journal.record("command.refused", **self._cmd_fields(cmd), error=message, **extra)
+        except JournalError as e:
+            log.error("station: cannot journal a refused command: %s", e)
+        self._reply(cmd, ok=False, error=message, **extra)
+
+    async def _run(self, cmd: Command) -> None:
+        assert cmd.id is not None
+        if cmd.id in self.seen:
+            # Answer with the first outcome; journal the repeat, apply nothing.
+            first = self.seen.reply(cmd.id) or {}
+            log.info("station: duplicate command %s (id %s); first outcome: %s", cmd.name, cmd.id, first)
+            try:
+                await self.journal.record("command.refused", **self._cmd_fields(cmd), duplicate=True,
+                                          error="duplicate: this command id was received before")
+            except JournalError as e:
+                log.error("station: cannot journal a duplicate command: %s", e)
+            self._reply(cmd, ok=bool(first.get("ok", True)), error=first.get("error"), duplicate=True)
+            return
+        try:
+            await self.journal.record("command.accepted", **self._cmd_fields(cmd), args=cmd.args)
+        except JournalError as e:
+            # Not journaled, not applied: the station may send it again.
+            self._reply(cmd, ok=False, error=f"cannot journal the command, not applied: {e}")
+            return
+        # Seen from here on: a crash while applying must not let a repeat
+        # of this id apply it a second time (the journal has the acceptance).
+        self.seen.add(cmd.id, {"command": cmd.name, "ok": True})
+        try:
+            if cmd.name in contract.LINK_COMMANDS:
+                result = await self._link_command(cmd)
+            elif self.handler is None:
+                raise CommandError("this controller takes no station commands")
+            else:
+                result = await self.handler.handle(cmd.name, dict(cmd.args), cmd.meta)
+            if not isinstance(result, dict):
+                result = {"value": result}
+        except CommandError as e:
+            await self._failed(cmd, str(e))
+            return
+        except Exception as e:
+            log.exception("station: command %s (id %s) raised", cmd.name, cmd.id)
+            await self._failed(cmd, f"internal error: {type(e).__name__}: {e}")
+            return
+        log.info("station: command %s (id %s) by %s done", cmd.name, cmd.id, cmd.requested_by)
+        self._reply(cmd, ok=True, result=result)
+
+    async def _failed(self, cmd: Command, error: str) -> None:
+        assert cmd.id is not None
+        self.seen.add(cmd.id, {"command": cmd.name, "ok": False, "error": error})
+        try:
+            await self.journal.record("command.failed", **self._cmd_fields(cmd), error=error)
+        except JournalError as e:
+            log.error("station: cannot journal a failed command: %s", e)
+        self._reply(cmd, ok=False, error=error)
+
+    def _reply(self, cmd: Command, ok: bool, result: dict[str, Any] | None = None, error: str | None = None,
+               duplicate: bool | None = None) -> None:
+        if self.conn is None:
+            return
+        body: dict[str, Any] = {"id": cmd.id, "ts": self._now(), "command": cmd.name, "ok": ok}
+        if result is not None:
+            body["result"] = result
+        if error is not None:
+            body["error"] = error
+        if duplicate is not None:
+            body["duplicate"] = duplicate
+        if self.conn.publish(self.topics.reply, _json(body), qos=1, retain=False) is None:
+            log.info("station: reply to %s not sent (offline); a repeat of the command gets it", cmd.id)
+
+    # -- commands the link answers ------------------------------------------------------------------
+
+    async def _link_command(self, cmd: Command) -> dict[str, Any]:
+        assert self.outbox is not None
+        if cmd.name == "ping":
+            return {"last_seq": self.journal.last_seq, "delivered": self.outbox.delivered}
+        return await self._replay(int(cmd.args["from_seq"]), cmd.args.get("to_seq"))
+
+    async def _replay(self, first: int, last: int | None) -> dict[str, Any]:
+        """Re-publish events first..last on the replay topic, paced by PUBACKs."""
+        assert self.conn is not None and self.outbox is not None
+        cap = first + contract.REPLAY_MAX - 1
+        end = min(last if last is not None else cap, cap, self.journal.last_seq)
+        after, count = first - 1, 0
+        while after < end:
+            if not self.connected:
+                raise CommandError("connection lost during the replay; ask again")
+            events = self.journal.read(after, min(REPLAY_PAGE, end - after))
+            if not events:
+                break
+            for ev in events:
+                mid = self.conn.publish(self.topics.replay, encode_event(ev), qos=1, retain=False)
+                if mid is None:
+                    raise CommandError("connection lost during the replay; ask again")
+                self._replay_mids.add(mid)
+            after, count = events[-1].seq, count + len(events)
+            while len(self._replay_mids) > self.outbox.batch_size and self.connected:
+                self._replay_progress.clear()
+                await self._replay_progress.wait()
+        return {"from_seq": first, "to_seq": max(after, first - 1), "count": count, "topic": self.topics.replay}

@@ -1,0 +1,172 @@
+"""The durable outbox: the journal itself, published in seq order from a cursor.
+
+``outbox.delivered`` (in the journal database) is the highest seq the
+broker has acknowledged with everything before it. After a connect the
+outbox publishes from the event after it, keeps up to ``batch_size`` events
+handed to paho, and moves the cursor as PUBACKs arrive (one UPDATE per
+burst of acknowledgements, never one per event). Nothing is held only in
+memory: a kill at any instant loses no event, and at worst re-sends the
+events after the last saved cursor (same id and seq: a redelivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from lockerd.errors import JournalError
+from lockerd.journal import Event, Journal
+
+log = logging.getLogger(__name__)
+
+CURSOR_SQL = "UPDATE outbox SET delivered = ? WHERE id = 1"
+READ_PAGE = 500
+
+
+def encode_event(ev: Event) -> bytes:
+    return json.dumps(ev.as_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Outbox:
+    """Moves journal events to the broker, in order, at least once."""
+
+    def __init__(self, journal: Journal, publish: Callable[[str, bytes], int | None], topic: str,
+                 batch_size: int, connected: Callable[[], bool], on_failure: Callable[[], None]):
+        self.journal = journal
+        self.publish = publish
+        self.topic = topic
+        self.batch_size = batch_size
+        self.connected = connected
+        self.on_failure = on_failure
+        self.loaded = False
+        self.delivered = 0  # saved in the journal
+        self.acked = 0  # acknowledged with all before it (may be ahead of delivered)
+        self.next_seq = 1
+        self.published = 0  # messages handed to paho, redeliveries included
+        self._inflight: dict[int, int] = {}  # paho mid -> seq
+        self._acked_above: set[int] = set()
+        self._scheduled = False
+        self._saving = False
+        self._save_error = ""
+        self._waiters: list[tuple[int, Any]] = []
+
+    def load(self) -> bool:
+        """Read the saved cursor; False while the journal cannot be read."""
+        try:
+            rows = self.journal.query("SELECT delivered FROM outbox WHERE id = 1")
+        except (JournalError, OSError) as e:
+            log.warning("station: outbox cursor unreadable: %s", e)
+            return False
+        self.delivered = self.acked = int(rows[0][0]) if rows else 0
+        self.next_seq = self.acked + 1
+        self.loaded = True
+        return True
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # -- triggers --------------------------------------------------------------------
+
+    def on_connect(self) -> None:
+        self._inflight.clear()
+        self._acked_above.clear()
+        if not self.loaded and not self.load():
+            return
+        # Everything not acknowledged is sent again, from the first gap.
+        self.next_seq = self.acked + 1
+        self.schedule()
+
+    def on_disconnect(self) -> None:
+        self._inflight.clear()
+        self._acked_above.clear()
+
+    def on_events(self, events: list[Event]) -> None:
+        self.schedule()
+
+    def on_publish(self, mid: int, ok: bool) -> bool:
+        """A PUBACK; False when the mid is not one of ours."""
+        seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return False
+        if not ok:
+            # The broker refused it (an ACL, a quota): never skip an event;
+            # drop the connection and send it again after the backoff.
+            log.error("station: broker refused event seq %d on %s; will retry", seq, self.topic)
+            self.on_failure()
+            return True
+        self._acked_above.add(seq)
+        moved = False
+        while self.acked + 1 in self._acked_above:
+            self._acked_above.remove(self.acked + 1)
+            self.acked += 1
+            moved = True
+        if moved:
+            self._save()
+        self.schedule()
+        return True
+
+    def schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    # -- the pump --------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        self._scheduled = False
+        if not self.loaded or not self.connected():
+            return
+        room = self.batch_size - len(self._inflight)
+        while room > 0:
+            try:
+                events = self.journal.read(self.next_seq - 1, min(room, READ_PAGE))
+            except (JournalError, OSError) as e:
+                log.warning("station: cannot read the journal for the outbox: %s", e)
+                return
+            if not events:
+                return
+            for ev in events:
+                mid = self.publish(self.topic, encode_event(ev))
+                if mid is None:
+                    return  # connection gone; on_connect starts again from the cursor
+                self._inflight[mid] = ev.seq
+                self.next_seq = ev.seq + 1
+                self.published += 1
+            room -= len(events)
+
+    def _save(self) -> None:
+        if self._saving or self.acked <= self.delivered:
+            return
+        self._saving = True
+        target = self.acked
+        fut = self.journal.execute(CURSOR_SQL, target)
+        fut.add_done_callback(lambda f: self._saved(f, target))
+
+    def _saved(self, fut: Any, target: int) -> None:
+        self._saving = False
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            msg = f"cannot save the outbox cursor: {exc}"
+            if msg != self._save_error:
+                log.warning("station: %s", msg)
+                self._save_error = msg
+            return  # the next acknowledgement tries again
+        self._save_error = ""
+        self.delivered = target
+        for waiter in [w for w in self._waiters if w[0] <= target]:
+            self._waiters.remove(waiter)
+            if not waiter[1].done():
+                waiter[1].set_result(None)
+        self._save()
+
+    async def wait_saved(self, seq: int) -> None:
+        """Wait until the saved cursor reaches ``seq``."""
+        if self.delivered >= seq:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq, fut))
+        await fut
