@@ -238,3 +238,17 @@ def test_unit_groups_match_the_udev_rules():
     groups = re.search(r"^SupplementaryGroups=(.*)$", unit, re.M).group(1).split()
     rule_groups = set(re.findall(r'GROUP="([^"]+)"', RULES.read_text()))
     assert set(groups) == rule_groups == {"dialout", "gpio"}
+
+
+def test_the_drop_ins_in_the_guide_verify(root):
+    # docs/install.md tells technicians to paste these: they must be valid.
+    install(root)
+    blocks = re.findall(r"```ini\n(.*?)```", (REPO / "docs/install.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    dropins = root / "etc/systemd/system/lockerd.service.d"
+    dropins.mkdir()
+    for i, block in enumerate(blocks):
+        (dropins / f"{i}.conf").write_text(block)
+    r = run(SYSTEMD_ANALYZE, "verify", f"--root={root}", "lockerd.service", ok=False)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    assert exposure(root) <= 2.5
