@@ -91,7 +91,13 @@ if [ "$SKIP_PIP" -eq 0 ]; then
     fi
     say "installing lockerd and its hardware extras into $VENV"
     "$R$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$R$VENV/bin/python" -m pip install --quiet --upgrade "$SRC[all]"
+    # Build from a clean copy: setuptools reuses a build/ folder in the
+    # checkout, which would carry modules deleted upstream into the update.
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./var \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$tmp" -xf -
+    "$R$VENV/bin/python" -m pip install --quiet --upgrade "$tmp[all]"
 else
     say "--skip-pip: keeping $VENV as it is"
 fi
