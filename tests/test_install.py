@@ -252,3 +252,20 @@ def test_the_drop_ins_in_the_guide_verify(root):
     r = run(SYSTEMD_ANALYZE, "verify", f"--root={root}", "lockerd.service", ok=False)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
     assert exposure(root) <= 2.5
+
+
+def test_unit_keeps_the_contract_the_daemon_relies_on():
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
+    assert int(settings["WatchdogSec"][0]) > 0 and settings["Restart"] == ["on-failure"]
+    assert settings["ExecStartPre"] == ["/opt/lockerd/venv/bin/lockerd check-config /etc/lockerd/lockerd.toml"]
+    assert settings["ExecStart"] == ["/opt/lockerd/venv/bin/lockerd run --config /etc/lockerd/lockerd.toml"]
+    # lgpio needs a writable working directory: the state directory.
+    assert settings["WorkingDirectory"] == ["/var/lib/lockerd"] and settings["StateDirectory"] == ["lockerd"]
+    assert settings["DevicePolicy"] == ["closed"] and "PrivateDevices" not in settings
+    assert {"char-ttyACM rw", "char-ttyUSB rw", "char-gpiochip rw"} <= set(settings["DeviceAllow"])
+    assert settings["CapabilityBoundingSet"] == [""] and settings["DynamicUser"] == ["yes"]
