@@ -644,23 +644,22 @@ class ModbusBoard(LockBank, DoorSensors):
                                else None)
 
     async def _off_until_confirmed(self, channel: int, reason: str) -> None:
+        # Until the board confirms, nobody knows whether the solenoid is energised:
+        # the lock is in fault from now, not only after a retry has failed.
+        log.error("%s: lock %s may still be energised (%s); switching it off until the board confirms",
+                  self.name, channel, reason)
+        self.report_lock_fault(channel, f"relay may still be on: {reason}")
         delay = 0.05
-        reported = False
         while True:
             try:
                 await self._write_coil(self._coil(channel), False, f"lock {channel} off (safety)")
                 break
             except DriverError as e:
-                if not reported:
-                    log.error("%s: lock %s may still be energised (%s); switching it off until the board confirms",
-                              self.name, channel, reason)
-                    self.report_lock_fault(channel, f"relay may still be on: {e}")
-                    reported = True
+                log.debug("%s: safety off of lock %s failed: %s", self.name, channel, e)
                 await self.clock.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        if reported:
-            log.warning("%s: lock %s confirmed off", self.name, channel)
-            self.report_lock_fault(channel, None)
+        log.warning("%s: lock %s confirmed off", self.name, channel)
+        self.report_lock_fault(channel, None)
 
     # -- polling (called by the bus task) ----------------------------------------------
 
