@@ -382,7 +382,10 @@ class ModbusBus(Driver):
                 return  # caller gone before this attempt: nothing was sent for it
             if attempt:
                 if req.future is None and self._commands:
-                    break  # a poll never delays a command with its retries
+                    # A poll never delays a command with its retries: poll again
+                    # right after the command, without judging the board yet.
+                    board._due = loop.time()  # type: ignore[union-attr]
+                    return
                 await self._respect_gap()
             client = self._client
             if client is None or not client.connected:

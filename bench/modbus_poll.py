@@ -1,0 +1,111 @@
+"""Benchmark: door-sensor polling of 16 boards x 16 inputs on one RTU bus (pty, 115200 declared).
+
+Prints:
+- the poll cycle time when the bus is saturated (every board asks for 100 Hz):
+  how long one pass over the 16 boards takes, i.e. the fastest door-change
+  detection the software can give on this line;
+- at 10 polls/s per board (160 requests/s on the bus) over ``--seconds``:
+  the polls achieved and the CPU used by this (polling) process, in percent
+  of one core; the boards (pymodbus server) and socat are other processes,
+  reported apart.
+
+A pty ignores the baud rate: on a real line at 115200 baud a 16-input poll
+(8-byte request, 7-byte reply, 3.5-character gaps) takes about 1.6 ms of wire
+time, so 16 boards need about 26 ms per cycle there, whatever the software
+does; at 9600 baud about 19 ms per board, 300 ms per cycle.
+
+Run: .venv/bin/python bench/modbus_poll.py [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from lockerd.drivers.base import PowerBudget  # noqa: E402
+from lockerd.drivers.modbus import ModbusBoard, ModbusBus  # noqa: E402
+from modbus_peer import PtyPair  # noqa: E402
+
+from lockerd.clock import Clock  # noqa: E402
+
+BOARDS = 16
+INPUTS = 16
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of another process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(device: str, poll_hz: float, seconds: float, gap_ms: float) -> tuple[int, float, float, int]:
+    """Poll for ``seconds``; returns (polls, wall s, CPU s of this process, transactions)."""
+    clock = Clock()
+    bus = ModbusBus("bench-rtu", clock, "rtu", {"device": device, "baudrate": 115200, "timeout_ms": 200,
+                                                 "retries": 1, "frame_gap_ms": gap_ms})
+    budget = PowerBudget(2)
+    boards = [ModbusBoard(f"b{u}", clock, budget, {"unit": u, "coils": 16, "inputs": INPUTS, "poll_hz": poll_hz},
+                          bus) for u in range(1, BOARDS + 1)]
+    await bus.start()
+    for b in boards:
+        await b.start()
+    try:
+        await asyncio.sleep(1.0)  # settle: every board answered its first polls
+        offline = [b.name for b in boards if not b.online]
+        if offline:
+            raise RuntimeError(f"boards offline: {offline}")
+        polls0 = sum(b.polls for b in boards)
+        tx0 = bus.transactions
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        polls = sum(b.polls for b in boards) - polls0
+        return polls, wall, cpu, bus.transactions - tx0
+    finally:
+        for b in boards:
+            await b.close()
+        await bus.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--gap-ms", type=float, default=1.0, help="frame gap (3.5 characters at 115200 is 0.3 ms)")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        pty = PtyPair(Path(tmp)).start()
+        peer = subprocess.Popen([sys.executable, str(ROOT / "tests" / "modbus_peer.py"), "--units", f"1-{BOARDS}",
+                                 "--inputs", str(INPUTS), "--rtu", pty.b], stdout=subprocess.PIPE, text=True)
+        try:
+            json.loads(peer.stdout.readline())
+            polls, wall, cpu, tx = asyncio.run(measure(pty.a, 100.0, 5.0, a.gap_ms))
+            rate = polls / wall
+            print(f"saturated (100 Hz asked per board, gap {a.gap_ms} ms): {rate:.0f} polls/s on the bus, "
+                  f"cycle over {BOARDS} boards {BOARDS / rate * 1000:.1f} ms, CPU {cpu / wall * 100:.1f} % of a core")
+            peer_cpu0, socat_cpu0 = cpu_seconds(peer.pid), cpu_seconds(pty.proc.pid)
+            polls, wall, cpu, tx = asyncio.run(measure(pty.a, 10.0, a.seconds, a.gap_ms))
+            peer_cpu, socat_cpu = cpu_seconds(peer.pid) - peer_cpu0, cpu_seconds(pty.proc.pid) - socat_cpu0
+            print(f"10 polls/s x {BOARDS} boards x {INPUTS} inputs for {wall:.1f} s: {polls / wall:.1f} polls/s "
+                  f"({tx} transactions), polling process CPU {cpu / wall * 100:.2f} % of one core "
+                  f"({cpu / max(polls, 1) * 1e6:.0f} us per poll)")
+            print(f"  (other processes, not ours in production: the simulated boards "
+                  f"{peer_cpu / wall * 100:.1f} %, socat {socat_cpu / wall * 100:.1f} %)")
+        finally:
+            peer.terminate()
+            peer.wait(10)
+            pty.stop()
+    print(f"(machine: {os.cpu_count()} cores, shared; a pty ignores the baud rate)")
+
+
+if __name__ == "__main__":
+    main()
