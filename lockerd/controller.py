@@ -118,11 +118,12 @@ class Controller:
         if self.journal.healthy:
             self.registry.load(self.journal)
         saved = self._load_compartments()
-        await self.hw.start()  # every lock bank switches all outputs off first
+        # Listen before starting: a board found dead during start must be seen.
         for d in self.hw.drivers.values():
             d.on_status(self._driver_status)
             if hasattr(d, "on_lock_fault"):
                 d.on_lock_fault(lambda ch, detail, name=d.name: self._lock_fault(name, ch, detail))
+        await self.hw.start()  # every lock bank switches all outputs off first
         self.journal.append("daemon.started", version=__version__, config=self.config.digest,
                             boot=self.journal.boot, site=self.config.site, node=self.config.node)
         for cid, slot in self.slots.items():
