@@ -150,6 +150,7 @@ class SerialScanner(Scanner):
     # Reopen backoff after the port vanished or could not be opened (seconds).
     retry_initial = 0.2
     retry_max = 5.0
+    watch_s = 1.0  # how often an open port's path is checked
 
     def __init__(self, name: str, clock: Clock, options: dict[str, Any]):
         super().__init__(name, clock, debounce_ms=options["debounce_ms"])
@@ -198,11 +199,32 @@ class SerialScanner(Scanner):
         delay = self.retry_initial
         while not self._closing:
             if self._lost is not None:
-                await asyncio.shield(self._lost)
+                await self._watch()
                 self._lost = None
                 delay = self.retry_initial
             await asyncio.sleep(delay)
             delay = self.retry_initial if self._open() else min(delay * 2, self.retry_max)
+
+    async def _watch(self) -> None:
+        """Wait until the open port is lost; meanwhile check the path still names it.
+
+        A hangup normally shows as a read error at once, but if the path
+        (a /dev/serial/by-id link) now names another device, the old one is
+        gone even when its descriptor stays quiet.
+        """
+        assert self._lost is not None
+        while not self._lost.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._lost), self.watch_s)
+            except TimeoutError:
+                if self._fd is not None and not self._same_device():
+                    self._lose(f"{self.port} now names another device (or none)")
+
+    def _same_device(self) -> bool:
+        try:
+            return os.stat(self.port).st_rdev == os.fstat(self._fd).st_rdev  # type: ignore[arg-type]
+        except OSError:
+            return False
 
     def _open(self) -> bool:
         """Try to open the port once; report the outcome; never raise."""

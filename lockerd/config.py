@@ -257,7 +257,11 @@ SCANNER_TYPES: dict[str, dict[str, Opt]] = {
         "idle_timeout_ms": Opt("int", 200, min=5, max=10000, doc="flush a scan whose terminator never came"),
         "max_length": Opt("int", 256, min=1, max=4096),
         "aim": Opt("bool", False, doc="scans start with an AIM symbology identifier like ]C1"),
-        "symbologies": Opt("list-str", (), doc="AIM identifiers allowed; empty allows all"),
+        "symbologies": Opt(
+            "list-str", (),
+            doc='AIM identifiers allowed ("C1" exactly, "Q" any QR modifier); empty allows all; '
+            "a non-empty list requires AIM identifiers on every scan",
+        ),
     },
 }
 

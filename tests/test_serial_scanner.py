@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -295,6 +296,27 @@ async def test_unplug_mid_scan_refuses_the_half_read_scan(rig) -> None:
     assert (scan.code, scan.raw) == (None, b"HALF-")
     assert scan.error == "scanner disconnected in the middle of a scan"
     await probe.online(False)
+
+
+@pytest.mark.asyncio
+async def test_path_relinked_to_another_device_is_followed(rig) -> None:
+    """A by-id link that now names another tty (replugged as ttyACM1) makes the driver reopen."""
+    pair, scanner, probe = await rig("front")
+    other = SocatPair(pair.device.parent, "replugged").start()
+    try:
+        scanner.watch_s = 0.05
+        tmp = pair.device.with_name("relink.tmp")
+        tmp.symlink_to(os.readlink(other.device))
+        os.replace(tmp, pair.device)  # atomically, as udev updates a link
+        await probe.until(
+            lambda: scanner.online and any("now names another device" in s.detail for s in probe.statuses),
+            "reopened on the new device",
+        )
+        other.write_now(b"NEW-DEV-1\r")
+        assert (await probe.next()).code == "NEW-DEV-1"
+    finally:
+        await scanner.close()
+        other.stop()
 
 
 @pytest.mark.asyncio
