@@ -104,8 +104,8 @@ async def test_broker_restarted_mid_burst_several_times(tmp_path: Path, recorder
     try:
         for _ in range(3):
             # Wait until the link is connected and moving, then take the broker away.
-            seen = node.link.outbox.acked
-            await asyncio.wait_for(_until(lambda: node.link.connected and node.link.outbox.acked > seen + 100), 10)
+            target = node.link.outbox.acked + 100
+            await asyncio.wait_for(_until(lambda t=target: node.link.connected and node.link.outbox.acked > t), 10)
             await asyncio.to_thread(broker.stop)
             await asyncio.wait_for(_until(lambda: not node.link.connected), 10)
             await asyncio.to_thread(broker.start)

@@ -32,6 +32,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +378,14 @@ class Connection:
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         client = self.client
-        if client is not None and self.connected:
+        if client is None or not self.connected:
+            return
+        if self.settings.protocol == "5":
+            # Retain As Published: a retained message forwarded live keeps its
+            # flag, so a retained command is recognised (and refused) even
+            # when it arrives while we are subscribed, not only on subscribe.
+            client.subscribe(topic, options=SubscribeOptions(qos=qos, retainAsPublished=True))
+        else:
             client.subscribe(topic, qos=qos)
 
     def close_now(self) -> None:
