@@ -234,6 +234,16 @@ async def test_symbology_outside_allow_list_is_refused(rig) -> None:
 
 
 @pytest.mark.asyncio
+async def test_allow_list_without_aim_still_requires_identifiers(rig) -> None:
+    pair, scanner, probe = await rig(aim=False, symbologies=["C1"])
+    assert scanner.aim is True  # an allow-list cannot be enforced on scans that do not say their symbology
+    pair.write_now(b"PLAIN\r]C1D-9\r")
+    plain = await probe.next()
+    assert plain.code is None and "no AIM symbology identifier" in plain.error
+    assert (await probe.next()).code == "D-9"
+
+
+@pytest.mark.asyncio
 async def test_noise_is_refused_and_good_scans_still_work(rig) -> None:
     pair, _, probe = await rig()
     pair.write_now(b"\x00\x07AB\r\xff\xfeCD\n\x1b[2J\rGOOD-3\r")
