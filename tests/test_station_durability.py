@@ -1,0 +1,158 @@
+"""Nothing lost when the producer is killed mid-burst; TLS with a password; a bridge to a central broker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from broker import (
+    Mosquitto,
+    Node,
+    Recorder,
+    arrived,
+    check_stream,
+    make_password_file,
+    make_test_ca,
+    station_config,
+)
+
+from lockerd import config as cfg
+from lockerd.journal import Journal
+
+PRODUCER = Path(__file__).parent / "broker.py"
+
+
+def _wait_lines(proc: subprocess.Popen, count: int, timeout: float = 20.0) -> int:
+    """Read the producer's durable seqs until ``count`` more arrived; return the last."""
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    last, seen = 0, 0
+    import time
+
+    deadline = time.monotonic() + timeout
+    while seen < count:
+        if not sel.select(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"producer printed {seen} of {count} seqs")
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"producer exited: {proc.stderr.read().decode(errors='replace')}")
+        last, seen = int(line), seen + 1
+    return last
+
+
+@pytest.mark.asyncio
+async def test_producer_killed_mid_burst_loses_nothing(tmp_path: Path, mosquitto: Mosquitto,
+                                                       recorders: list[Recorder]) -> None:
+    rec = Recorder(mosquitto.port, ["lockerd/+/+/events"])
+    recorders.append(rec)
+    conf = station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"], journal="producer.db", batch_size=50)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, str(PRODUCER), "produce", str(conf), "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            await asyncio.to_thread(_wait_lines, proc, 1500)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    # A last clean run delivers the rest and exits once the broker has it all.
+    proc = subprocess.run([sys.executable, str(PRODUCER), "produce", str(conf), "10"], capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    journal = Journal(cfg.load(conf).journal_path)
+    await asyncio.sleep(0)  # Journal.open wants a running loop
+    assert journal.open()
+    try:
+        events = [e.as_dict() for e in journal.read(0, 10**9)]
+    finally:
+        journal.close()
+    assert len(events) >= 4500
+    want = {e["seq"] for e in events}
+    await asyncio.to_thread(rec.wait, lambda r: want <= r.seqs_on("/events"), 20)
+    stats = check_stream(rec.on("/events"), events)
+    assert stats["events"] == len(events)
+
+
+@pytest.mark.asyncio
+async def test_tls_with_password_and_mqtt_311(tmp_path: Path, recorders: list[Recorder]) -> None:
+    tls = make_test_ca(tmp_path / "ca")
+    pw = make_password_file(tmp_path / "passwd", "node-1", "s3cret")
+    broker = Mosquitto(tmp_path, password_file=pw, tls=tls).start()
+    try:
+        rec = Recorder(broker.port, ["lockerd/#"], username="node-1", password="s3cret", ca=tls["ca"])
+        recorders.append(rec)
+        secret = tmp_path / "node.pw"
+        secret.write_text("s3cret\n")
+        for protocol in ("5", "3.1.1"):
+            node = await Node(tmp_path, [f"localhost:{broker.port}"], node="node-1", tls=True,
+                              ca_file=tls["ca"], username="node-1", password_file=secret, protocol=protocol).start()
+            try:
+                await node.append(100)
+                await arrived(rec, node)
+            finally:
+                await node.stop()
+        # A wrong password is refused by the broker; the link keeps trying and never raises.
+        secret.write_text("wrong\n")
+        node = await Node(tmp_path, [f"localhost:{broker.port}"], node="node-1", tls=True,
+                          ca_file=tls["ca"], username="node-1", password_file=secret).start()
+        try:
+            await node.append(5)
+            await asyncio.wait_for(_until(lambda: node.link.conn._last_error != ""), 10)
+            assert "refused" in node.link.conn._last_error or "not authorized" in node.link.conn._last_error.lower()
+            assert not node.link.connected
+        finally:
+            await node.stop()
+    finally:
+        broker.kill()
+
+
+@pytest.mark.asyncio
+async def test_bridge_from_station_broker_to_central(tmp_path: Path, recorders: list[Recorder]) -> None:
+    central = Mosquitto(tmp_path, name="central").start()
+    # The station broker forwards its controllers' topics to the central one,
+    # QoS 1, with its own persistent bridge session; commands come back down.
+    bridge = (
+        "connection central\n"
+        f"address 127.0.0.1:{central.port}\n"
+        "clientid bridge-test-site\n"
+        "cleansession false\n"
+        "bridge_protocol_version mqttv311\n"
+        "topic lockerd/test-site/+/events out 1\n"
+        "topic lockerd/test-site/+/presence out 1\n"
+        "topic lockerd/test-site/+/state/+ out 1\n"
+        "topic lockerd/test-site/+/reply out 1\n"
+        "topic lockerd/test-site/+/cmd/+ in 1\n"
+        "restart_timeout 1\n"
+        "max_queued_messages 1000000\n"
+    )
+    station = Mosquitto(tmp_path, name="station", extra=bridge).start()
+    try:
+        rec = Recorder(central.port, ["lockerd/#"])
+        recorders.append(rec)
+        nodes = [await Node(tmp_path, [f"127.0.0.1:{station.port}"], node=f"node-{i}").start() for i in (1, 2)]
+        try:
+            await asyncio.gather(*(n.append(300) for n in nodes))
+            for n in nodes:
+                await arrived(rec, n)
+            # The central broker goes away and comes back: the bridge queues and catches up.
+            await asyncio.to_thread(central.stop)
+            await asyncio.gather(*(n.append(300) for n in nodes))
+            await asyncio.to_thread(central.start)
+            for n in nodes:
+                await arrived(rec, n, timeout=30)
+        finally:
+            for n in nodes:
+                await n.stop()
+    finally:
+        station.kill()
+        central.kill()
+
+
+async def _until(pred) -> None:
+    while not pred():
+        await asyncio.sleep(0.01)
