@@ -227,6 +227,9 @@ class LockBank(Driver):
         task = asyncio.create_task(self._finish_pulse(channel, ms), name=f"{self.name}-off-{channel}")
         self._pulses.add(task)
         task.add_done_callback(self._pulses.discard)
+        # Released by the task's end, however it ends: a task cancelled before
+        # its first step never runs its finally, and the slot would be lost.
+        task.add_done_callback(lambda _t: self.budget.release())
 
     async def _finish_pulse(self, channel: int, ms: int) -> None:
         try:
@@ -251,7 +254,6 @@ class LockBank(Driver):
                 self.report_lock_fault(channel, None)
         finally:
             self.energised.discard(channel)
-            self.budget.release()
 
     async def all_off(self) -> None:
         await self._all_off()
