@@ -1,0 +1,42 @@
+"""The real daemon (controller + CommandHandler) behind the station link, on the sim board and a real Mosquitto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from broker import Mosquitto, Recorder, station_config, wait_for
+from test_station_commands import BASE, Station, reply_for
+
+from lockerd import config as cfg
+from lockerd.daemon import Daemon
+
+
+@pytest.mark.asyncio
+async def test_station_commands_reach_the_real_handler(tmp_path: Path, mosquitto: Mosquitto,
+                                                       recorders: list[Recorder]) -> None:
+    rec = Recorder(mosquitto.port, [f"{BASE}/#"])
+    recorders.append(rec)
+    station = Station(mosquitto.port)
+    daemon = Daemon(cfg.load(station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])))
+    await daemon.start()
+    try:
+        await wait_for(rec, lambda r: len(r.on("/state/d01")) >= 1)
+        person = station.send("register-person", {"id": "p1", "name": "Officer One", "role": "officer"})
+        assign = station.send("assign", {"code": "DOS-1", "compartment": "d01", "officer": "p1",
+                                         "case_name": "case 1", "category": "theft"})
+        opened = station.send("open", {"compartment": "d02", "reason": "inspection"})
+        bad = station.send("open", {"compartment": "d09", "reason": "inspection"})
+        await wait_for(rec, lambda r: all(reply_for(r, c) for c in (person, assign, opened, bad)), 15)
+        for cid in (person, assign, opened):
+            assert reply_for(rec, cid)[0]["ok"] is True, reply_for(rec, cid)
+        assert "d09" in reply_for(rec, bad)[0]["error"]
+        # The grant carries the command id; the state of d02 shows the lock released.
+        await wait_for(rec, lambda r: any(s["lock"] == "released" for s in r.on("/state/d02")), 10)
+        events = [e.as_dict() for e in daemon.journal.read(0, 10**6)]
+        grants = [e for e in events if e["kind"] == "access.granted"]
+        assert grants and grants[-1]["data"]["command_id"] == opened
+        await wait_for(rec, lambda r: {e["seq"] for e in events} <= r.seqs_on("/events"), 10)
+    finally:
+        await daemon.stop()
+        station.close()
