@@ -102,8 +102,8 @@ async def test_tls_with_password_and_mqtt_311(tmp_path: Path, recorders: list[Re
                           ca_file=tls["ca"], username="node-1", password_file=secret).start()
         try:
             await node.append(5)
-            await asyncio.wait_for(_until(lambda: node.link.conn._last_error != ""), 10)
-            assert "refused" in node.link.conn._last_error or "not authorized" in node.link.conn._last_error.lower()
+            await asyncio.wait_for(_until(lambda: node.link.conn.last_error != ""), 10)
+            assert "refused" in node.link.conn.last_error or "not authorized" in node.link.conn.last_error.lower()
             assert not node.link.connected
         finally:
             await node.stop()

@@ -120,7 +120,7 @@ class Connection:
         self._connack: asyncio.Future[bool] | None = None
         self._lost = asyncio.Event()
         self._stopping = False
-        self._last_error = ""
+        self.last_error = ""
 
     # -- life ---------------------------------------------------------------------
 
@@ -242,9 +242,9 @@ class Connection:
 
     def _note_failure(self, msg: str) -> None:
         # Log a failing broker once, then quietly, until something changes.
-        if msg != self._last_error:
+        if msg != self.last_error:
             log.warning("station: %s", msg)
-            self._last_error = msg
+            self.last_error = msg
         else:
             log.debug("station: %s", msg)
 
@@ -332,7 +332,7 @@ class Connection:
             return
         self.connected = True
         self.connects += 1
-        self._last_error = ""
+        self.last_error = ""
         log.info("station: connected to %s:%d (session present: %s)", host, port, flags.session_present)
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(True)
