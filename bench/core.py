@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchstats import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -35,10 +37,6 @@ from lockerd.clock import Clock  # noqa: E402
 from lockerd.controller import Controller  # noqa: E402
 from lockerd.journal import Journal  # noqa: E402
 
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 async def scan_to_pulse(n: int) -> None:

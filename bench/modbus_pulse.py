@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchstats import pct
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -37,10 +39,6 @@ from modbus_peer import PtyPair  # noqa: E402
 
 from lockerd.clock import Clock  # noqa: E402
 
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 def start_peer(args: list[str], log: Path) -> tuple[subprocess.Popen, dict]:

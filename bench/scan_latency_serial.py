@@ -19,6 +19,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchstats import pct
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +32,6 @@ from ptys import SocatPair  # noqa: E402
 from lockerd.clock import Clock  # noqa: E402
 from lockerd.config import SCANNER_COMMON, SCANNER_TYPES  # noqa: E402
 
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def options(port: Path) -> dict[str, Any]:
