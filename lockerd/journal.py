@@ -40,7 +40,7 @@ from lockerd.errors import JournalError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GENESIS = "0" * 64
 MAX_BATCH = 1000
 
@@ -50,6 +50,7 @@ STATE_TABLES = {
     "people": "id",
     "badges": "code",
     "compartments": "id",
+    "deadlines": "id",
 }
 
 
@@ -187,7 +188,21 @@ def migrate(path: Path) -> None:
             )
             db["outbox"].create({"id": int, "delivered": int}, pk="id")
             db["outbox"].insert({"id": 1, "delivered": 0})
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("PRAGMA user_version=1")
+    if version < 2:
+        with db.conn:
+            # Custody deadlines and how far each one's reminders have escalated
+            # (lockerd/custody.py): written with the event that sets, escalates
+            # or clears them, so a restart neither loses nor repeats a reminder.
+            db["deadlines"].create(
+                {"id": str, "code": str, "kind": str, "due": str, "due_ts": float, "since": str,
+                 "officer": str, "holder": str, "supervisor": str, "level": int, "sent_ts": float,
+                 "sent_mono": float, "sent_boot": str, "ack_ts": float, "ack_mono": float, "ack_boot": str,
+                 "ack_by": str, "updated_seq": int},
+                pk="id", not_null={"code", "kind", "due", "due_ts"},
+            )
+            db["deadlines"].create_index(["code"])
+            db.execute("PRAGMA user_version=2")
     db.conn.close()
 
 
@@ -470,7 +485,7 @@ def _apply_state(conn: sqlite3.Connection, op: StateOp, seq: int) -> None:
         conn.execute(f"DELETE FROM {table} WHERE {pk} = ?", (row[pk],))
         return
     row = dict(row)
-    if table == "items":
+    if table in ("items", "deadlines"):
         row["updated_seq"] = seq
     cols = list(row)
     updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != pk)
