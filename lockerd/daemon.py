@@ -21,6 +21,7 @@ from lockerd.config import Config
 from lockerd.control import ControlServer
 from lockerd.controller import Controller
 from lockerd.drivers import build_hardware
+from lockerd.hwlock import HardwareBusy, HardwareLock, hardware_lock_path
 from lockerd.journal import Journal
 
 log = logging.getLogger("lockerd")
@@ -50,11 +51,14 @@ class Daemon:
         self.controller = Controller(config, self.journal, self.hw, self.clock)
         self.control = ControlServer(config.control_socket, self.controller)
         self.link = None
+        self.hw_lock = HardwareLock(hardware_lock_path(config), "the lockerd daemon")
         self.stopping = asyncio.Event()
         self.ready_after: float | None = None
 
     async def start(self) -> None:
         t0 = time.monotonic()
+        # Before any device is touched: the bench harness may be driving the locks.
+        self.hw_lock.acquire()
         if not self.journal.open():
             # Fail secure: keep running (doors are still supervised where
             # possible) but every grant is refused until the journal works.
@@ -81,6 +85,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await self.link.stop()
         self.journal.close()
+        self.hw_lock.release()
         log.info("stopped")
 
     async def run(self) -> int:
@@ -95,4 +100,8 @@ class Daemon:
 
 def run(config: Config) -> int:
     setup_logging(config.log_level)
-    return asyncio.run(Daemon(config).run())
+    try:
+        return asyncio.run(Daemon(config).run())
+    except HardwareBusy as e:
+        log.error("not starting: %s (a bench run, lockerd-hil, holds it; the service starts once it ends)", e)
+        return 1
