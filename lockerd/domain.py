@@ -31,7 +31,6 @@ class ItemState(StrEnum):
     NEW = "new"  # registered, never deposited
     IN = "in"  # in its compartment
     OUT = "out"  # taken out
-    RELEASED = "released"  # removed from the locker for good
     RELEASED = "released"  # removed from the locker for good by an authorised person
 
 
