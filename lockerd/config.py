@@ -275,8 +275,20 @@ FEEDBACK_TYPES: dict[str, dict[str, Opt]] = {
     },
 }
 
+# Cameras: a still on every grant and every door close (see drivers/camera.py).
+CAMERA_TYPES: dict[str, dict[str, Opt]] = {
+    "command": {
+        "command": Opt("list-str", doc='argv with {path} where the still goes, e.g. ["rpicam-still", "-n", '
+                                       '"-o", "{path}"]; also {compartment}, {cabinet}, {step}, {seq}'),
+        "timeout_s": Opt("float", 10.0, min=0.1, max=300, doc="kill the capture after this long"),
+        "extension": Opt("str", "jpg", doc="file name extension of the stills"),
+    },
+    "sim": {},
+}
+
 CABINET = {
     "kind": Opt("str", choices=("dossier", "evidence")),
+    "camera": Opt("id", "", doc="[cameras.*] section photographing this cabinet's grants and door closes"),
     "lock_driver": Opt("id", doc="default driver for the locks"),
     "sensor_driver": Opt("id", "", doc="default driver for the door sensors; default lock_driver"),
     "count": Opt("int", 0, min=0, max=512, doc="generate this many compartments"),
@@ -296,7 +308,7 @@ COMPARTMENT = {
 
 TOP = {
     "controller", "journal", "timing", "power", "station", "drivers", "buses",
-    "scanners", "feedback", "cabinets",
+    "scanners", "feedback", "cabinets", "cameras",
 }
 
 
@@ -332,6 +344,7 @@ class Cabinet:
     id: str
     kind: str
     compartments: tuple[str, ...]
+    camera: str = ""
 
 
 @dataclass(frozen=True)
@@ -364,6 +377,7 @@ class Config:
     feedback: dict[str, Section]
     cabinets: dict[str, Cabinet]
     compartments: dict[str, Compartment] = field(default_factory=dict)
+    cameras: dict[str, Section] = field(default_factory=dict)
 
     def compartment(self, cid: str) -> Compartment:
         return self.compartments[cid]
@@ -411,6 +425,8 @@ def parse(data: bytes, file: Path) -> Config:
     drivers = _typed_sections(c, "drivers", doc.get("drivers", {}), DRIVER_TYPES, {})
     feedback = _typed_sections(c, "feedback", doc.get("feedback", {}), FEEDBACK_TYPES, {})
     scanners = _typed_sections(c, "scanners", doc.get("scanners", {}), SCANNER_TYPES, SCANNER_COMMON)
+    cameras = _typed_sections(c, "cameras", doc.get("cameras", {}), CAMERA_TYPES, {})
+    _check_cameras(c, cameras)
 
     for name, d in drivers.items():
         if d.type == "modbus" and d.options.get("bus") not in (_MISSING, None) and d["bus"] not in buses:
@@ -423,6 +439,9 @@ def parse(data: bytes, file: Path) -> Config:
                 c.problem(f"drivers.{name}.sensors", list(d["sensors"]), f"pins not also used as locks ({sorted(both)})")
 
     cabinets, compartments = _cabinets(c, doc.get("cabinets", {}), drivers)
+    for cab in cabinets.values():
+        if cab.camera and cab.camera not in cameras:
+            c.problem(f"cabinets.{cab.id}.camera", cab.camera, f"one of the [cameras] sections ({_names(cameras)})")
 
     for name, s in scanners.items():
         for cab in s.options.get("cabinets") or ():
@@ -454,6 +473,7 @@ def parse(data: bytes, file: Path) -> Config:
         feedback=feedback,
         cabinets=cabinets,
         compartments=compartments,
+        cameras=cameras,
     )
 
 
@@ -475,6 +495,30 @@ def _check_station(c: _Checker, st: dict[str, Any]) -> None:
         c.problem("station.ca_file", "", "a CA file when tls = true")
     if bool(st.get("cert_file")) != bool(st.get("key_file")):
         c.problem("station.key_file", str(st.get("key_file") or ""), "cert_file and key_file given together")
+
+
+def _check_cameras(c: _Checker, cameras: dict[str, Section]) -> None:
+    import string
+
+    fields = {"path", "compartment", "cabinet", "step", "seq"}
+    for name, cam in cameras.items():
+        if cam.type != "command" or not isinstance(cam.options.get("command"), tuple):
+            continue
+        argv, where = cam["command"], f"cameras.{name}.command"
+        try:
+            used = {f for arg in argv for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
+        except ValueError:
+            c.problem(where, list(argv), "arguments whose braces are balanced ({path} and the like)")
+            continue
+        if not argv or not argv[0]:
+            c.problem(where, list(argv), "a program and its arguments")
+        elif used - fields:
+            c.problem(where, list(argv), "placeholders among {" + "}, {".join(sorted(fields)) + "}")
+        elif "path" not in used:
+            c.problem(where, list(argv), "an argument with {path}, where the still is written")
+        ext = cam["extension"]
+        if isinstance(ext, str) and not re.fullmatch(r"[a-z0-9]{1,8}", ext):
+            c.problem(f"cameras.{name}.extension", ext, "1-8 characters from a-z and 0-9")
 
 
 def _typed_sections(
@@ -589,7 +633,8 @@ def _cabinets(
             comps[cid] = Compartment(cid, cab_id, opts["kind"], ld, e["lock"], sd, e["sensor"])
             ids.append(cid)
         if opts["kind"] is not _MISSING:
-            cabinets[cab_id] = Cabinet(cab_id, opts["kind"], tuple(ids))
+            cabinets[cab_id] = Cabinet(cab_id, opts["kind"], tuple(ids),
+                                        opts["camera"] if isinstance(opts["camera"], str) else "")
     return cabinets, comps
 
 

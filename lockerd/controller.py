@@ -110,6 +110,7 @@ class Controller:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.photos: Any = None  # lockerd.photos.Photographer when a cabinet has a camera
 
     # -- life ------------------------------------------------------------------
 
@@ -124,6 +125,10 @@ class Controller:
             if hasattr(d, "on_lock_fault"):
                 d.on_lock_fault(lambda ch, detail, name=d.name: self._lock_fault(name, ch, detail))
         await self.hw.start()  # every lock bank switches all outputs off first
+        if any(cab.camera for cab in self.config.cabinets.values()):
+            from lockerd.photos import Photographer  # an observer of the journal, off the safety path
+
+            self.photos = Photographer(self.config, self.journal, self.clock, self._spawn)
         self.journal.append("daemon.started", version=__version__, config=self.config.digest,
                             boot=self.journal.boot, site=self.config.site, node=self.config.node)
         for cid, slot in self.slots.items():
@@ -146,6 +151,8 @@ class Controller:
             if hasattr(d, "wait_pulses"):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(d.wait_pulses(), self.t.pulse_ms / 1000 + 2)
+        if self.photos is not None:
+            self.photos.close()
         for t in list(self._tasks):
             t.cancel()
         for slot in self.slots.values():

@@ -1,0 +1,161 @@
+"""Cameras: one still per custody step, taken off the safety path.
+
+A camera writes one still to the path it is given and raises a DriverError
+when it cannot. Two kinds:
+
+- ``command``: runs a capture tool (the board's ``rpicam-still -n -o {path}``
+  or anything with the same contract) as a subprocess with a timeout. The
+  tool runs in its own process group, so a shell wrapper and whatever it
+  started are killed together on timeout.
+- ``sim``: writes a small deterministic PNG naming the compartment, the step,
+  its seq and the time, for tests and the demo.
+
+What is photographed and when, and how it is journaled, is
+``lockerd.photos``; this module only takes pictures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lockerd.clock import Clock, iso_utc
+from lockerd.config import Section
+from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Shot:
+    """What a still is of: which compartment, which step, the seq of that step's event."""
+
+    compartment: str
+    cabinet: str
+    step: str  # "grant" | "door.closed"
+    seq: int
+    wall: float  # wall time of the step's event, for the sim's caption
+
+
+class Camera:
+    """Takes a still into a given file; raises DriverError when it cannot."""
+
+    type_name = "abstract"
+    extension = "jpg"
+
+    def __init__(self, name: str):
+        self.name = name
+
+    async def capture(self, path: Path, shot: Shot) -> None:
+        """Write one still to ``path`` (which does not exist yet)."""
+        raise NotImplementedError
+
+
+class CommandCamera(Camera):
+    """A capture tool run as a subprocess, with a timeout."""
+
+    type_name = "command"
+
+    def __init__(self, name: str, options: dict[str, Any]):
+        super().__init__(name)
+        self.command: tuple[str, ...] = tuple(options["command"])
+        self.timeout_s = float(options.get("timeout_s", 10.0))
+        self.extension = str(options.get("extension", "jpg"))
+
+    def argv(self, path: Path, shot: Shot) -> list[str]:
+        values = {"path": str(path), "compartment": shot.compartment, "cabinet": shot.cabinet,
+                  "step": shot.step, "seq": shot.seq}
+        return [arg.format(**values) for arg in self.command]
+
+    async def capture(self, path: Path, shot: Shot) -> None:
+        argv = self.argv(path, shot)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError:
+            raise DriverUnavailable(f"camera {self.name}: {argv[0]}: no such program") from None
+        except OSError as e:
+            raise DriverUnavailable(f"camera {self.name}: cannot run {argv[0]}: {e.strerror or e}") from None
+        try:
+            # Real time, not the injected clock: the tool runs in real time
+            # whatever the controller's clock says.
+            _, err = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+        except TimeoutError:
+            await _kill(proc)
+            raise DriverTimeout(f"camera {self.name}: {argv[0]} gave no still within {self.timeout_s:g} s; "
+                                "killed") from None
+        except BaseException:  # cancelled (daemon stopping): never leave the tool running
+            await _kill(proc)
+            raise
+        if proc.returncode != 0:
+            last = (err or b"").decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+            raise DriverError(f"camera {self.name}: {argv[0]} exited with status {proc.returncode}"
+                              + (f": {last[0][:200]}" if last[0] else ""))
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise DriverError(f"camera {self.name}: {argv[0]} succeeded but wrote no file at {path}") from None
+        if size == 0:
+            raise DriverError(f"camera {self.name}: {argv[0]} wrote an empty file")
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(proc.wait(), 5.0)
+
+
+class SimCamera(Camera):
+    """Writes a tiny grey PNG whose pixels and caption follow from the shot alone."""
+
+    type_name = "sim"
+    extension = "png"
+    width, height = 16, 8
+
+    def __init__(self, name: str, clock: Clock):
+        super().__init__(name)
+        self.clock = clock
+        self.taken: list[Shot] = []
+
+    def image(self, shot: Shot) -> bytes:
+        caption = (f"lockerd sim camera {self.name}: compartment {shot.compartment} {shot.step} "
+                   f"seq {shot.seq} at {iso_utc(shot.wall)}")
+        seed = hashlib.sha256(caption.encode()).digest()
+        rows = b"".join(b"\x00" + bytes(seed[(y * self.width + x) % len(seed)] for x in range(self.width))
+                        for y in range(self.height))
+        return (b"\x89PNG\r\n\x1a\n"
+                + _chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 0, 0, 0, 0))
+                + _chunk(b"tEXt", b"Comment\x00" + caption.encode("latin-1", "replace"))
+                + _chunk(b"IDAT", zlib.compress(rows, 9))
+                + _chunk(b"IEND", b""))
+
+    async def capture(self, path: Path, shot: Shot) -> None:
+        data = self.image(shot)
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+        except OSError as e:
+            raise DriverError(f"camera {self.name}: cannot write {path}: {e.strerror or e}") from None
+        self.taken.append(shot)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def create_camera(section: Section, clock: Clock) -> Camera:
+    """The camera a [cameras.NAME] section describes."""
+    if section.type == "command":
+        return CommandCamera(section.name, section.options)
+    if section.type == "sim":
+        return SimCamera(section.name, clock)
+    raise ValueError(f"unknown camera type {section.type!r}")  # config validation makes this unreachable
