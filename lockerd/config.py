@@ -295,6 +295,11 @@ CABINET = {
     "first_lock": Opt("int", 0, min=0, max=65535),
     "first_sensor": Opt("int", 0, min=0, max=65535),
     "prefix": Opt("str", "", doc="id prefix of generated compartments; default the cabinet id"),
+    # Pass-through evidence cabinets: a rear door per compartment for the property room.
+    "rear_lock_driver": Opt("id", "", doc="default driver for the rear locks; default lock_driver"),
+    "rear_sensor_driver": Opt("id", "", doc="default driver for the rear door sensors; default rear_lock_driver"),
+    "first_rear_lock": Opt("int", -1, min=-1, max=65535, doc="with count: rear locks from this channel on (-1: none)"),
+    "first_rear_sensor": Opt("int", -1, min=-1, max=65535, doc="with count: rear sensors from this channel on"),
     # plus "compartments": an array of tables checked against COMPARTMENT
 }
 
@@ -304,11 +309,22 @@ COMPARTMENT = {
     "sensor": Opt("int", min=0, max=65535),
     "lock_driver": Opt("id", ""),
     "sensor_driver": Opt("id", ""),
+    "rear_lock": Opt("int", -1, min=-1, max=65535, doc="pass-through: the rear door's lock (-1: no rear door)"),
+    "rear_sensor": Opt("int", -1, min=-1, max=65535, doc="pass-through: the rear door's sensor"),
+    "rear_lock_driver": Opt("id", ""),
+    "rear_sensor_driver": Opt("id", ""),
+}
+
+EVIDENCE = {
+    "depositor_may_retrieve": Opt("bool", True, doc="the officer who deposited an item may be the officer "
+                                  "co-signing its retrieval or release (never alone: a case manager is always needed)"),
+    "reasons": Opt("table", {}, doc="reason cards for a retrieval: barcode = reason text"),
+    "release_reasons": Opt("table", {}, doc="reason cards for a release (the item leaves for good): barcode = text"),
 }
 
 TOP = {
     "controller", "journal", "timing", "power", "station", "drivers", "buses",
-    "scanners", "feedback", "cabinets", "cameras",
+    "scanners", "feedback", "cabinets", "cameras", "evidence",
 }
 
 
@@ -337,6 +353,36 @@ class Compartment:
     lock: int
     sensor_driver: str
     sensor: int
+    # A pass-through compartment's rear door (property room side); None without one.
+    rear_lock_driver: str = ""
+    rear_lock: int | None = None
+    rear_sensor_driver: str = ""
+    rear_sensor: int | None = None
+
+    @property
+    def rear_id(self) -> str | None:
+        """The id the rear door is supervised under, when there is one."""
+        return f"{self.id}{REAR_SUFFIX}" if self.rear_lock is not None else None
+
+
+REAR_SUFFIX = "-rear"
+
+
+@dataclass(frozen=True)
+class EvidenceRules:
+    """How evidence is handled: reason cards and who may retrieve."""
+
+    depositor_may_retrieve: bool = True
+    reasons: dict[str, str] = field(default_factory=dict)  # card barcode -> text (retrieval)
+    release_reasons: dict[str, str] = field(default_factory=dict)  # card barcode -> text (release for good)
+
+    def reason_card(self, code: str) -> tuple[str, bool] | None:
+        """(text, is_release) for a reason card's barcode, else None."""
+        if code in self.reasons:
+            return self.reasons[code], False
+        if code in self.release_reasons:
+            return self.release_reasons[code], True
+        return None
 
 
 @dataclass(frozen=True)
@@ -378,6 +424,7 @@ class Config:
     cabinets: dict[str, Cabinet]
     compartments: dict[str, Compartment] = field(default_factory=dict)
     cameras: dict[str, Section] = field(default_factory=dict)
+    evidence: EvidenceRules = field(default_factory=EvidenceRules)
 
     def compartment(self, cid: str) -> Compartment:
         return self.compartments[cid]
@@ -416,6 +463,7 @@ def parse(data: bytes, file: Path) -> Config:
     jnl = c.table("journal", doc.get("journal", {}), JOURNAL)
     tim = c.table("timing", doc.get("timing", {}), TIMING)
     pwr = c.table("power", doc.get("power", {}), POWER)
+    evidence = _evidence(c, doc.get("evidence", {}))
     station = None
     if "station" in doc:
         station = c.table("station", doc["station"], STATION)
@@ -474,6 +522,7 @@ def parse(data: bytes, file: Path) -> Config:
         cabinets=cabinets,
         compartments=compartments,
         cameras=cameras,
+        evidence=evidence,
     )
 
 
@@ -581,6 +630,10 @@ def _cabinets(
                             "sensor": opts["first_sensor"] + i,
                             "lock_driver": "",
                             "sensor_driver": "",
+                            "rear_lock": _first(opts["first_rear_lock"], i),
+                            "rear_sensor": _first(opts["first_rear_sensor"], i),
+                            "rear_lock_driver": "",
+                            "rear_sensor_driver": "",
                         },
                     )
                 )
@@ -604,14 +657,22 @@ def _cabinets(
                 continue
             ld = e["lock_driver"] or lock_drv
             sd = e["sensor_driver"] or sensor_drv
-            ok = True
-            for role, drv, ch in (("lock", ld, e["lock"]), ("sensor", sd, e["sensor"])):
+            rld = e["rear_lock_driver"] or opts["rear_lock_driver"] or ld
+            rsd = e["rear_sensor_driver"] or opts["rear_sensor_driver"] or rld
+            checks = [("lock", "lock", ld, e["lock"]), ("sensor", "sensor", sd, e["sensor"])]
+            rear = _check_rear(c, where, cid, opts["kind"], e)
+            ok = rear is not False
+            if rear:
+                checks += [("lock", "rear_lock", rld, e["rear_lock"]), ("sensor", "rear_sensor", rsd, e["rear_sensor"])]
+            for role, name, drv, ch in checks:
                 if drv is _MISSING:
                     ok = False
                     continue
                 if drv not in drivers:
-                    if e[f"{role}_driver"]:
-                        where_set = f"{where}.{role}_driver"
+                    if e[f"{name}_driver"]:
+                        where_set = f"{where}.{name}_driver"
+                    elif name != role and (opts[f"{name}_driver"] or opts["rear_lock_driver"]):
+                        where_set = f"{path}.{name if opts[f'{name}_driver'] else 'rear_lock'}_driver"
                     elif role == "sensor" and opts["sensor_driver"]:
                         where_set = f"{path}.sensor_driver"
                     else:
@@ -621,21 +682,70 @@ def _cabinets(
                     continue
                 limit = _channel_limit(drivers[drv], role)
                 if limit is not None and ch not in limit:
-                    c.problem(f"{where}.{role}", ch, f"a {role} channel of driver {drv!r} ({_fmt_channels(limit)})")
+                    c.problem(f"{where}.{name}", ch, f"a {role} channel of driver {drv!r} ({_fmt_channels(limit)})")
                     ok = False
                 key = (role, drv, ch)
                 if key in used:
-                    c.problem(f"{where}.{role}", ch, f"a {role} channel not already used by compartment {used[key]}")
+                    c.problem(f"{where}.{name}", ch, f"a {role} channel not already used by compartment {used[key]}")
                     ok = False
                 used[key] = cid
             if not ok or opts["kind"] is _MISSING:
                 continue
-            comps[cid] = Compartment(cid, cab_id, opts["kind"], ld, e["lock"], sd, e["sensor"])
+            rear_opts = {"rear_lock_driver": rld, "rear_lock": e["rear_lock"], "rear_sensor_driver": rsd,
+                         "rear_sensor": e["rear_sensor"]} if rear else {}
+            comps[cid] = Compartment(cid, cab_id, opts["kind"], ld, e["lock"], sd, e["sensor"], **rear_opts)
             ids.append(cid)
         if opts["kind"] is not _MISSING:
             cabinets[cab_id] = Cabinet(cab_id, opts["kind"], tuple(ids),
                                         opts["camera"] if isinstance(opts["camera"], str) else "")
+    for comp in list(comps.values()):
+        if comp.rear_id in comps:
+            c.problem(f"cabinets.{comp.cabinet}", comp.rear_id,
+                      f"no compartment id {comp.rear_id!r}: that is the id of {comp.id}'s rear door")
     return cabinets, comps
+
+
+def _first(first: Any, i: int) -> int:
+    """The i-th generated channel from a first channel, -1 when there is none."""
+    return first + i if isinstance(first, int) and first >= 0 else -1
+
+
+def _check_rear(c: _Checker, where: str, cid: str, kind: Any, e: dict[str, Any]) -> bool | None:
+    """A compartment's rear door: None without one, True when sound, False after noting a problem."""
+    lock, sensor = e["rear_lock"], e["rear_sensor"]
+    if lock < 0 and sensor < 0:
+        return None
+    if lock < 0 or sensor < 0:
+        missing = "rear_lock" if lock < 0 else "rear_sensor"
+        c.problem(f"{where}.{missing}", -1, "a channel: a rear door needs both rear_lock and rear_sensor")
+        return False
+    if kind != "evidence":
+        c.problem(f"{where}.rear_lock", lock, "no rear door: pass-through (front and rear) cabinets hold evidence")
+        return False
+    if not ID_RE.match(cid + REAR_SUFFIX):
+        c.problem(f"{where}.id", cid, f"an id of at most {32 - len(REAR_SUFFIX)} characters (its rear door is "
+                                      f"supervised as {cid + REAR_SUFFIX!r})")
+        return False
+    return True
+
+
+def _evidence(c: _Checker, raw: Any) -> EvidenceRules:
+    """[evidence]: reason cards (barcode = text) and the depositor rule."""
+    opts = c.table("evidence", raw, EVIDENCE)
+    tables: dict[str, dict[str, str]] = {}
+    for key in ("reasons", "release_reasons"):
+        table = opts[key] if isinstance(opts[key], dict) else {}
+        for code, text in table.items():
+            if not 1 <= len(code) <= 128:
+                c.problem(f"evidence.{key}", code, "card barcodes of 1-128 characters")
+            if not isinstance(text, str) or not text.strip() or len(text) > 256:
+                c.problem(f"evidence.{key}.{code}", text, "the reason as a non-empty text of at most 256 characters")
+        tables[key] = {k: v.strip() for k, v in table.items() if isinstance(v, str)}
+    for code in sorted(set(tables["reasons"]) & set(tables["release_reasons"])):
+        c.problem(f"evidence.release_reasons.{code}", tables["release_reasons"][code],
+                  "a card barcode not also in evidence.reasons (one card, one meaning)")
+    may = opts["depositor_may_retrieve"]
+    return EvidenceRules(may if isinstance(may, bool) else True, tables["reasons"], tables["release_reasons"])
 
 
 def _channel_limit(d: Section, role: str) -> range | tuple[int, ...] | None:
