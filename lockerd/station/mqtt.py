@@ -20,6 +20,7 @@ import contextlib
 import functools
 import logging
 import random
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -224,6 +225,10 @@ class Connection:
         sock = client.socket()
         if sock is None:
             return False
+        # paho leaves Nagle on: a reply or event written right after another
+        # small packet would wait for the broker's delayed ACK (~40 ms).
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         self._loop.add_reader(sock, self._readable)
         if client.want_write():
