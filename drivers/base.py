@@ -90,6 +90,9 @@ class Driver:
     """What every driver shares: a name, a start/close life and an online status."""
 
     type_name = "abstract"
+    # A driver that runs its own task (a port reader, a bus owner) beats at
+    # least this often while the task cycles; None: it has no task to watch.
+    heartbeat_s: float | None = None
 
     def __init__(self, name: str, clock: Clock):
         super().__init__()
@@ -98,6 +101,16 @@ class Driver:
         self.online = True
         self.detail = ""
         self._status_listeners: list[Callable[[DriverStatus], None]] = []
+        self._heartbeat: Callable[[str], None] | None = None
+
+    def on_heartbeat(self, beat: Callable[[str], None]) -> None:
+        """Have ``beat(name)`` called whenever the driver's own task completes a cycle (the service watchdog)."""
+        self._heartbeat = beat
+
+    def beat(self) -> None:
+        """The driver's task is alive and cycling."""
+        if self._heartbeat is not None:
+            self._heartbeat(self.name)
 
     async def start(self) -> None:
         """Open the device. Must not raise for a device that is merely absent:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,12 +110,32 @@ class Controller:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._refusing = "controller starting"  # why scans are refused while not accepting
+        # Liveness for the service watchdog: a no-op unless the daemon calls watch().
+        self._beat: Callable[[str], None] | None = None
+        self.beat_s = 1.0
         self.photos: Any = None  # lockerd.photos.Photographer when a cabinet has a camera
 
     # -- life ------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Load state, de-energise every lock, read the doors, journal what changed while down."""
+    def watch(self, beat: Callable[[str], None], every_s: float) -> list[str]:
+        """Beat ``beat(name)`` from each long-running task at least every ``every_s``; returns the names.
+
+        Call before start(). "controller" beats after a round trip through
+        the journal writer (a writer hung in fsync leaves every grant
+        waiting), "scanner:NAME" and "doors:DRIVER" from the loops that
+        take scans and door changes, even while nothing arrives.
+        """
+        self._beat, self.beat_s = beat, every_s
+        return ["controller", *(f"scanner:{n}" for n in self.hw.scanners),
+                *(f"doors:{n}" for n in sorted({c.sensor_driver for c in self.config.compartments.values()}))]
+
+    async def start(self, reloaded: bool = False) -> None:
+        """Load state, de-energise every lock, read the doors, journal what changed while down.
+
+        ``reloaded``: the daemon restarts the controller with a new config
+        in-process; it journals config.reloaded itself, not daemon.started.
+        """
         if self.journal.healthy:
             self.registry.load(self.journal)
         saved = self._load_compartments()
@@ -129,8 +149,9 @@ class Controller:
             from lockerd.photos import Photographer  # an observer of the journal, off the safety path
 
             self.photos = Photographer(self.config, self.journal, self.clock, self._spawn)
-        self.journal.append("daemon.started", version=__version__, config=self.config.digest,
-                            boot=self.journal.boot, site=self.config.site, node=self.config.node)
+        if not reloaded:
+            self.journal.append("daemon.started", version=__version__, config=self.config.digest,
+                                boot=self.journal.boot, site=self.config.site, node=self.config.node)
         for cid, slot in self.slots.items():
             self._recover(slot, saved.get(cid))
         # The doors as read at start, saved so the next start can tell what changed meanwhile.
@@ -140,11 +161,36 @@ class Controller:
             self._spawn(self._door_loop(name), f"doors-{name}")
         for name, scanner in self.hw.scanners.items():
             self._spawn(self._scan_loop(name, scanner), f"scanner-{name}")
+        if self._beat is not None:
+            self._spawn(self._tick(), "controller-tick")
         self._accepting = True
 
-    async def stop(self) -> None:
-        """Stop taking scans, finish what is in flight, de-energise every lock."""
+    def busy(self) -> str | None:
+        """What is in flight (a scan being decided, a pulse, a door opened by a grant and not yet shut), or None."""
+        if self._inflight:
+            return f"{self._inflight} scan(s) being decided"
+        for slot in self.slots.values():
+            if slot.released:
+                return f"compartment {slot.cfg.id} is being pulsed"
+            if slot.session is not None:
+                return f"compartment {slot.cfg.id} is open for a grant and not yet shut"
+        for d in self.hw.drivers.values():
+            if getattr(d, "energised", None):
+                return f"driver {d.name} has a lock energised"
+        return None
+
+    def stop_accepting(self, reason: str) -> None:
+        """Refuse every scan and station open from now on, saying ``reason``."""
         self._accepting = False
+        self._refusing = reason
+
+    async def stop(self, final: bool = True) -> None:
+        """Stop taking scans, finish what is in flight, de-energise every lock.
+
+        ``final`` journals daemon.stopped; a reload passes False.
+        """
+        if self._accepting:
+            self.stop_accepting("controller stopping")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), 5.0)
         for d in self.hw.drivers.values():
@@ -163,8 +209,9 @@ class Controller:
             if p.expiry:
                 p.expiry.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await self.journal.record("daemon.stopped")
+        if final:
+            with contextlib.suppress(Exception):
+                await self.journal.record("daemon.stopped")
         await self.hw.close()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
@@ -264,9 +311,53 @@ class Controller:
 
     # -- scans ---------------------------------------------------------------------
 
+    async def _tick(self) -> None:
+        """Beat "controller" after each round trip through the journal writer."""
+        while True:
+            # An unusable journal answers at once: that is fail-secure mode, logged elsewhere, not a hang.
+            with contextlib.suppress(JournalError):
+                await self.journal.execute("SELECT 1")
+            self._beat("controller")  # type: ignore[misc]
+            await self.clock.sleep(self.beat_s)
+
+    async def _beating(self, items: AsyncIterator[Any], name: str) -> AsyncIterator[Any]:
+        """Yield from ``items``, beating ``name`` per item and every beat_s while waiting for one.
+
+        A loop whose body hangs, or that ended, stops beating. The wait for
+        the next item runs as its own task so that a timeout never cancels
+        (and so closes) the driver's stream.
+        """
+        beat = self._beat
+        if beat is None:
+            async for item in items:
+                yield item
+            return
+        it = aiter(items)
+        nxt: asyncio.Future | None = None
+        try:
+            while True:
+                beat(name)
+                if nxt is None:
+                    nxt = asyncio.ensure_future(anext(it))
+                done, _ = await asyncio.wait({nxt}, timeout=self.beat_s)
+                if not done:
+                    continue
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    return
+                nxt = None
+                yield item
+        finally:
+            if nxt is not None:
+                nxt.cancel()
+
     async def _scan_loop(self, name: str, scanner: Any) -> None:
-        async for scan in scanner.scans():
+        async for scan in self._beating(scanner.scans(), f"scanner:{name}"):
             if not self._accepting:
+                # Every scan leaves a trace, even one that arrives while stopping or reloading.
+                with contextlib.suppress(Exception):
+                    self._deny(scan, self._refusing, f"refused: {self._refusing}, scan again in a moment")
                 continue
             # One task per scan: a pulse waiting for the power budget must
             # not hold up the next person's scan.
@@ -514,6 +605,8 @@ class Controller:
             raise CommandError(f"unknown compartment {compartment!r}")
         if not reason.strip():
             raise CommandError("a remote open needs a reason")
+        if not self._accepting:
+            raise CommandError(f"not now: {self._refusing}; send it again in a moment")
         src = {"source": "station", "command_id": command_id, "requested_by": person, "reason": reason}
         return await self._open(slot, {}, (person,), source=src)
 
@@ -521,7 +614,7 @@ class Controller:
 
     async def _door_loop(self, driver: str) -> None:
         sensors = self.hw.sensors(driver)
-        async for change in sensors.door_changes():
+        async for change in self._beating(sensors.door_changes(), f"doors:{driver}"):
             cid = self._by_sensor.get((driver, change.channel))
             if cid is None:
                 continue
