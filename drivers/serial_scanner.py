@@ -151,6 +151,7 @@ class SerialScanner(Scanner):
     retry_initial = 0.2
     retry_max = 5.0
     watch_s = 1.0  # how often an open port's path is checked
+    heartbeat_s = retry_max  # the supervisor beats each watch and each reopen attempt
 
     def __init__(self, name: str, clock: Clock, options: dict[str, Any]):
         super().__init__(name, clock, debounce_ms=options["debounce_ms"])
@@ -198,6 +199,7 @@ class SerialScanner(Scanner):
         """Wait for the port to be lost, then reopen it with a capped, doubling backoff."""
         delay = self.retry_initial
         while not self._closing:
+            self.beat()
             if self._lost is not None:
                 await self._watch()
                 self._lost = None
@@ -214,6 +216,7 @@ class SerialScanner(Scanner):
         """
         assert self._lost is not None
         while not self._lost.done():
+            self.beat()
             try:
                 await asyncio.wait_for(asyncio.shield(self._lost), self.watch_s)
             except TimeoutError:

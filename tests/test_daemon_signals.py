@@ -409,3 +409,36 @@ async def test_a_scanner_reader_that_died_stops_the_pings_and_is_named(tmp_path,
         assert daemon.beats.check()[1].count("silent") == 1
     finally:
         await daemon.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_unplugged_scanner_is_offline_not_unhealthy(tmp_path, manager, monkeypatch):
+    """The serial reader beats while it retries: pulling the scanner out changes STATUS, never the pings."""
+    from ptys import SocatPair
+
+    pair = SocatPair(tmp_path, "front").start()
+    text = TOML.replace('[scanners.front]\ntype = "sim"', f'[scanners.front]\ntype = "serial"\nport = "{pair.device}"')
+    assert 'type = "serial"' in text
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    daemon = Daemon(config_mod.load(setup_station(tmp_path, text)), Clock(), Notifier(manager.address))
+    front = daemon.hw.scanners["front"]
+    # Faster than in service (watch 1 s, retries up to 5 s) so that the test outlasts the heartbeat limit.
+    front.watch_s, front.retry_max, front.heartbeat_s = 0.1, 0.3, 0.3
+    await daemon.start()
+    try:
+        ready = await asyncio.to_thread(manager.wait_for, is_ready)
+        assert "every device online" in ready["STATUS"]
+        assert daemon.beats._limits["driver:front"] == pytest.approx(0.6)
+        assert "driver:front" in daemon._beat_names
+        pair.stop()  # unplugged
+        off = await asyncio.to_thread(manager.wait_for, lambda m: "offline: front" in m.get("STATUS", ""), 5)
+        assert "does not exist" in off["STATUS"] or "read failed" in off["STATUS"] or "end of file" in off["STATUS"]
+        for _ in range(4):  # 1.2 s: twice the reader's heartbeat limit
+            await asyncio.to_thread(manager.wait_for, is_ping, 5)
+        assert not any(m.get("STATUS", "").startswith("unhealthy") for _, m in manager.got)
+        pair.start()  # plugged back in
+        await asyncio.to_thread(manager.wait_for, lambda m: "every device online" in m.get("STATUS", ""), 10)
+    finally:
+        await daemon.stop()
+        pair.stop()
