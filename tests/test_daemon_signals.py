@@ -442,3 +442,29 @@ async def test_an_unplugged_scanner_is_offline_not_unhealthy(tmp_path, manager, 
     finally:
         await daemon.stop()
         pair.stop()
+
+
+def test_sigterm_says_goodbye_on_mqtt(tmp_path, manager, mosquitto, recorders):
+    """The last words on the station link: daemon.stopped delivered, then presence offline (clean, retained)."""
+    from broker import Recorder, station_config
+
+    base = "lockerd/test-site/node-1"
+    rec = Recorder(mosquitto.port, [f"{base}/presence", f"{base}/events"])
+    recorders.append(rec)
+    cfg = station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])
+    proc = Proc(cfg, manager)
+    try:
+        manager.wait_for(is_ready)
+        rec.wait(lambda r: any(p["state"] == "online" for p in r.on("/presence")))
+        proc.signal(signal.SIGTERM)
+        assert proc.wait() == 0
+        rec.wait(lambda r: r.on("/presence")[-1]["state"] == "offline")
+        assert rec.on("/presence")[-1]["clean"] is True
+        assert rec.on("/events")[-1]["kind"] == "daemon.stopped"  # delivered before the goodbye
+    finally:
+        proc.kill()
+    # A newcomer still reads the goodbye: it was published retained.
+    late = Recorder(mosquitto.port, [f"{base}/presence"], client_id="late")
+    recorders.append(late)
+    late.wait(lambda r: len(r.on("/presence")) >= 1)
+    assert late.on("/presence")[-1]["state"] == "offline" and late.messages[-1][2] is True
