@@ -185,6 +185,21 @@ def cmd_clear_fault(a: argparse.Namespace) -> int:
     return _show(_request(a.config, {"op": "clear-fault", "compartment": a.compartment, "person": a.person}))
 
 
+def cmd_emergency_open(a: argparse.Namespace) -> int:
+    req = {"op": "emergency-open", "compartment": a.compartment, "all": a.all, "cabinet": a.cabinet,
+           "people": a.person, "reason": a.reason}
+    return _show(_request(a.config, req))
+
+
+def cmd_maintenance(a: argparse.Namespace) -> int:
+    if a.action == "open" and not a.compartment:
+        print("lockerd: maintenance open needs a COMPARTMENT", file=sys.stderr)
+        return 2
+    req = {"op": "maintenance", "action": a.action, "person": a.person, "reason": a.reason,
+           "compartment": a.compartment}
+    return _show(_request(a.config, req))
+
+
 def cmd_sim(a: argparse.Namespace) -> int:
     if a.action == "scan":
         req = {"op": "scan", "code": a.target, "scanner": a.scanner, "pull": a.pull}
@@ -251,6 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("compartment")
     sp.add_argument("--person", required=True, help="technician's person id (journaled)")
     sp.set_defaults(func=cmd_clear_fault)
+
+    sp = with_config(sub.add_parser(
+        "emergency-open", help="open one compartment, or all in turn, on two people's authority (raises an alarm)"))
+    sp.add_argument("compartment", nargs="?", help="the compartment (or a rear door, e.g. e01-rear)")
+    sp.add_argument("--all", action="store_true", help="every compartment in turn, one pulse at a time")
+    sp.add_argument("--cabinet", help="with --all: only this cabinet's compartments")
+    sp.add_argument("--person", action="append", default=[], required=True,
+                    help="person id; twice: a supervisor, and a second supervisor or a case manager")
+    sp.add_argument("--reason", required=True, help="why (journaled with the alarm)")
+    sp.set_defaults(func=cmd_emergency_open)
+
+    sp = with_config(sub.add_parser(
+        "maintenance", help="a technician's maintenance mode: pulse compartments without moving any item"))
+    sp.add_argument("action", choices=["on", "off", "open"])
+    sp.add_argument("compartment", nargs="?", help="with open: the compartment (or rear door) to pulse")
+    sp.add_argument("--person", required=True, help="technician's person id (journaled)")
+    sp.add_argument("--reason", default="", help="with on: what is being tested or repaired")
+    sp.set_defaults(func=cmd_maintenance)
 
     sp = with_config(sub.add_parser("sim", help="act as a person on simulated hardware"))
     sp.add_argument("action", choices=["scan", "pull", "close", "force", "jam", "unjam", "stick", "unstick",

@@ -82,6 +82,19 @@ class ControlServer:
             return {"imported": await importer.apply(c, data, by=req.get("by", "cli"))}
         if op == "clear-fault":
             return {"cleared": c.clear_faults(req["compartment"], req.get("person", "technician"))}
+        if op == "emergency-open":
+            return await c.overrides.emergency_open(
+                req.get("people") or [], req.get("reason", ""), compartment=req.get("compartment"),
+                all_compartments=req.get("all") is True, cabinet=req.get("cabinet"))
+        if op == "maintenance":
+            action, person = req.get("action"), req.get("person")
+            if action == "on":
+                return await c.overrides.maintenance_on(person, req.get("reason", ""))
+            if action == "off":
+                return await c.overrides.maintenance_off(person, req.get("reason") or "")
+            if action == "open":
+                return await c.overrides.maintenance_open(req.get("compartment"), person)
+            raise CommandError(f"maintenance: unknown action {action!r} (expected on, off or open)")
         if op in ("pull", "close", "force", "jam", "unjam", "stick", "unstick", "bounce"):
             board, channel = self._sim_door(req["compartment"])
             if op == "pull":
@@ -106,9 +119,10 @@ class ControlServer:
         raise CommandError(f"unknown op {op!r}")
 
     def _sim_door(self, compartment: str) -> tuple[SimBoard, int]:
-        cfg = self.c.config.compartments.get(compartment)
-        if cfg is None:
+        slot = self.c.slots.get(compartment)  # a pass-through compartment's rear door too
+        if slot is None:
             raise CommandError(f"unknown compartment {compartment!r}")
+        cfg = slot.cfg
         board = self.c.hw.drivers[cfg.lock_driver]
         if not isinstance(board, SimBoard):
             raise CommandError(f"compartment {compartment} is on real hardware ({board.type_name}); go there in person")

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lockerd import __version__
@@ -25,17 +25,19 @@ from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, 
 from lockerd.drivers.sim import ConsoleFeedback
 from lockerd.errors import CommandError, DriverError, JournalError
 from lockerd.journal import Event, Journal, StateOp
+from lockerd.overrides import Overrides
 
 log = logging.getLogger(__name__)
 
 # What a grant does to each item when the door closes again.
-CHECKOUT, RETURN, DEPOSIT, RETRIEVE = "checkout", "return", "deposit", "retrieve"
+CHECKOUT, RETURN, DEPOSIT, RETRIEVE, RELEASE = "checkout", "return", "deposit", "retrieve", "release"
 ITEM_EVENT = {
     ("dossier", CHECKOUT): "dossier.checked_out",
     ("dossier", RETURN): "dossier.returned",
     ("dossier", DEPOSIT): "dossier.deposited",
     ("evidence", DEPOSIT): "evidence.deposited",
     ("evidence", RETRIEVE): "evidence.retrieved",
+    ("evidence", RELEASE): "evidence.released",
 }
 
 
@@ -49,6 +51,7 @@ class Session:
     people: list[str] = field(default_factory=list)
     opened: bool = False
     opened_at: float | None = None
+    note: dict[str, Any] = field(default_factory=dict)  # recorded with the items (an evidence reason)
 
 
 @dataclass
@@ -67,6 +70,12 @@ class Slot:
     held_task: asyncio.Task | None = None
     open_task: asyncio.Task | None = None
     released: bool = False  # lock pulse running
+    parent: str | None = None  # set on a pass-through compartment's rear door: the compartment's id
+
+    @property
+    def compartment(self) -> str:
+        """The compartment this door belongs to (itself, or the front of a rear door)."""
+        return self.parent or self.cfg.id
 
 
 @dataclass
@@ -77,6 +86,7 @@ class Pending:
     item: str | None = None
     started: float = 0.0
     expiry: asyncio.Task | None = None
+    reason: tuple[str, str, bool] | None = None  # a reason card: (barcode, text, is a release)
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,15 @@ class Controller:
         self.t = config.timing
         self.registry = Registry()
         self.slots = {cid: Slot(c) for cid, c in config.compartments.items()}
-        self._by_sensor = {(c.sensor_driver, c.sensor): cid for cid, c in config.compartments.items()}
-        self._by_lock = {(c.lock_driver, c.lock): cid for cid, c in config.compartments.items()}
+        for c in config.compartments.values():
+            if c.rear_id is not None:
+                # A pass-through compartment's rear door is supervised as a door of its own.
+                rear = replace(c, id=c.rear_id, lock_driver=c.rear_lock_driver, lock=c.rear_lock,
+                               sensor_driver=c.rear_sensor_driver, sensor=c.rear_sensor, rear_lock=None,
+                               rear_sensor=None)
+                self.slots[c.rear_id] = Slot(rear, parent=c.id)
+        self._by_sensor = {(s.cfg.sensor_driver, s.cfg.sensor): cid for cid, s in self.slots.items()}
+        self._by_lock = {(s.cfg.lock_driver, s.cfg.lock): cid for cid, s in self.slots.items()}
         self._pending: dict[str, Pending] = {}
         self._tasks: set[asyncio.Task] = set()
         self._state_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -110,6 +127,7 @@ class Controller:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.overrides = Overrides(self)  # emergency open and maintenance mode
         self._refusing = "controller starting"  # why scans are refused while not accepting
         # Liveness for the service watchdog: a no-op unless the daemon calls watch().
         self._beat: Callable[[str], None] | None = None
@@ -138,6 +156,7 @@ class Controller:
         """
         if self.journal.healthy:
             self.registry.load(self.journal)
+        self.overrides.restore()
         saved = self._load_compartments()
         # Listen before starting: a board found dead during start must be seen.
         for d in self.hw.drivers.values():
@@ -157,7 +176,7 @@ class Controller:
         # The doors as read at start, saved so the next start can tell what changed meanwhile.
         self.journal.append("daemon.ready", doors={cid: str(s.door) for cid, s in self.slots.items()},
                             state=[self._comp_op(s) for s in self.slots.values()])
-        for name in {c.sensor_driver for c in self.config.compartments.values()}:
+        for name in {s.cfg.sensor_driver for s in self.slots.values()}:
             self._spawn(self._door_loop(name), f"doors-{name}")
         for name, scanner in self.hw.scanners.items():
             self._spawn(self._scan_loop(name, scanner), f"scanner-{name}")
@@ -274,7 +293,7 @@ class Controller:
             "kind": c.kind,
             "door": str(slot.door),
             "lock": "released" if slot.released else "locked",
-            "items": self.registry.in_compartment(c.id),
+            "items": self.registry.in_compartment(slot.compartment),
             "faults": sorted(f"{k}: {v}" for k, v in slot.faults.items()),
             "alarm": ",".join(sorted(slot.alarms)) or None,
         }
@@ -420,9 +439,15 @@ class Controller:
             return await self._badge(scan, person, served)
         if code in self.registry.badges or code in self.registry.revoked_badges:
             return self._deny(scan, "badge revoked or its holder inactive")
+        card = self.config.evidence.reason_card(code)
+        if card is not None:
+            return await self._reason_card(scan, code, card, served)
         item = self.registry.items.get(code)
         if item is None:
             return self._deny(scan, "unknown code", f"refused: unknown code {code}")
+        if item.state is ItemState.RELEASED:
+            return self._deny(scan, f"released on {item.since}: no longer kept in this locker",
+                              compartment=item.compartment, dossier=code)
         cid = item.compartment
         if cid is None:
             return self._deny(scan, "not assigned to a compartment", dossier=code)
@@ -475,8 +500,31 @@ class Controller:
         with contextlib.suppress(Exception):
             await self._feedback_for(scanner).show(scanner, False, f"refused: {reason}")
 
+    def _serves_evidence(self, served: tuple[str, ...]) -> bool:
+        return any(self.config.cabinets[c].kind == "evidence" for c in served if c in self.config.cabinets)
+
+    async def _reason_card(self, scan: Scan, code: str, card: tuple[str, bool], served: tuple[str, ...]) -> Outcome:
+        """A reason card joins the evidence handling at this scanner: why the item leaves the locker."""
+        text, release = card
+        if not self._serves_evidence(served):
+            return self._deny(scan, "reason card scanned where no evidence cabinet is served")
+        pend = self._pending_for(scan.scanner)
+        pend.reason = (code, text, release)
+        self.journal.append("scan", **self._scan_fields(scan))
+        self.journal.append("reason.accepted", scanner=scan.scanner, reason_code=code, evidence_reason=text,
+                            release=release)
+        if pend.item is not None:
+            return await self._try_evidence(scan, pend, scanned=False)
+        what = "release for good" if release else "retrieval"
+        return Outcome(True, f"reason {text!r} ({what}) accepted: scan the item and both badges")
+
+    def _door_for(self, compartment: str, action: str) -> Slot:
+        """Deposits open the front door; retrievals and releases the rear door of a pass-through compartment."""
+        rear = self.config.compartments[compartment].rear_id
+        return self.slots[rear] if rear is not None and action in (RETRIEVE, RELEASE) else self.slots[compartment]
+
     async def _badge(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome:
-        if not any(self.config.cabinets[c].kind == "evidence" for c in served if c in self.config.cabinets):
+        if not self._serves_evidence(served):
             return self._deny(scan, "badge scanned where a dossier is expected",
                               "refused: that is a badge; scan the dossier's barcode", people=(person.id,))
         pend = self._pending_for(scan.scanner)
@@ -493,13 +541,24 @@ class Controller:
         people = [self.registry.people[pid] for pid in p.badges if pid in self.registry.people]
         officers = {x.id for x in people if x.role in OFFICER_ROLES}
         managers = {x.id for x in people if x.role is Role.CASE_MANAGER}
+        item = self.registry.items.get(p.item) if p.item is not None else None
+        taking = item is not None and item.state is ItemState.IN  # a retrieval or a release
+        barred = ""
+        if taking and not self.config.evidence.depositor_may_retrieve and item.depositor in officers:
+            officers.discard(item.depositor)
+            barred = f" (not the depositor {item.depositor}: may not co-sign taking it out)"
+        # A person has one role, so an officer and a case manager are two people.
         if not officers and not managers:
-            return "needs an officer's and a case manager's badge"
-        if not managers:
-            return "needs a case manager's badge"
-        if not officers:
-            return "needs an officer's badge"
-        return ""  # a person has one role, so an officer and a case manager are two people
+            missing = f"needs an officer's and a case manager's badge{barred}"
+        elif not managers:
+            missing = "needs a case manager's badge"
+        elif not officers:
+            missing = f"needs an officer's badge{barred}"
+        else:
+            missing = ""
+        if taking and p.reason is None:
+            missing += ("; " if missing else "") + "needs a reason card (why the item leaves the locker)"
+        return missing
 
     async def _try_evidence(self, scan: Scan, pend: Pending, scanned: bool = True) -> Outcome:
         """Open an evidence compartment once both people are there; ``scanned``
@@ -518,23 +577,35 @@ class Controller:
         if pend.expiry:
             pend.expiry.cancel()
         self._pending.pop(scan.scanner, None)
-        action = RETRIEVE if item.state is ItemState.IN else DEPOSIT
-        slot = self.slots[item.compartment]  # type: ignore[index]
-        return await self._open(slot, {item.code: action}, people, scan=scan, journal_scan=scanned)
+        note: dict[str, Any] = {}
+        if item.state is ItemState.IN and pend.reason is not None:
+            code, text, release = pend.reason
+            action = RELEASE if release else RETRIEVE
+            note = {"evidence_reason": text, "reason_code": code}
+        else:
+            action = DEPOSIT
+        slot = self._door_for(item.compartment, action)  # type: ignore[arg-type]
+        return await self._open(slot, {item.code: action}, people, scan=scan, journal_scan=scanned, note=note)
 
     # -- the safety path -------------------------------------------------------------------
 
     async def _open(self, slot: Slot, items: dict[str, str], people: tuple[str, ...], *,
                     scan: Scan | None = None, journal_scan: bool = True,
-                    source: dict[str, Any] | None = None) -> Outcome:
+                    source: dict[str, Any] | None = None, note: dict[str, Any] | None = None,
+                    grant_kind: str = "access.granted", allow_faults: frozenset[str] = frozenset()) -> Outcome:
         """Grant, journal durably, pulse. ``scan`` is None for a station command
         (``source`` says who asked); ``journal_scan`` is False when the scan that
-        completed the grant was journaled already (an evidence co-signer's badge)."""
+        completed the grant was journaled already (an evidence co-signer's badge).
+        ``note`` goes with the grant and the item events (an evidence reason);
+        ``grant_kind`` names the grant event (a maintenance open is not an access);
+        ``allow_faults`` are faults that do not stop this opening (a technician testing a jam)."""
         cid = slot.cfg.id
         dossier = next(iter(items), None)
         what = ", ".join(f"{a} {c}" for c, a in items.items()) or "open"
-        if slot.faults:
-            reason = f"compartment {cid} in fault ({'; '.join(f'{k}: {v}' for k, v in slot.faults.items())})"
+        note = note or {}
+        blocking = {k: v for k, v in slot.faults.items() if k not in allow_faults}
+        if blocking:
+            reason = f"compartment {cid} in fault ({'; '.join(f'{k}: {v}' for k, v in blocking.items())})"
             if scan is None:
                 raise CommandError(reason)
             return self._deny(scan, reason, compartment=cid, dossier=dossier, people=people,
@@ -551,23 +622,24 @@ class Controller:
             repeat = all(c in s.items for c in items) and bool(items)
             s.items.update(items)
             s.people.extend(p for p in people if p not in s.people)
+            s.note.update(note)
             if journal_scan:
                 self.journal.append("scan", compartment=cid, dossier=dossier, **origin)
-            self.journal.append("access.granted", compartment=cid, dossier=dossier, people=people,
+            self.journal.append(grant_kind, compartment=cid, dossier=dossier, people=people,
                                 items=items, pulse=False,
                                 reason="repeat scan, door already open" if repeat else "door already open",
-                                **({} if scan else origin))
+                                **({} if scan else origin), **note)
             return Outcome(True, f"compartment {cid} is already open ({what})", cid)
 
         now = self.clock.monotonic()
-        session = Session(grant_seq=0, pulsed_at=now, items=dict(items), people=list(people))
+        session = Session(grant_seq=0, pulsed_at=now, items=dict(items), people=list(people), note=dict(note))
         slot.session = session  # claimed before any await: a second scan now sees it
         try:
             if journal_scan:
                 self.journal.append("scan", compartment=cid, dossier=dossier, **origin)
             grant = await self.journal.append(
-                "access.granted", compartment=cid, dossier=dossier, people=people, items=items,
-                pulse=True, **({} if scan else origin))
+                grant_kind, compartment=cid, dossier=dossier, people=people, items=items,
+                pulse=True, **({} if scan else origin), **note)
         except JournalError as e:
             slot.session = None
             msg = f"refused: cannot record the opening ({e}); nothing opened"
@@ -706,16 +778,20 @@ class Controller:
             item = self.registry.items.get(code)
             if item is None:
                 continue
+            if item.kind == "evidence":
+                holder = self._depositor(s) or holder  # the officer of the two, not the case manager
             if action in (CHECKOUT, RETRIEVE):
                 item.state, item.holder = ItemState.OUT, holder
+            elif action == RELEASE:
+                item.state, item.holder = ItemState.RELEASED, holder
             else:
                 item.state, item.holder = ItemState.IN, None
                 if item.kind == "evidence" and action == DEPOSIT:
                     item.depositor = self._depositor(s)
             item.since = ts
-            self.journal.append(ITEM_EVENT[(item.kind, action)], compartment=slot.cfg.id, dossier=code,
+            self.journal.append(ITEM_EVENT[(item.kind, action)], compartment=slot.compartment, dossier=code,
                                 people=tuple(s.people), grant_seq=s.grant_seq, case_name=item.case_name,
-                                officer=item.officer, state=self.registry.put_item(item))
+                                officer=item.officer, **s.note, state=self.registry.put_item(item))
 
     def _depositor(self, s: Session) -> str | None:
         for pid in s.people:

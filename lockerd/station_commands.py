@@ -59,4 +59,9 @@ class CommandHandler:
             if not out.accepted:
                 raise CommandError(out.message)
             return {"compartment": out.compartment, "pulsed": out.pulsed}
+        if name == "emergency-open":
+            via = {"via": "station", "command_id": meta.get("command_id"), "requested_by": meta.get("requested_by")}
+            return await c.overrides.emergency_open(
+                list(args["people"]), str(args["reason"]), compartment=args.get("compartment"),
+                all_compartments=args.get("all") is True, cabinet=args.get("cabinet"), via=via)
         raise CommandError(f"unknown command {name!r}")

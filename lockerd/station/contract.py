@@ -67,6 +67,14 @@ COMMAND_ARGS: dict[str, dict[str, Any]] = {
         "compartment": COMPARTMENT_ID,
         "reason": _s(256, description="why the station opens it; journaled with the grant"),
     }, ["compartment", "reason"]),
+    "emergency-open": _args({
+        "compartment": COMPARTMENT_ID,
+        "all": {"type": "boolean", "description": "every compartment (of cabinet, if given) in turn"},
+        "cabinet": {"type": "string", "pattern": ID_PATTERN, "description": "with all: only this cabinet"},
+        "people": {"type": "array", "items": PERSON_ID,
+                   "description": "the two who authorise it: a supervisor, and a second supervisor or a case manager"},
+        "reason": _s(256, description="why; journaled with the alarm"),
+    }, ["people", "reason"]),
     "ping": _args({}, []),
     "replay": _args({
         "from_seq": {"type": "integer", "minimum": 1},
@@ -205,6 +213,9 @@ _COMMAND_DOCS = {
     "register-badge": "Give a person a badge barcode.",
     "revoke-badge": "Withdraw a badge.",
     "open": "Remote open of one compartment by the requester (requested_by) with a reason; pulses at most once.",
+    "emergency-open": ("Two-person emergency open of one compartment (compartment) or of all in turn (all, "
+                       "optionally one cabinet); raises alarm.emergency_open. Refused unless people names a "
+                       "supervisor and a second supervisor or case manager, and reason is not blank."),
     "ping": "Answered by the link: last journaled seq and delivered cursor.",
     "replay": "Answered by the link: re-publish journal events from_seq..to_seq on the replay topic.",
 }
