@@ -893,6 +893,8 @@ class Controller:
             raise CommandError(f"item {code}: kind {kind!r}: expected 'dossier' or 'evidence'")
         if code in self.registry.badges:
             raise CommandError(f"item {code}: that code is already a badge")
+        if self.config.evidence.reason_card(code) is not None:
+            raise CommandError(f"item {code}: that code is a reason card in [evidence]")
         if compartment is not None:
             c = self.config.compartments.get(compartment)
             if c is None:

@@ -7,6 +7,7 @@ import pytest_asyncio
 from evidence_rig import deposit, evidence_rig
 from rig import close_rig
 
+from lockerd.errors import CommandError
 from lockerd.journal import verify
 
 pytestmark = pytest.mark.asyncio
@@ -139,3 +140,9 @@ async def test_a_reason_card_alone_opens_nothing(rig):
     assert out.accepted and not out.pulsed and "scan the item and both badges" in out.message
     await rig.clock.advance(61)
     assert rig.e.pulse_log == []
+
+
+async def test_an_item_cannot_take_a_reason_card_barcode(rig):
+    with pytest.raises(CommandError, match="that code is a reason card"):
+        rig.c.check_item("R-COURT", "evidence", "e03", "Case", "misc", "berg")
+    assert "R-COURT" not in rig.c.registry.items
