@@ -146,7 +146,7 @@ class Controller:
         """
         self._beat, self.beat_s = beat, every_s
         return ["controller", *(f"scanner:{n}" for n in self.hw.scanners),
-                *(f"doors:{n}" for n in sorted({c.sensor_driver for c in self.config.compartments.values()}))]
+                *(f"doors:{n}" for n in sorted({s.cfg.sensor_driver for s in self.slots.values()}))]
 
     async def start(self, reloaded: bool = False) -> None:
         """Load state, de-energise every lock, read the doors, journal what changed while down.
