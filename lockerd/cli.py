@@ -295,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--times", type=int, default=3, help="with bounce: how many times the sensor chatters")
     sp.set_defaults(func=cmd_sim)
 
+    from lockerd.audit_cli import add_commands
+
+    add_commands(sub, with_config)
+
     sp = sub.add_parser("demo", help="run the demo station and play a short shift")
     sp.add_argument("-c", "--config", default=str(Path(__file__).resolve().parent.parent / "config" / "demo.toml"))
     sp.add_argument("--keep", action="store_true", help="keep the previous demo journal")

@@ -1,0 +1,153 @@
+"""The audit commands of the lockerd CLI: chain-of-custody, occupancy, export, verify-export.
+
+They read the journal file directly, read-only, so they work with the daemon
+running or stopped and never go through its writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+
+
+def _journal(a: argparse.Namespace) -> Path | None:
+    from lockerd.cli import _journal_path
+
+    path = _journal_path(a)
+    if not path.exists():
+        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+        return None
+    return path
+
+
+def cmd_chain_of_custody(a: argparse.Namespace) -> int:
+    from lockerd import audit
+
+    path = _journal(a)
+    if path is None:
+        return 2
+    with contextlib.closing(audit.open_journal(path)) as conn:
+        c = audit.custody(conn, a.code)
+    if a.json:
+        print(json.dumps(audit.custody_json(c), ensure_ascii=False, indent=2))
+    else:
+        print(audit.format_custody(c))
+    return 0 if c.item is not None or c.events else 1
+
+
+def cmd_occupancy(a: argparse.Namespace) -> int:
+    from lockerd import audit
+    from lockerd.cli import _load
+
+    cfg = _load(a.config)
+    if a.cabinet is not None and a.cabinet not in cfg.cabinets:
+        print(f"lockerd: no cabinet {a.cabinet!r} (known: {', '.join(cfg.cabinets)})", file=sys.stderr)
+        return 2
+    path = _journal(a)
+    if path is None:
+        return 2
+    with contextlib.closing(audit.open_journal(path)) as conn:
+        occ = audit.occupancy(conn, cfg, a.cabinet)
+    print(json.dumps(occ, ensure_ascii=False, indent=2) if a.json else audit.format_occupancy(occ))
+    return 0
+
+
+def _wall(text: str | None, what: str) -> str | None:
+    from lockerd.clock import iso_utc, parse_time
+
+    if text is None:
+        return None
+    try:
+        return iso_utc(parse_time(text))
+    except ValueError as e:
+        print(f"lockerd: {what} {text!r}: {e} (use ISO 8601, e.g. 2026-11-22T08:00 or 2026-11-22T08:00+01:00)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from lockerd import audit
+    from lockerd.cli import _load
+
+    since, until = _wall(a.since, "--since"), _wall(a.until, "--until")
+    fmt = a.format or ("json" if a.output and a.output.lower().endswith(".json") else "csv")
+    site = node = ""
+    if not a.journal:
+        cfg = _load(a.config)
+        site, node = cfg.site, cfg.node
+    path = _journal(a)
+    if path is None:
+        return 2
+    with contextlib.closing(audit.open_journal(path)) as conn:
+        if a.output:
+            out = Path(a.output)
+            tmp = out.with_name(out.name + ".part")
+            # Written aside, then renamed: a half-written export never looks like a whole one.
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                meta = audit.export(conn, f, fmt, since, until, site, node)
+            tmp.replace(out)
+        else:
+            meta = audit.export(conn, sys.stdout, fmt, since, until, site, node)
+    if a.output:
+        span = f"seq {meta['first_seq']}..{meta['last_seq']}" if meta["count"] else "no events in that range"
+        print(f"{a.output}: {meta['count']} events ({span}), {fmt}", file=sys.stderr)
+    return 0
+
+
+def cmd_verify_export(a: argparse.Namespace) -> int:
+    from lockerd import audit
+
+    conn = None
+    if not a.standalone:
+        path = _journal(a)
+        if path is None:
+            print("lockerd: (use --standalone to check the export's own chain without the journal)",
+                  file=sys.stderr)
+            return 2
+        conn = audit.open_journal(path)
+    try:
+        r = audit.verify_export(Path(a.file), conn)
+    finally:
+        if conn is not None:
+            conn.close()
+    print(r.describe(a.file))
+    return 0 if r.ok else 1
+
+
+def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> None:
+    """Add the audit commands to the lockerd parser."""
+    def journal_opt(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--journal", help="journal file (default: from the config)")
+        return sp
+
+    sp = journal_opt(with_config(sub.add_parser(
+        "chain-of-custody", help="every event of one dossier or evidence item: what, who, when, which compartment")))
+    sp.add_argument("code", help="the item's barcode")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_chain_of_custody)
+
+    sp = journal_opt(with_config(sub.add_parser(
+        "occupancy", help="what each compartment holds, with door, fault and alarm state as journaled")))
+    sp.add_argument("--cabinet", help="only this cabinet")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_occupancy)
+
+    sp = journal_opt(with_config(sub.add_parser(
+        "export", help="export the events of a time range (CSV or JSON) with their hash chain")))
+    sp.add_argument("--since", help="ISO 8601 wall time (UTC unless an offset is given); default: the start")
+    sp.add_argument("--until", help="ISO 8601 wall time; default: now")
+    sp.add_argument("--format", choices=["csv", "json"], help="default: from the output's suffix, else csv")
+    sp.add_argument("-o", "--output", help="file to write (default: standard output)")
+    sp.set_defaults(func=cmd_export)
+
+    sp = journal_opt(with_config(sub.add_parser(
+        "verify-export", help="check an export's hash chain and each row against the journal")))
+    sp.add_argument("file")
+    sp.add_argument("--standalone", action="store_true", help="check the export on its own, without the journal")
+    sp.set_defaults(func=cmd_verify_export)
