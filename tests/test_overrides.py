@@ -293,3 +293,11 @@ async def test_emergency_open_as_a_station_command(tmp_path: Path, mosquitto: Mo
     finally:
         await daemon.stop()
         station.close()
+
+
+@pytest.mark.asyncio
+async def test_nothing_opens_while_the_controller_is_stopping(rig):
+    await rig.c.overrides.maintenance_on("nowak", "testing")
+    rig.c.stop_accepting("controller stopping")
+    await refused(rig, rig.c.overrides.emergency_open(["holm", "lind"], "fire", compartment="d01"), "not now")
+    await refused(rig, rig.c.overrides.maintenance_open("d01", "nowak"), "not now")
