@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lockerd.drivers.serial_scanner import SerialScanner
 from modbus_peer import RelayPeer
+from ptys import SocatPair
 from rig import DATA, TOML
 
 from lockerd import config as config_mod
@@ -414,8 +417,6 @@ async def test_a_scanner_reader_that_died_stops_the_pings_and_is_named(tmp_path,
 @pytest.mark.asyncio
 async def test_an_unplugged_scanner_is_offline_not_unhealthy(tmp_path, manager, monkeypatch):
     """The serial reader beats while it retries: pulling the scanner out changes STATUS, never the pings."""
-    from ptys import SocatPair
-
     pair = SocatPair(tmp_path, "front").start()
     text = TOML.replace('[scanners.front]\ntype = "sim"', f'[scanners.front]\ntype = "serial"\nport = "{pair.device}"')
     assert 'type = "serial"' in text
@@ -468,3 +469,84 @@ def test_sigterm_says_goodbye_on_mqtt(tmp_path, manager, mosquitto, recorders):
     recorders.append(late)
     late.wait(lambda r: len(r.on("/presence")) >= 1)
     assert late.on("/presence")[-1]["state"] == "offline" and late.messages[-1][2] is True
+
+
+# ---------------------------------------------------------------------------
+# Logs a technician can read: a failing device once, then quiet, then "recovered"
+
+
+def device_lines(caplog: pytest.LogCaptureFixture, name: str, level: int) -> list[str]:
+    return [f"{r.levelname} {r.getMessage()}" for r in caplog.records
+            if r.levelno >= level and r.getMessage().startswith(f"{name}:")]
+
+
+@pytest.mark.asyncio
+async def test_a_failing_board_is_logged_once_then_quietly_then_recovered(caplog):
+    from test_modbus import open_tcp
+
+    caplog.set_level(logging.DEBUG)
+    rig = await open_tcp()
+    try:
+        board = rig.boards[1]
+        changed = asyncio.Event()
+        board.on_status(lambda st: changed.set())
+        rig.peer.dead.add(1)
+        async with asyncio.timeout(5):
+            while board.online:
+                changed.clear()
+                await changed.wait()
+        polls = rig.peer.count(1, 2)
+        await rig.peer.wait_for(lambda: rig.peer.count(1, 2) >= polls + 4, 5)  # four more polls, unanswered
+        assert device_lines(caplog, "board-1", logging.WARNING) == [f"ERROR board-1: offline: {board.detail}"]
+        assert len([m for m in device_lines(caplog, "board-1", logging.DEBUG) if "still not answering" in m]) >= 3
+        rig.peer.dead.discard(1)
+        async with asyncio.timeout(5):
+            while not board.online:
+                changed.clear()
+                await changed.wait()
+        assert device_lines(caplog, "board-1", logging.WARNING)[1:] == ["WARNING board-1: recovered"]
+        assert not device_lines(caplog, "board-2", logging.WARNING)  # its neighbour on the bus never noticed
+    finally:
+        await rig.close()
+
+
+@pytest.mark.asyncio
+async def test_an_unplugged_scanner_is_logged_once_then_quietly_then_recovered(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    pair = SocatPair(tmp_path, "s1").start()
+    opts = config_mod.load(setup_station(tmp_path, TOML.replace(
+        '[scanners.front]\ntype = "sim"', f'[scanners.front]\ntype = "serial"\nport = "{pair.device}"'))).scanners
+    scanner = SerialScanner("front", Clock(), opts["front"].options)
+    scanner.retry_max = 0.1  # many retries in little time; the backoff doubles the same way
+    changed = asyncio.Event()
+    scanner.on_status(lambda st: changed.set())
+    await scanner.start()
+    try:
+        pair.stop()
+        async with asyncio.timeout(5):
+            while scanner.online:
+                changed.clear()
+                await changed.wait()
+        attempts: list[str] = []
+        six = asyncio.Event()
+
+        def attempt(name: str) -> None:
+            attempts.append(name)
+            if len(attempts) >= 6:
+                six.set()
+
+        scanner.on_heartbeat(attempt)  # the supervisor beats once per reopen attempt
+        await asyncio.wait_for(six.wait(), 5)
+        loud = device_lines(caplog, "front", logging.WARNING)
+        # The hangup, then the cause of the failed reopen: each said once, however many retries.
+        assert len(loud) == 2 and loud[0].startswith("ERROR front: offline: ") and "does not exist" in loud[1]
+        assert len([m for m in device_lines(caplog, "front", logging.DEBUG) if "still cannot open" in m]) >= 3
+        pair.start()
+        async with asyncio.timeout(5):
+            while not scanner.online:
+                changed.clear()
+                await changed.wait()
+        assert device_lines(caplog, "front", logging.WARNING)[2:] == ["WARNING front: recovered"]
+    finally:
+        await scanner.close()
+        pair.stop()
