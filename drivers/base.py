@@ -176,14 +176,22 @@ class PowerBudget:
         self.peak = 0
 
     async def acquire(self) -> None:
+        if self._sem.locked():
+            await self._wait_for_slot()
+        else:
+            # A free slot is taken without yielding to the loop: wait_for would
+            # wrap the acquire in a task and let observers run before the pulse.
+            await self._sem.acquire()
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+
+    async def _wait_for_slot(self) -> None:
         try:
             await asyncio.wait_for(self._sem.acquire(), self.max_wait)
         except TimeoutError:
             raise DriverTimeout(
                 f"power budget: {self.limit} solenoid(s) already energised for {self.max_wait} s"
             ) from None
-        self.in_use += 1
-        self.peak = max(self.peak, self.in_use)
 
     def release(self) -> None:
         self.in_use -= 1

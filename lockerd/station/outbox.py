@@ -112,7 +112,10 @@ class Outbox:
     def schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._pump)
+            # One loop turn later than call_soon: a grant's commit wakes the
+            # pulse and this pump together, and the relay write goes out first.
+            loop = asyncio.get_running_loop()
+            loop.call_soon(loop.call_soon, self._pump)
 
     # -- the pump --------------------------------------------------------------------------
 
