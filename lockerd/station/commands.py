@@ -111,6 +111,10 @@ class SeenIds:
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
 
+    def discard(self, cid: str) -> None:
+        """Forget an id whose acceptance could not be journaled (a repeat may apply it)."""
+        self._seen.pop(cid, None)
+
     def reply(self, cid: str) -> dict[str, Any] | None:
         return self._seen.get(cid)
 
@@ -119,12 +123,18 @@ class SeenIds:
         rows = journal.query(
             "SELECT kind, json_extract(data, '$.command_id'), json_extract(data, '$.command'), "
             "json_extract(data, '$.error') FROM events WHERE kind IN ('command.accepted', 'command.failed') "
+            # A grant carries its command id: it counts even if the acceptance
+            # row (queued just before it, not awaited) failed to be written.
+            "OR (kind = 'access.granted' AND json_extract(data, '$.command_id') IS NOT NULL) "
             "ORDER BY seq DESC LIMIT ?", self.capacity * 2)
         for kind, cid, name, error in reversed(rows):
             if not isinstance(cid, str):
                 continue
             if kind == "command.accepted":
                 self.add(cid, {"command": name, "ok": True})
+            elif kind == "access.granted":
+                if cid not in self:
+                    self.add(cid, {"command": "open", "ok": True})
             else:
                 self.add(cid, {"command": name, "ok": False, "error": error or "failed"})
         if rows:

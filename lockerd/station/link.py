@@ -261,11 +261,12 @@ class StationLink:
                 log.error("station: cannot journal a duplicate command: %s", e)
             self._reply(cmd, ok=bool(first.get("ok", True)), error=first.get("error"), duplicate=True)
             return
-        try:
-            await self.journal.record("command.accepted", **self._cmd_fields(cmd), args=cmd.args)
-        except JournalError as e:
-            # Not journaled, not applied: the station may send it again.
-            self._reply(cmd, ok=False, error=f"cannot journal the command, not applied: {e}")
+        # The acceptance is queued, not awaited: the journal writes in order,
+        # so the handler's own durable record (a grant, before any lock moves)
+        # commits it too, and a remote open costs one commit instead of two.
+        accepted = self.journal.append("command.accepted", **self._cmd_fields(cmd), args=cmd.args)
+        if accepted.done() and accepted.exception() is not None:
+            self._not_applied(cmd, accepted.exception())
             return
         # Seen from here on: a crash while applying must not let a repeat
         # of this id apply it a second time (the journal has the acceptance).
@@ -279,15 +280,39 @@ class StationLink:
                 result = await self.handler.handle(cmd.name, dict(cmd.args), cmd.meta)
             if not isinstance(result, dict):
                 result = {"value": result}
-        except CommandError as e:
-            await self._failed(cmd, str(e))
-            return
         except Exception as e:
-            log.exception("station: command %s (id %s) raised", cmd.name, cmd.id)
-            await self._failed(cmd, f"internal error: {type(e).__name__}: {e}")
+            if not await self._acceptance_durable(cmd, accepted, applied=False):
+                return
+            if isinstance(e, CommandError):
+                await self._failed(cmd, str(e))
+            else:
+                log.exception("station: command %s (id %s) raised", cmd.name, cmd.id)
+                await self._failed(cmd, f"internal error: {type(e).__name__}: {e}")
             return
+        await self._acceptance_durable(cmd, accepted, applied=True)
         log.info("station: command %s (id %s) by %s done", cmd.name, cmd.id, cmd.requested_by)
         self._reply(cmd, ok=True, result=result)
+
+    async def _acceptance_durable(self, cmd: Command, accepted: asyncio.Future, applied: bool) -> bool:
+        """Wait for the acceptance (already on disk when the handler journaled durably); False if it failed."""
+        try:
+            await accepted
+            return True
+        except JournalError as e:
+            if applied:
+                # Its effect is journaled (the grant carries the command id),
+                # only the acceptance row is missing: say so, answer the truth.
+                log.error("station: command %s (id %s) applied, but its acceptance was not journaled: %s",
+                          cmd.name, cmd.id, e)
+                return False
+            assert cmd.id is not None
+            self.seen.discard(cmd.id)
+            self._not_applied(cmd, e)
+            return False
+
+    def _not_applied(self, cmd: Command, e: BaseException | None) -> None:
+        # Not journaled, not applied: the station may send it again.
+        self._reply(cmd, ok=False, error=f"cannot journal the command, not applied: {e}")
 
     async def _failed(self, cmd: Command, error: str) -> None:
         assert cmd.id is not None
