@@ -30,6 +30,7 @@ from ptys import SocatPair
 from rig import DATA, TOML
 
 from lockerd import config as config_mod
+from lockerd import importer
 from lockerd.clock import Clock
 from lockerd.daemon import Daemon
 from lockerd.journal import connect, verify
@@ -550,3 +551,107 @@ async def test_an_unplugged_scanner_is_logged_once_then_quietly_then_recovered(t
     finally:
         await scanner.close()
         pair.stop()
+
+
+# ---------------------------------------------------------------------------
+# Reload in-process: the station link, a busy controller, a new config that fails to start
+
+
+async def started(tmp_path: Path, manager: ServiceManager, cfg: Path) -> Daemon:
+    daemon = Daemon(config_mod.load(cfg), Clock(), Notifier(manager.address))
+    await daemon.start()
+    return daemon
+
+
+async def until(daemon: Daemon, pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``pred()`` holds, checked whenever a compartment's state changes."""
+    changed = asyncio.Event()
+    daemon.controller.on_state(lambda state: changed.set())
+    async with asyncio.timeout(timeout):
+        while not pred():
+            changed.clear()
+            await changed.wait()
+
+
+@pytest.mark.asyncio
+async def test_a_reload_restarts_the_station_link_with_the_new_config(tmp_path, manager, mosquitto, recorders):
+    from broker import Recorder, station_config
+    from test_station_commands import BASE, Station, reply_for
+
+    rec = Recorder(mosquitto.port, [f"{BASE}/#"])
+    recorders.append(rec)
+    cfg = station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])
+    daemon = await started(tmp_path, manager, cfg)
+    station = Station(mosquitto.port)
+    try:
+        await asyncio.to_thread(rec.wait, lambda r: len(r.on("/info")) >= 1)
+        cfg.write_text(cfg.read_text().replace("count = 4", "count = 3"))
+        assert await daemon.reload() is True
+        new = config_mod.load(cfg)
+        # Offline (clean) for the swap, then online again announcing the new config.
+        await asyncio.to_thread(rec.wait, lambda r: [p["state"] for p in r.on("/presence")][-3:]
+                                == ["online", "offline", "online"])
+        await asyncio.to_thread(rec.wait, lambda r: r.on("/info")[-1]["config"] == new.digest)
+        # Commands reach the new controller: d04 is gone, d03 opens.
+        gone = station.send("open", {"compartment": "d04", "reason": "inspection"})
+        opened = station.send("open", {"compartment": "d03", "reason": "inspection"})
+        await asyncio.to_thread(rec.wait, lambda r: reply_for(r, gone) and reply_for(r, opened))
+        assert reply_for(rec, opened)[0]["ok"] is True
+        assert reply_for(rec, gone)[0]["ok"] is False and "d04" in reply_for(rec, gone)[0]["error"]
+    finally:
+        await daemon.stop()
+        station.close()
+
+
+@pytest.mark.asyncio
+async def test_a_reload_with_a_door_held_open_by_a_grant_is_refused_after_waiting(tmp_path, manager, monkeypatch):
+    import lockerd.daemon as daemon_mod
+
+    monkeypatch.setattr(daemon_mod, "RELOAD_QUIET_WAIT_S", 0.3)
+    cfg = setup_station(tmp_path)
+    daemon = await started(tmp_path, manager, cfg)
+    try:
+        await importer.apply(daemon.controller, json.loads(json.dumps(DATA)))
+        board = daemon.hw.drivers["sim-d"]
+        board.pull(0, 2.0)  # the person is already pulling when the lock releases
+        done = asyncio.get_running_loop().create_future()
+        daemon.controller.on_outcome(lambda scan, outcome: done.done() or done.set_result(outcome))
+        daemon.hw.scanners["front"].inject("D-1")
+        assert (await asyncio.wait_for(done, 5)).pulsed
+        slot = daemon.controller.slots["d01"]
+        await until(daemon, lambda: slot.door.value == "open" and not slot.released)  # pulse over, door open
+        cfg.write_text(cfg.read_text().replace("pulse_ms = 500", "pulse_ms = 700"))
+        assert await daemon.reload() is False
+        await daemon._flush_journal()
+        refused = [e.data for e in daemon.journal.read(0, 10**6) if e.kind == "config.reload_refused"]
+        assert len(refused) == 1 and "compartment d01 is open for a grant and not yet shut" in refused[0]["errors"][0]
+        assert daemon.config.timing.pulse_ms == 500 and daemon.reloads == 0
+        board.close_door(0)
+        await until(daemon, lambda: daemon.controller.busy() is None)
+        assert await daemon.reload() is True and daemon.config.timing.pulse_ms == 700
+    finally:
+        await daemon.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_new_config_that_fails_to_start_falls_back_to_the_old_one(tmp_path, manager):
+    cfg = setup_station(tmp_path)
+    daemon = await started(tmp_path, manager, cfg)
+    try:
+        # Valid to the checks, but a Unix socket path longer than the kernel takes fails at bind.
+        cfg.write_text(cfg.read_text().replace('control_socket = "lockerd.sock"',
+                                               f'control_socket = "{"x" * 120}.sock"'))
+        assert await daemon.reload() is False
+        await daemon._flush_journal()
+        refused = [e.data for e in daemon.journal.read(0, 10**6) if e.kind == "config.reload_refused"]
+        assert "starting with the new config failed" in refused[0]["errors"][0]
+        assert refused[0]["running"] == daemon.config.digest
+        # The old config runs again, control socket included.
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "lockerd.sock"))
+        writer.write(b'{"op": "status"}\n')
+        status = json.loads(await reader.readline())
+        writer.close()
+        assert status["ok"] and sorted(status["compartments"])[-1] == "e04"
+        assert daemon.controller._accepting and daemon.config.control_socket == tmp_path / "lockerd.sock"
+    finally:
+        await daemon.stop()
