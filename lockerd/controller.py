@@ -41,6 +41,13 @@ ITEM_EVENT = {
 }
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    # A loop that dies (a scanner reader, a door loop) stops its heartbeat and the
+    # watchdog says which; the traceback of why belongs in the log, once.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+
 @dataclass
 class Session:
     """One opening of a compartment: from the grant until the door closes."""
@@ -237,6 +244,7 @@ class Controller:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     def _load_compartments(self) -> dict[str, dict[str, Any]]:

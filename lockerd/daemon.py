@@ -162,6 +162,11 @@ class Daemon:
             parts.append("station connected" if self.link.connected else "station not connected")
         return "; ".join(parts)
 
+    def _health(self) -> tuple[bool, str]:
+        """The watchdog's question: every heartbeat fresh? (When healthy, the status line to show again.)"""
+        ok, why = self.beats.check()
+        return (True, self.status_line()) if ok else (False, why)
+
     def _driver_status(self, st: DriverStatus) -> None:
         if self._ready:
             self.notifier.status(self.status_line())
@@ -170,7 +175,7 @@ class Daemon:
 
     async def start(self) -> None:
         t0 = time.monotonic()
-        self.watchdog = Watchdog.from_env(self.beats.check, self.notifier, self.clock)
+        self.watchdog = Watchdog.from_env(self._health, self.notifier, self.clock)
         if self.watchdog is not None:
             # Pinging from the start: until the tasks have registered, nothing can be late.
             self.watchdog.start()

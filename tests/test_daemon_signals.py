@@ -373,7 +373,7 @@ def test_a_stuck_journal_writer_stops_the_watchdog_pings(tmp_path, manager):
             blocker.execute("ROLLBACK")
             blocker.close()
         up = manager.wait_for(lambda m: "STATUS" in m and not m["STATUS"].startswith("unhealthy"), 5)
-        assert up["STATUS"].startswith("healthy again")
+        assert up["STATUS"].startswith("healthy again: site test-site node node-1; 10 compartments")
         manager.wait_for(is_ping, 5)
         proc.signal(signal.SIGTERM)
         assert proc.wait() == 0
@@ -385,7 +385,7 @@ def test_a_stuck_journal_writer_stops_the_watchdog_pings(tmp_path, manager):
 
 
 @pytest.mark.asyncio
-async def test_a_scanner_reader_that_died_stops_the_pings_and_is_named(tmp_path, manager, monkeypatch):
+async def test_a_scanner_reader_that_died_stops_the_pings_and_is_named(tmp_path, manager, monkeypatch, caplog):
     monkeypatch.setenv("WATCHDOG_USEC", "600000")  # ping every 0.3 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     daemon = Daemon(config_mod.load(setup_station(tmp_path)), Clock(), Notifier(manager.address))
@@ -408,6 +408,8 @@ async def test_a_scanner_reader_that_died_stops_the_pings_and_is_named(tmp_path,
         down = await asyncio.to_thread(manager.wait_for, lambda m: m.get("STATUS", "").startswith("unhealthy"), 5)
         assert down["STATUS"] == f"unhealthy: {daemon.watchdog.reason}"
         assert "scanner:front silent" in down["STATUS"] and "controller" not in down["STATUS"]
+        # The reader's own error is in the log, with its traceback, for the technician.
+        assert any(r.getMessage() == "task scanner-front failed" and r.exc_info for r in caplog.records)
         assert not [m for m in await asyncio.to_thread(manager.quiet_for, 1.0) if is_ping(m)]
         # The other scanner and the door loops still beat: only the dead reader is named.
         assert daemon.beats.check()[1].count("silent") == 1
