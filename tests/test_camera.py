@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import jsonschema
 import pytest
 from rig import TOML, Rig, close_rig, make_rig, write_config
 
@@ -202,6 +203,7 @@ async def test_camera_events_fit_the_station_contract(tmp_path):
     assert len(shown) == 4
     for e in shown:
         assert errors(e.as_dict(), contract.EVENT) == [], e
+        jsonschema.Draft202012Validator(contract.EVENT).validate(e.as_dict())
 
 
 @pytest.mark.parametrize("section,cabinet_camera,problem", [
