@@ -15,7 +15,7 @@ from rig import TOML, Rig, close_rig, make_rig, write_config
 
 from lockerd import config
 from lockerd.errors import ConfigError
-from lockerd.journal import Event, verify
+from lockerd.journal import Event, Journal, verify
 from lockerd.station import contract
 from lockerd.station.validate import errors
 
@@ -230,3 +230,25 @@ async def test_camera_config_accepts_the_boards_camera_tool(tmp_path):
         command_camera(["rpicam-still", "-n", "-t", "1", "-o", "{path}"], 3.0))))
     assert cfg.cabinets["d"].camera == "cam" and cfg.cabinets["e"].camera == ""
     assert cfg.cameras["cam"].type == "command" and cfg.cameras["cam"]["timeout_s"] == 3.0
+
+
+async def test_stopping_mid_capture_journals_the_missing_still_and_kills_the_tool(tmp_path):
+    tool = script(tmp_path, "capture.sh", 'echo $$ > "$0.pid"\nexec sleep 30\n')
+    rig = await make_rig(tmp_path, with_camera(command_camera([tool, "{path}"], 60.0)))
+    out = await rig.scan("D-1")
+    assert out.pulsed
+    pidfile = Path(tool + ".pid")
+    async with asyncio.timeout(10):  # the capture of the grant runs once the tool has written its pid
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            await asyncio.sleep(0.01)  # polling for a condition, with a deadline
+    await close_rig(rig)
+    again = Journal(rig.cfg.journal_path)  # the rig's journal is closed: read the file again
+    assert again.open()
+    try:
+        failed = [e for e in again.read(0, 100000) if e.kind == "camera.failed"]
+        assert [f.data["error"] for f in failed] == ["camera cam: capture abandoned: the daemon is stopping"]
+        assert [e.kind for e in again.read(failed[0].seq)][-1] == "daemon.stopped"
+    finally:
+        again.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pidfile.read_text()), 0)
