@@ -365,8 +365,9 @@ def verify_export(path: Path, journal: sqlite3.Connection | None = None) -> Expo
     prev_hash: str | None = None
     prev_seq: int | None = None
     later = {_seq_of(r): r.number for r in reversed(rows)}  # seq -> first row holding it
+    rows_of_journal = _JournalRows(journal) if journal is not None else None
     for row in rows:
-        problem, seq = _check_row(row, fmt, prev_seq, prev_hash, journal)
+        problem, seq = _check_row(row, fmt, prev_seq, prev_hash, rows_of_journal)
         if problem.endswith("(rows deleted)") and prev_seq is not None and later.get(prev_seq + 1, 0) > row.number:
             problem = f"seq {prev_seq + 1} should come next but is in row {later[prev_seq + 1]} (rows reordered)"
         if problem:
@@ -392,8 +393,23 @@ def _seq_of(row: ExportRow) -> int | None:
         return None
 
 
+class _JournalRows:
+    """The journal's events by seq, read a block at a time (an export is read in seq order)."""
+
+    BLOCK = 2000
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self._rows: dict[int, Event] = {}
+
+    def get(self, seq: int) -> Event | None:
+        if seq not in self._rows:
+            self._rows = {e.seq: e for e in _events(self.conn, "seq >= ? AND seq < ?", (seq, seq + self.BLOCK))}
+        return self._rows.get(seq)
+
+
 def _check_row(row: ExportRow, fmt: str, prev_seq: int | None, prev_hash: str | None,
-               journal: sqlite3.Connection | None) -> tuple[str, int | None]:
+               journal: _JournalRows | None) -> tuple[str, int | None]:
     """What is wrong with one row (empty when nothing), and its seq as far as it can be read."""
     c = row.cells
     if set(c) != set(ROW_FIELDS):
@@ -409,10 +425,9 @@ def _check_row(row: ExportRow, fmt: str, prev_seq: int | None, prev_hash: str | 
     if not isinstance(record, dict) or canonical(record) != payload:
         return "the payload is not the canonical JSON of an event (edited)", seq
     if journal is not None:
-        j = journal.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
-        if j is None:
+        je = journal.get(seq)
+        if je is None:
             return "the journal has no such seq (row inserted)", seq
-        je = Event.from_row(tuple(j))
         for name, mine, theirs in (("payload", payload, canonical(je.record())), ("prev", c["prev"], je.prev),
                                    ("hash", c["hash"], je.hash)):
             if mine != theirs:
