@@ -226,8 +226,9 @@ def format_occupancy(occ: dict[str, Any]) -> str:
             if c["in"]:
                 parts.append("in: " + ", ".join(f"{i['code']} (since {i.get('since') or '?'})" for i in c["in"]))
             if c["out"]:
-                parts.append("out: " + ", ".join(f"{i['code']} (with {i.get('holder') or '?'} since "
-                                                 f"{i.get('since') or '?'})" for i in c["out"]))
+                parts.append("out: " + ", ".join(
+                    f"{i['code']} (" + (f"with {i['holder']} " if i.get("holder") else "")
+                    + f"since {i.get('since') or '?'})" for i in c["out"]))
             if c["awaiting"]:
                 parts.append("awaiting deposit: " + ", ".join(c["awaiting"]))
             if len(parts) == 1:
