@@ -1,7 +1,8 @@
 """Modbus relay boards: locks on coils, door sensors on inputs, over RTU (RS-485) or TCP.
 
-One :class:`ModbusBus` per ``[buses.NAME]`` section owns one pymodbus client
-and one task. That task is the only thing that talks on the line: a queue of
+One :class:`ModbusBus` per ``[buses.NAME]`` section owns one client (the
+lean RTU client of :mod:`modbus_rtu` on a serial line, pymodbus's TCP client
+on a gateway) and one task. That task is the only thing that talks on the line: a queue of
 commands (lock on/off, all off), one request in flight, a gap between frames,
 a timeout and a bounded number of attempts per request. Commands always go
 before polls, so a scan is never stuck behind a poll cycle; polls are
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockerd.drivers.base import DoorSensors, DoorState, Driver, LockBank, PowerBudget
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from lockerd.drivers.modbus_rtu import BadFrame, LineLost, RtuClient
+from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu.bit_message import WriteSingleCoilRequest
@@ -163,6 +165,13 @@ class ModbusBus(Driver):
         self._last_end = 0.0  # loop time the last transaction ended
         self._silent_streak = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The poll path's state (RTU): see _run_polls.
+        self._cb_req: _Request | None = None
+        self._cb_attempt = 0
+        self._cb_busy = False  # a poll request is on the line
+        self._cb_timer: asyncio.TimerHandle | None = None
+        self._cb_deadline: asyncio.TimerHandle | None = None
+        self._cb_board: ModbusBoard | None = None
 
     # -- life ------------------------------------------------------------------
 
@@ -245,19 +254,15 @@ class ModbusBus(Driver):
     async def _connect(self) -> bool:
         self._drop_client()
         if self.kind == "rtu":
+            # Our own lean RTU client (see modbus_rtu): door polls are the daemon's
+            # steady load, and pymodbus's general framing costs several times the CPU.
             o = self.options
-            self._client = AsyncModbusSerialClient(
+            self._client = RtuClient(
                 str(o["device"]),
-                framer=FramerType.RTU,
                 baudrate=int(o.get("baudrate", 9600)),
                 bytesize=int(o.get("bytesize", 8)),
                 parity=str(o.get("parity", "N")),
                 stopbits=int(o.get("stopbits", 1)),
-                # Our own timeout (below) governs each request; pymodbus's is a backstop
-                # and the open timeout. Retries and reconnects are ours too.
-                timeout=max(2 * self.timeout_s, 1.0),
-                retries=0,
-                reconnect_delay=0,
                 name=self.name,
             )
         else:
@@ -277,6 +282,8 @@ class ModbusBus(Driver):
             detail = f"cannot open {self.where}: {e}"
         else:
             detail = f"cannot open {self.where}"
+            if getattr(self._client, "last_error", ""):
+                detail = f"cannot open {self.where}: {self._client.last_error}"
         if not ok:
             self._drop_client()
             self._went_down(detail)
@@ -316,6 +323,10 @@ class ModbusBus(Driver):
                 req.future.set_exception(exc)
 
     def _wake(self) -> None:
+        if self._cb_busy:
+            return  # a poll is in flight: its end hands the line back (see _cb_next)
+        if self._cb_req is not None or self._cb_timer is not None:
+            self._cb_stop()
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -349,7 +360,12 @@ class ModbusBus(Driver):
         return best
 
     async def _next_request(self) -> _Request | None:
-        """The next transaction: a queued command first, else the most overdue poll."""
+        """The next transaction: a queued command first, else the most overdue poll.
+
+        On a line whose client can call back (the RTU client), polls are not
+        returned: they run as callbacks (see "the poll path" below) until a
+        command arrives, and this returns the command.
+        """
         loop = self._loop
         while not self._closing:
             while self._commands and self._commands[0].future is not None and self._commands[0].future.done():
@@ -358,6 +374,11 @@ class ModbusBus(Driver):
                 await self._respect_gap()
                 if self._commands:
                     return self._commands.popleft()
+                continue
+            if isinstance(self._client, RtuClient):
+                await self._run_polls()
+                if not self._client_connected():
+                    return None
                 continue
             board = self._next_poll()
             now = loop.time()  # type: ignore[union-attr]
@@ -373,7 +394,6 @@ class ModbusBus(Driver):
 
     async def _perform(self, req: _Request) -> None:
         """Run one request with timeout and bounded attempts, then tell the caller and the board."""
-        board = req.board
         loop = self._loop
         error: DriverError | None = None
         silent = True  # no usable answer from the board
@@ -384,66 +404,74 @@ class ModbusBus(Driver):
                 if req.future is None and self._commands:
                     # A poll never delays a command with its retries: poll again
                     # right after the command, without judging the board yet.
-                    board._due = loop.time()  # type: ignore[union-attr]
+                    req.board._due = loop.time()  # type: ignore[union-attr]
                     return
                 await self._respect_gap()
             client = self._client
             if client is None or not client.connected:
-                error = DriverUnavailable(f"{board.name}: bus {self.name} is down")
+                error = DriverUnavailable(f"{req.board.name}: bus {self.name} is down")
                 break
             self.transactions += 1
+            reply: Any = None
+            exc: Exception | None = None
             try:
                 async with asyncio.timeout(self.timeout_s):
                     reply = await req.send(client)
-            except TimeoutError:
-                error = DriverTimeout(
-                    f"{board.name} (unit {board.unit} on {self.name}): no answer to {req.what} "
-                    f"within {self.timeout_s * 1000:.0f} ms"
-                )
-                continue
-            except ConnectionException as e:
-                error = DriverUnavailable(f"{board.name}: bus {self.name} lost its connection: {e}")
-                break
-            except ModbusIOException as e:  # garbled frame, wrong unit or transaction id, backstop timeout
-                error = DriverError(f"{board.name} (unit {board.unit} on {self.name}): bad reply to {req.what}: {e}")
-                continue
-            except (ModbusException, ValueError, struct.error) as e:  # a request we could not even encode
-                error = DriverError(f"{board.name}: cannot send {req.what}: {e}")
-                silent = False
-                break
+            except (TimeoutError, ConnectionException, LineLost, ModbusIOException, BadFrame, ModbusException,
+                    ValueError, struct.error) as e:
+                exc = e
             finally:
                 self._last_end = loop.time()  # type: ignore[union-attr]
-            if reply is None:
-                error = DriverError(f"{board.name}: no reply object for {req.what}")
-                continue
-            if reply.isError():
-                code = int(getattr(reply, "exception_code", 0))
-                name = EXCEPTION_NAMES.get(code, "unknown")
-                if code in GATEWAY_SILENT:
-                    error = DriverTimeout(
-                        f"{board.name} (unit {board.unit} on {self.name}): gateway says the device "
-                        f"does not answer {req.what} (exception {code}, {name})"
-                    )
-                    continue
-                error = DriverRefused(
-                    f"{board.name} (unit {board.unit} on {self.name}): {req.what} refused "
-                    f"with Modbus exception {code} ({name})"
-                )
-                silent = False
+            value, error, retry, silent = self._judge(req, reply, exc)
+            if error is None:
+                self._succeeded(req, value)
+                return
+            if not retry:
                 break
-            try:
-                value = req.check(reply)
-            except _BadReply as e:
-                error = DriverError(f"{board.name} (unit {board.unit} on {self.name}): {req.what}: {e}")
-                continue
-            self._silent_streak = 0
-            board._heard()
-            if req.future is None:
-                board._poll_done(value)
-            elif not req.future.done():
-                req.future.set_result(value)
-            return
         assert error is not None
+        self._failed(req, error, silent)
+
+    def _judge(self, req: _Request, reply: Any, exc: Exception | None) -> tuple[Any, DriverError | None, bool, bool]:
+        """One attempt's outcome: (value, error, worth retrying, board silent)."""
+        if exc is None and reply is not None and not reply.isError():
+            try:
+                return req.check(reply), None, False, False  # the usual case first: it is the hot path
+            except _BadReply as e:
+                return None, self._bad_reply(req, e), True, True
+        board = req.board
+        who = f"{board.name} (unit {board.unit} on {self.name})"
+        if isinstance(exc, TimeoutError):
+            return None, DriverTimeout(f"{who}: no answer to {req.what} within {self.timeout_s * 1000:.0f} ms"), \
+                True, True
+        if isinstance(exc, (ConnectionException, LineLost)):
+            return None, DriverUnavailable(f"{board.name}: bus {self.name} lost its connection: {exc}"), False, True
+        if isinstance(exc, (ModbusIOException, BadFrame)):  # garbled frame, wrong unit or transaction id
+            return None, DriverError(f"{who}: bad reply to {req.what}: {exc}"), True, True
+        if exc is not None:  # a request we could not even encode
+            return None, DriverError(f"{board.name}: cannot send {req.what}: {exc}"), False, False
+        if reply is None:
+            return None, DriverError(f"{board.name}: no reply object for {req.what}"), True, True
+        code = int(getattr(reply, "exception_code", 0))
+        name = EXCEPTION_NAMES.get(code, "unknown")
+        if code in GATEWAY_SILENT:
+            return None, DriverTimeout(f"{who}: gateway says the device does not answer {req.what} "
+                                       f"(exception {code}, {name})"), True, True
+        return None, DriverRefused(f"{who}: {req.what} refused with Modbus exception {code} ({name})"), False, False
+
+    def _bad_reply(self, req: _Request, e: _BadReply) -> DriverError:
+        return DriverError(f"{req.board.name} (unit {req.board.unit} on {self.name}): {req.what}: {e}")
+
+    def _succeeded(self, req: _Request, value: Any) -> None:
+        self._silent_streak = 0
+        req.board._heard()
+        if req.future is None:
+            req.board._poll_done(value)
+        elif not req.future.done():
+            req.future.set_result(value)
+
+    def _failed(self, req: _Request, error: DriverError, silent: bool) -> None:
+        """Every attempt failed (or one that is not worth repeating)."""
+        board = req.board
         if isinstance(error, DriverUnavailable):
             self._went_down(str(error))
         elif silent:
@@ -461,9 +489,141 @@ class ModbusBus(Driver):
         elif not req.future.done():
             req.future.set_exception(error)
 
+    # -- the poll path (RTU) ---------------------------------------------------------------
+    #
+    # Door polls are the line's steady load: 16 boards at 10 Hz is 160 polls a
+    # second, every hour of the day. Run as awaits, each poll costs the bus task
+    # two wake-ups through the event loop (the due time, the reply) on top of the
+    # I/O; run as callbacks (a timer sends the prepared request, the reader
+    # callback takes the reply and arms the next timer) it costs the I/O alone.
+    # The rules stay the task's: polls run only while no command is queued, one
+    # request in flight, the gap before each frame, a timeout and the same bounded
+    # attempts. The task waits in _run_polls meanwhile and takes the line back
+    # for a command as soon as no poll is in flight.
+
+    async def _run_polls(self) -> None:
+        """Let polls run by callbacks until a command is queued, the line is lost or the bus closes."""
+        loop = self._loop
+        fut = loop.create_future()  # type: ignore[union-attr]
+        self._waiter = fut
+        self._cb_next()
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            self._cb_stop()
+
+    def _cb_stop(self) -> None:
+        """Hand the line back to the task: no timer armed, nothing in flight."""
+        for h in (self._cb_timer, self._cb_deadline):
+            if h is not None:
+                h.cancel()
+        self._cb_timer = self._cb_deadline = None
+        req, self._cb_req = self._cb_req, None
+        if req is not None:
+            if self._cb_busy and isinstance(self._client, RtuClient):
+                self._client.abandon()
+            req.board._due = self._loop.time()  # type: ignore[union-attr]  # its poll was cut short: again soon
+        self._cb_busy = False
+
+    def _cb_handback(self) -> None:
+        self._cb_stop()
+        _resolve_if(self._waiter)
+
+    def _cb_next(self) -> None:
+        """Arm the timer for the next due poll (no poll in flight)."""
+        self._cb_req = None
+        if self._closing or self._commands or not self._client_connected():
+            self._cb_handback()
+            return
+        board = self._next_poll()
+        if board is None:
+            return  # nothing to poll: wait for a command (or close)
+        at = max(board._due, self._last_end + self.gap_s)
+        self._cb_board = board
+        self._cb_timer = self._loop.call_at(at, self._cb_fire)  # type: ignore[union-attr]
+
+    def _cb_fire(self) -> None:
+        self._cb_timer = None
+        board = self._cb_board
+        # A schedule change (poll_soon, a board recovering) wakes the task, which
+        # re-arms this timer; here the board may only have been set back.
+        if board is None or not board._polling or board._due > self._loop.time():  # type: ignore[union-attr]
+            self._cb_next()
+            return
+        self._cb_req = board._poll_request()
+        self._cb_attempt = 0
+        self._cb_send()
+
+    def _cb_send(self) -> None:
+        self._cb_timer = None
+        req = self._cb_req
+        if req is None:
+            return
+        if self._commands or self._closing:
+            self._cb_handback()
+            return
+        client = self._client
+        if not isinstance(client, RtuClient) or not client.connected:
+            self._cb_result(None, LineLost(f"bus {self.name} is down"))
+            return
+        fc, first, n = req.board._poll_spec()
+        self.transactions += 1
+        self._cb_busy = True
+        try:
+            client.read(req.board.unit, fc, first, n, self._cb_result)
+        except (LineLost, ValueError) as e:
+            self._cb_result(None, e)
+            return
+        if self._cb_busy:
+            self._cb_deadline = self._loop.call_at(  # type: ignore[union-attr]
+                self._loop.time() + self.timeout_s, self._cb_expired)  # type: ignore[union-attr]
+
+    def _cb_expired(self) -> None:
+        self._cb_deadline = None
+        if isinstance(self._client, RtuClient):
+            self._client.abandon()
+        self._cb_result(None, TimeoutError())
+
+    def _cb_result(self, reply: Any, exc: Exception | None) -> None:
+        """The reader callback's answer (or a timeout, or a lost line) for the poll in flight."""
+        loop = self._loop
+        if self._cb_deadline is not None:
+            self._cb_deadline.cancel()
+            self._cb_deadline = None
+        self._cb_busy = False
+        self._last_end = loop.time()  # type: ignore[union-attr]
+        req = self._cb_req
+        if req is None:
+            return
+        try:
+            value, error, retry, silent = self._judge(req, reply, exc)
+            if error is None:
+                self._succeeded(req, value)
+            else:
+                self._cb_attempt += 1
+                if retry and self._cb_attempt < req.attempts:
+                    if self._commands:
+                        # A poll never delays a command with its retries: poll again
+                        # right after the command, without judging the board yet.
+                        self._cb_handback()
+                        return
+                    self._cb_timer = loop.call_at(self._last_end + self.gap_s, self._cb_send)  # type: ignore
+                    return
+                self._cb_req = None
+                self._failed(req, error, silent)
+        except Exception:  # a callback must not die silently: the line would stop being polled
+            log.exception("%s: unexpected error handling a poll reply", self.name)
+        self._cb_next()
+
 
 def _resolve(fut: asyncio.Future) -> None:
     if not fut.done():
+        fut.set_result(None)
+
+
+def _resolve_if(fut: asyncio.Future | None) -> None:
+    if fut is not None and not fut.done():
         fut.set_result(None)
 
 
@@ -681,6 +841,12 @@ class ModbusBoard(LockBank, DoorSensors):
             return lambda c: c.read_discrete_inputs(first, count=n, device_id=unit)
         return lambda c: c.read_input_registers(first, count=n, device_id=unit)
 
+    def _poll_spec(self) -> tuple[int, int, int]:
+        """The poll as (function code, first address, count), for the RTU client's prepared frames."""
+        if self.inputs == 0:
+            return 1, self.first_coil, self.coils
+        return (2 if self.input_kind == "discrete" else 4), self.first_input, self.inputs
+
     def _poll_check(self) -> Callable[[Any], tuple[int, ...]]:
         kind = "coils" if self.inputs == 0 else self.input_kind
         n = self.coils if self.inputs == 0 else self.inputs
@@ -697,7 +863,7 @@ class ModbusBoard(LockBank, DoorSensors):
             bits = r.bits
             if len(bits) < n:
                 raise _BadReply(f"{len(bits)} bits in the reply, expected {n}")
-            return tuple(1 if b else 0 for b in bits[:n])
+            return tuple(map(int, bits[:n]))
 
         return check
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from lockerd.drivers.base import Scan, Scanner, decode_scan
+from lockerd.drivers.tty import open_problem, read_ready
 
 from lockerd.clock import Clock
 
@@ -255,15 +255,7 @@ class SerialScanner(Scanner):
         return True
 
     def _open_failed(self, e: BaseException) -> None:
-        code = getattr(e, "errno", None)
-        if code == errno.ENOENT or not os.path.exists(self.port):
-            detail = f"port {self.port} does not exist (scanner unplugged, or a wrong [scanners.{self.name}].port?)"
-        elif code in (errno.EACCES, errno.EPERM):
-            detail = f"no permission to open {self.port} (is the service user in the dialout group?)"
-        elif code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "lock" in str(e).lower():
-            detail = f"{self.port} is in use by another program"
-        else:
-            detail = f"cannot open {self.port}: {e}"
+        detail = open_problem(self.port, e, f"[scanners.{self.name}].port")
         if detail != self._last_open_error:
             # Said once per distinct cause; the retries that follow stay quiet.
             log.error("%s: %s; retrying every %g s at most", self.name, detail, self.retry_max)
@@ -301,17 +293,11 @@ class SerialScanner(Scanner):
         fd = self._fd
         if fd is None:
             return
-        try:
-            data = os.read(fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:
-            # EIO on a hung-up pty or a USB device pulled out; ENODEV and
-            # friends for adapters that vanish from the bus.
-            self._lose(f"{self.port}: read failed ({e.strerror or e}); device gone?")
+        data, gone = read_ready(fd, READ_SIZE)
+        if gone:
+            self._lose(f"{self.port}: {gone}")
             return
         if not data:
-            self._lose(f"{self.port}: end of file (device closed)")
             return
         for frame in self.framer.feed(data):
             self._deliver(frame)

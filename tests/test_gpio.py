@@ -10,11 +10,11 @@ import pytest
 import pytest_asyncio
 from gpiozero import OutputDevice
 from gpiozero.pins.mock import MockFactory
+from hwconfig import load
 from lockerd.drivers import build_hardware
 from lockerd.drivers.base import DoorChange, DoorState, PowerBudget
 from lockerd.drivers.gpio import GpioBoard, GpioFeedback, make_pin_factory
 
-from lockerd import config
 from lockerd.clock import Clock, ManualClock
 from lockerd.config import DRIVER_TYPES, FEEDBACK_TYPES
 from lockerd.errors import DriverError, DriverUnavailable
@@ -375,12 +375,7 @@ def test_pin_factory_from_environment(monkeypatch) -> None:
 
 @pytest.mark.asyncio
 async def test_build_hardware_makes_gpio_board_and_feedback(tmp_path: Path) -> None:
-    toml = """
-[controller]
-site = "s"
-node = "n"
-[journal]
-path = "j.db"
+    body = """
 [drivers.pins]
 type = "gpio"
 pin_factory = "mock"
@@ -403,8 +398,7 @@ type = "sim"
 cabinets = ["cab-a"]
 feedback = "panel"
 """
-    cfg = config.parse(toml.encode(), tmp_path / "lockerd.toml")
-    hw = build_hardware(cfg, Clock())
+    hw = build_hardware(load(tmp_path, body), Clock())
     board = hw.lock_bank("pins")
     assert isinstance(board, GpioBoard) and hw.sensors("pins") is board
     assert isinstance(hw.feedback["panel"], GpioFeedback)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -371,6 +372,35 @@ async def test_mangled_replies_on_every_attempt_fail_cleanly(rtu):
 # -- the bus itself --------------------------------------------------------------------------------
 
 
+async def test_commands_cut_into_fast_rtu_polls_one_request_at_a_time(rtu, caplog):
+    # Polls run as callbacks on an RTU line; a command must wait for the poll in flight and
+    # go before the next one. The client refuses (and logs) a second request while one is out.
+    peer, b = rtu.peer, rtu.boards[1]
+    for board in rtu.boards.values():
+        board.period_s = 0.005  # 200 Hz asked: the line is never idle
+    polled = {u: peer.count(u, 2) for u in UNITS}
+    for ch in range(8):
+        await b.pulse(ch, 20)
+        assert (await peer.coils_of(1))[ch] is True
+        await b.wait_pulses()
+    await peer.wait_for(lambda: all(peer.count(u, 2) >= polled[u] + 20 for u in UNITS), timeout=5.0)
+    assert peer.count(1, 5) >= 16  # every on and every off went out
+    assert await peer.coils_of(1) == [False] * 16
+    assert all(board.online for board in rtu.boards.values())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_mangled_poll_reply_is_retried_without_the_board_going_offline(rtu):
+    peer, b = rtu.peer, rtu.boards[2]
+    watch = StatusWatch(b)
+    before = peer.count(2, 2)
+    peer.mangle[2] = [bad_crc]
+    await peer.wait_for(lambda: not peer.mangle[2] and peer.count(2, 2) >= before + 2)
+    await peer.set_input(2, 3, True)
+    await wait_door(b, 3, DoorState.OPEN)  # the retry and the polls after it came through whole
+    assert b.online and not [st for st in watch.seen if not st.online]
+
+
 async def test_a_missing_device_never_stops_start_and_reconnects(tmp_path):
     clock, budget = Clock(), PowerBudget(2, max_wait=1.0)
     pty = PtyPair(tmp_path)
@@ -429,18 +459,12 @@ async def test_serial_port_vanishing_mid_run(rtu, tmp_path):
 
 
 async def test_built_from_the_config(tmp_path):
+    from hwconfig import load
     from lockerd.drivers import build_hardware
-
-    from lockerd import config
 
     peer = RelayPeer([1, 2])
     port = await peer.start_tcp()
-    toml = f"""
-[controller]
-site = "s"
-node = "n"
-[journal]
-path = "j.db"
+    body = f"""
 [buses.gw]
 type = "tcp"
 host = "127.0.0.1"
@@ -463,9 +487,7 @@ kind = "dossier"
 lock_driver = "left"
 count = 8
 """
-    path = Path(tmp_path / "lockerd.toml")
-    path.write_text(toml)
-    hw = build_hardware(config.load(path), Clock())
+    hw = build_hardware(load(tmp_path, body), Clock())
     await hw.start()
     try:
         assert [type(d).__name__ for d in hw.extras] == ["ModbusBus"]

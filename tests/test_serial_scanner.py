@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from hwconfig import load
 from lockerd.drivers import build_hardware
 from lockerd.drivers.base import DriverStatus, Scan
 from lockerd.drivers.serial_scanner import SerialScanner
 from ptys import SocatPair
 
-from lockerd import config
 from lockerd.clock import Clock
 from lockerd.config import SCANNER_COMMON, SCANNER_TYPES
 
@@ -399,12 +399,7 @@ async def test_port_in_use_is_reported(rig) -> None:
 
 
 def test_build_hardware_makes_a_serial_scanner(tmp_path: Path) -> None:
-    toml = f"""
-[controller]
-site = "s"
-node = "n"
-[journal]
-path = "j.db"
+    body = f"""
 [drivers.board]
 type = "sim"
 channels = 4
@@ -421,8 +416,7 @@ symbologies = ["C1"]
 terminators = ["\\r\\n"]
 debounce_ms = 700
 """
-    cfg = config.parse(toml.encode(), tmp_path / "lockerd.toml")
-    hw = build_hardware(cfg, Clock())
+    hw = build_hardware(load(tmp_path, body), Clock())
     scanner = hw.scanners["front"]
     assert isinstance(scanner, SerialScanner)
     assert scanner.port == str(tmp_path / "ttyACM9")
