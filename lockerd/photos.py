@@ -111,6 +111,10 @@ class Photographer:
                 except (DriverError, OSError) as e:
                     self._failed(shot, where, str(e))
                     return
+                except Exception as e:  # a bug here must still leave a trace, and never reach the opening
+                    log.exception("camera %s failed unexpectedly", name)
+                    self._failed(shot, where, f"camera {name}: unexpected error: {e!r}")
+                    return
                 except asyncio.CancelledError:
                     self._failed(shot, where, f"camera {name}: capture abandoned: the daemon is stopping")
                     raise
