@@ -170,6 +170,8 @@ class Controller:
             d.on_status(self._driver_status)
             if hasattr(d, "on_lock_fault"):
                 d.on_lock_fault(lambda ch, detail, name=d.name: self._lock_fault(name, ch, detail))
+        for sc in self.hw.scanners.values():
+            sc.on_status(self._scanner_status)
         await self.hw.start()  # every lock bank switches all outputs off first
         if any(cab.camera for cab in self.config.cabinets.values()):
             from lockerd.photos import Photographer  # an observer of the journal, off the safety path
@@ -878,6 +880,11 @@ class Controller:
                     self._clear_fault(slot, "lock")
                 else:
                     self._set_fault(slot, "lock", f"driver {st.driver} offline: {st.detail}")
+        self.journal.append("driver.online" if st.online else "driver.offline", driver=st.driver,
+                            detail=st.detail)
+
+    def _scanner_status(self, st: DriverStatus) -> None:
+        """A scanner unplugged, missing at start or back: journaled like a board, so the station sees it."""
         self.journal.append("driver.online" if st.online else "driver.offline", driver=st.driver,
                             detail=st.detail)
 

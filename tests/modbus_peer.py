@@ -98,6 +98,10 @@ class RelayPeer:
         self.lose_replies: set[int] = set()  # acts, but its replies are lost
         self.delay: dict[int, float] = {}  # seconds before answering
         self.mangle: dict[int, list[Callable[[bytes], bytes]]] = {}  # per unit, applied to the next replies
+        self.refuse: dict[tuple[int, int], ExcCodes] = {}  # (unit, function code) -> exception reply
+        # Doors that a person opens as soon as the latch is released (the coil switched on) and
+        # shuts this many seconds after it locks again (the coil off); None: doors move only by pull()/shut().
+        self.spring_close_s: float | None = None
         self.requests: Counter[tuple[int, int]] = Counter()  # (unit, function code) -> count
         self.log: list[tuple[int, int, int, int, int]] = []  # (monotonic_ns, unit, fc, address, value)
         self.flashes: list[tuple[int, int, int, float]] = []
@@ -173,6 +177,17 @@ class RelayPeer:
         await self.server.async_setValues(unit, 2, channel, [level])
         await self.server.async_setValues(unit, 4, channel, [1 if level else 0])
 
+    async def pull(self, unit: int, channel: int) -> bool:
+        """A person pulls door ``channel``: it opens (its input goes to 1) only while its coil is on."""
+        if not (await self.coils_of(unit))[channel]:
+            return False
+        await self.set_input(unit, channel, True)
+        return True
+
+    async def shut(self, unit: int, channel: int) -> None:
+        """A person pushes door ``channel`` shut: its input goes back to 0."""
+        await self.set_input(unit, channel, False)
+
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 3.0) -> None:
         """Wait until ``predicate()`` (sync or async) holds; checked after every request and timer."""
         assert self._changed is not None
@@ -228,10 +243,27 @@ class RelayPeer:
                       values: Any) -> ExcCodes | None:
         if unit in self.dead:
             return ExcCodes.DEVICE_FAILURE  # nothing is applied; the reply is dropped below
+        refused = self.refuse.get((unit, fc))
+        if refused is not None:
+            return refused  # nothing is applied; the board answers with this exception
         d = self.delay.get(unit, 0.0)
         if d > 0:
             await asyncio.sleep(d)
         return None
+
+    def _spring(self, unit: int, channel: int, on: bool) -> None:
+        """The door follows the latch: open once released, shut a while after it locks again."""
+        delay = 0.0 if on else self.spring_close_s
+
+        async def move() -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            if self.server is not None:
+                await self.set_input(unit, channel, on)
+
+        t = asyncio.get_running_loop().create_task(move())  # after this request has updated the coil
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     def _unit_of(self, frame: bytes) -> int | None:
         if self.framer == FramerType.RTU:
@@ -256,6 +288,8 @@ class RelayPeer:
                 value = int(bool(pdu.bits and pdu.bits[0])) if pdu.function_code == 5 else pdu.count
             self.log.append((time.monotonic_ns(), pdu.dev_id, pdu.function_code, pdu.address, value))
             self.requests[(pdu.dev_id, pdu.function_code)] += 1
+            if self.spring_close_s is not None and pdu.function_code == 5 and pdu.address < self.inputs:
+                self._spring(pdu.dev_id, pdu.address, value == 0xFF00 or value == 1)
             self._notify()
         return pdu
 
@@ -325,6 +359,8 @@ def _parse_units(text: str) -> list[int]:
 async def _serve(args: argparse.Namespace) -> None:
     peer = RelayPeer(_parse_units(args.units), coils=args.coils, inputs=args.inputs,
                      waveshare=tuple(_parse_units(args.waveshare)) if args.waveshare else ())
+    if args.spring_close_ms >= 0:
+        peer.spring_close_s = args.spring_close_ms / 1000
     if args.rtu:
         await peer.start_rtu(args.rtu, args.baudrate)
     else:
@@ -349,6 +385,8 @@ def main() -> None:
     p.add_argument("--rtu", default="", help="serial device to serve on (RTU); default TCP")
     p.add_argument("--baudrate", type=int, default=115200)
     p.add_argument("--port", type=int, default=0, help="TCP port (0: any free one, printed at start)")
+    p.add_argument("--spring-close-ms", type=float, default=-1,
+                   help="doors open when their coil goes on and shut this long after it goes off (-1: never move)")
     p.add_argument("--log", default="", help="write every request's arrival (monotonic ns) here at exit")
     asyncio.run(_serve(p.parse_args()))
 
