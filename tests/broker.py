@@ -389,6 +389,47 @@ async def arrived(rec: Recorder, node: Node, timeout: float = 20.0, suffix: str 
     return check_stream(rec.on(base), node.events())
 
 
+async def until(pred: Callable[[], bool]) -> None:
+    """Wait until ``pred()`` holds; the link's state lives on this loop, so check it each turn."""
+    while not pred():
+        await asyncio.sleep(0.01)
+
+
+async def outages_mid_burst(node: Node, broker: Mosquitto, take_down: Callable[[], None], count: int = 3,
+                            moving: int = 100) -> None:
+    """Append events as fast as the loop allows while the broker is taken down and restarted ``count`` times.
+
+    Each outage waits until the link is connected and ``moving`` more events
+    were acknowledged; at the end the link is connected again, the burst is
+    over and a last ``test.end`` event is durable.
+    """
+    assert node.journal is not None and node.link is not None
+    stop = asyncio.Event()
+
+    async def burst() -> None:
+        i = 0
+        while not stop.is_set():
+            node.journal.append("test.tick", n=i)
+            i += 1
+            if i % 50 == 0:
+                await asyncio.sleep(0.002)
+
+    producer = asyncio.create_task(burst())
+    link = node.link
+    try:
+        for _ in range(count):
+            target = link.outbox.acked + moving
+            await asyncio.wait_for(until(lambda t=target: link.connected and link.outbox.acked > t), 10)
+            await asyncio.to_thread(take_down)
+            await asyncio.wait_for(until(lambda: not link.connected), 10)
+            await asyncio.to_thread(broker.start)
+        await asyncio.wait_for(until(lambda: link.connected), 10)
+    finally:
+        stop.set()
+        await producer
+    await node.journal.record("test.end")
+
+
 async def wait_for(rec: Recorder, pred: Any, timeout: float = 10.0) -> None:
     await asyncio.to_thread(rec.wait, pred, timeout)
 

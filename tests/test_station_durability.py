@@ -17,7 +17,9 @@ from broker import (
     check_stream,
     make_password_file,
     make_test_ca,
+    outages_mid_burst,
     station_config,
+    until,
 )
 
 from lockerd import config as cfg
@@ -79,6 +81,40 @@ async def test_producer_killed_mid_burst_loses_nothing(tmp_path: Path, mosquitto
 
 
 @pytest.mark.asyncio
+async def test_broker_sigkilled_mid_burst_and_restarted(tmp_path: Path, recorders: list[Recorder]) -> None:
+    # A PUBACK only says the broker has the event: killed, it loses what it
+    # acknowledged but had not forwarded or saved. The link re-sends what was
+    # acknowledged shortly before a lost connection, so the stream alone is
+    # complete. The broker saves its sessions every second (as the station
+    # guide advises), so the subscriber's subscription survives the crash.
+    broker = Mosquitto(tmp_path, extra="autosave_interval 1\n").start()
+    rec = Recorder(broker.port, ["lockerd/+/+/events"])
+    recorders.append(rec)
+    await asyncio.to_thread(_wait_file, broker.dir / "mosquitto.db")
+    node = await Node(tmp_path, [f"127.0.0.1:{broker.port}"], batch_size=100).start()
+    try:
+        await outages_mid_burst(node, broker, broker.kill, moving=300)  # SIGKILL: nothing saved at exit
+        stats = await arrived(rec, node, timeout=30)
+        assert node.link.conn.connects >= 4
+        assert node.link.outbox.rewound > 0
+        assert stats["events"] > 1000
+    finally:
+        await node.stop()
+        broker.kill()
+
+
+def _wait_file(path: Path, timeout: float = 5.0) -> None:
+    """Wait until the broker (another process) has written ``path``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} not written in {timeout} s")
+        time.sleep(0.02)
+
+
+@pytest.mark.asyncio
 async def test_tls_with_password_and_mqtt_311(tmp_path: Path, recorders: list[Recorder]) -> None:
     tls = make_test_ca(tmp_path / "ca")
     pw = make_password_file(tmp_path / "passwd", "node-1", "s3cret")
@@ -102,7 +138,7 @@ async def test_tls_with_password_and_mqtt_311(tmp_path: Path, recorders: list[Re
                           ca_file=tls["ca"], username="node-1", password_file=secret).start()
         try:
             await node.append(5)
-            await asyncio.wait_for(_until(lambda: node.link.conn.last_error != ""), 10)
+            await asyncio.wait_for(until(lambda: node.link.conn.last_error != ""), 10)
             assert "refused" in node.link.conn.last_error or "not authorized" in node.link.conn.last_error.lower()
             assert not node.link.connected
         finally:
@@ -153,6 +189,3 @@ async def test_bridge_from_station_broker_to_central(tmp_path: Path, recorders: 
         central.kill()
 
 
-async def _until(pred) -> None:
-    while not pred():
-        await asyncio.sleep(0.01)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import jsonschema
 import pytest
-from broker import Mosquitto, Node, Recorder, States, arrived, free_port, wait_for
+from broker import Mosquitto, Node, Recorder, States, arrived, free_port, outages_mid_burst, wait_for
 
 from lockerd import __version__
 from lockerd.station import contract
@@ -90,39 +89,11 @@ async def test_broker_restarted_mid_burst_several_times(tmp_path: Path, recorder
     rec = Recorder(broker.port, ["lockerd/+/+/events"])
     recorders.append(rec)
     node = await Node(tmp_path, [f"127.0.0.1:{broker.port}"], batch_size=100).start()
-    stop = asyncio.Event()
-
-    async def burst() -> None:
-        i = 0
-        while not stop.is_set():
-            node.journal.append("test.tick", n=i)
-            i += 1
-            if i % 50 == 0:
-                await asyncio.sleep(0.002)
-
-    producer = asyncio.create_task(burst())
     try:
-        for _ in range(3):
-            # Wait until the link is connected and moving, then take the broker away.
-            target = node.link.outbox.acked + 100
-            await asyncio.wait_for(_until(lambda t=target: node.link.connected and node.link.outbox.acked > t), 10)
-            await asyncio.to_thread(broker.stop)
-            await asyncio.wait_for(_until(lambda: not node.link.connected), 10)
-            await asyncio.to_thread(broker.start)
-        await asyncio.wait_for(_until(lambda: node.link.connected), 10)
-        stop.set()
-        await producer
-        await node.journal.record("test.end")
+        await outages_mid_burst(node, broker, broker.stop)
         stats = await arrived(rec, node, timeout=30)
         assert node.link.conn.connects >= 4
         assert stats["events"] > 1000
     finally:
-        stop.set()
         await node.stop()
         broker.kill()
-
-
-async def _until(pred) -> None:
-    # The link's state lives on this loop: check it each time the loop turns.
-    while not pred():
-        await asyncio.sleep(0.01)

@@ -7,13 +7,23 @@ handed to paho, and moves the cursor as PUBACKs arrive (one UPDATE per
 burst of acknowledgements, never one per event). Nothing is held only in
 memory: a kill at any instant loses no event, and at worst re-sends the
 events after the last saved cursor (same id and seq: a redelivery).
+
+A PUBACK means the broker has the message, not that a subscriber got it: a
+broker that crashes (power cut, OOM kill) loses what it acknowledged but had
+not yet forwarded or saved. So after a lost connection the outbox also
+re-sends the events acknowledged in the last ``REWIND_S`` seconds before
+the loss (again redeliveries, same id and seq); anything older that a broker
+lost, the station finds by seq and asks for with a replay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +34,9 @@ log = logging.getLogger(__name__)
 
 CURSOR_SQL = "UPDATE outbox SET delivered = ? WHERE id = 1"
 READ_PAGE = 500
+# Acknowledged this shortly before a lost connection: sent again after it.
+REWIND_S = 10.0
+ACK_NOTE_S = 0.1  # how finely the history of acknowledgements is kept
 
 
 def encode_event(ev: Event) -> bytes:
@@ -52,6 +65,10 @@ class Outbox:
         self._saving = False
         self._save_error = ""
         self._waiters: list[tuple[int, Any]] = []
+        self._acks: deque[tuple[float, int]] = deque()  # (monotonic, acked) each time acked moved
+        self._ack_floor = 0  # acked before the oldest entry of _acks
+        self._lost_at: float | None = None
+        self.rewound = 0  # events re-sent because a connection was lost after their PUBACK
 
     def load(self) -> bool:
         """Read the saved cursor; False while the journal cannot be read."""
@@ -60,7 +77,8 @@ class Outbox:
         except (JournalError, OSError) as e:
             log.warning("station: outbox cursor unreadable: %s", e)
             return False
-        self.delivered = self.acked = int(rows[0][0]) if rows else 0
+        self.delivered = self.acked = self._ack_floor = int(rows[0][0]) if rows else 0
+        self._acks.clear()
         self.next_seq = self.acked + 1
         self.loaded = True
         return True
@@ -76,13 +94,28 @@ class Outbox:
         self._acked_above.clear()
         if not self.loaded and not self.load():
             return
-        # Everything not acknowledged is sent again, from the first gap.
-        self.next_seq = self.acked + 1
+        # Everything not acknowledged is sent again, from the first gap, and
+        # so is what was acknowledged just before the connection was lost.
+        self.next_seq = self._rewind_point() + 1
+        self.rewound += self.acked + 1 - self.next_seq
+        if self.next_seq <= self.acked:
+            log.info("station: re-sending events %d..%d, acknowledged in the %g s before the connection was lost",
+                     self.next_seq, self.acked, REWIND_S)
         self.schedule()
 
     def on_disconnect(self) -> None:
         self._inflight.clear()
         self._acked_above.clear()
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+
+    def _rewind_point(self) -> int:
+        """The acknowledged seq as it stood ``REWIND_S`` before the connection was lost."""
+        lost, self._lost_at = self._lost_at, None
+        if lost is None:
+            return self.acked
+        i = bisect.bisect_right([t for t, _ in self._acks], lost - REWIND_S)
+        return self._acks[i - 1][1] if i > 0 else self._ack_floor
 
     def on_events(self, events: list[Event]) -> None:
         self.schedule()
@@ -98,6 +131,9 @@ class Outbox:
             log.error("station: broker refused event seq %d on %s; will retry", seq, self.topic)
             self.on_failure()
             return True
+        if seq <= self.acked:
+            self.schedule()  # a re-sent event, acknowledged again
+            return True
         self._acked_above.add(seq)
         moved = False
         while self.acked + 1 in self._acked_above:
@@ -105,9 +141,19 @@ class Outbox:
             self.acked += 1
             moved = True
         if moved:
+            self._note_ack()
             self._save()
         self.schedule()
         return True
+
+    def _note_ack(self) -> None:
+        now = time.monotonic()
+        if self._acks and now - self._acks[-1][0] < ACK_NOTE_S:
+            return  # a missed move only makes a rewind reach further back
+        self._acks.append((now, self.acked))
+        # Older moves only matter as the value they left behind.
+        while self._acks[0][0] < now - 2 * REWIND_S:
+            self._ack_floor = self._acks.popleft()[1]
 
     def schedule(self) -> None:
         if not self._scheduled:
