@@ -103,6 +103,46 @@ async def test_broker_sigkilled_mid_burst_and_restarted(tmp_path: Path, recorder
         broker.kill()
 
 
+@pytest.mark.asyncio
+async def test_events_refused_by_the_broker_are_held_not_skipped(tmp_path: Path, recorders: list[Recorder]) -> None:
+    # The broker's ACL lets this node publish everything but events: under
+    # MQTT v5 each event's PUBACK says "Not authorized".
+    acl = tmp_path / "acl"
+    allow = "topic readwrite lockerd/#\n"
+    acl.write_text("topic read lockerd/test-site/node-1/events\n"
+                   + "".join(f"topic readwrite lockerd/test-site/node-1/{t}\n"
+                             for t in ("presence", "info", "reply", "replay", "state/+", "cmd/+")))
+    broker = Mosquitto(tmp_path, extra=f"acl_file {acl}\n").start()
+    rec = Recorder(broker.port, ["lockerd/+/+/events"])
+    recorders.append(rec)
+    node = await Node(tmp_path, [f"127.0.0.1:{broker.port}"]).start()
+    try:
+        await node.append(20)
+        outbox = node.link.outbox
+        await asyncio.wait_for(until(lambda: outbox.refusals >= 2), 10)
+        # Held at the first event, nothing marked delivered, said once in the journal.
+        assert outbox.refused is not None and outbox.refused[0] == 1
+        assert "authori" in outbox.refused[1].lower()
+        assert outbox.acked == 0 and outbox.delivered == 0
+        refusals = [e for e in node.events() if e["kind"] == "station.refused"]
+        assert len(refusals) == 1, refusals
+        assert refusals[0]["data"] == {"topic": "lockerd/test-site/node-1/events", "event_seq": 1,
+                                       "reason": outbox.refused[1]}
+        # No busy loop: the first burst, then one probe per backoff step.
+        assert outbox.published <= node.journal.last_seq + 1
+        assert outbox.refusals == 2 and outbox._hold is not None
+        assert not rec.seqs_on("/events")
+        # The ACL is fixed and reloaded: the held event goes, and the rest after it, in order.
+        acl.write_text(allow)
+        broker.proc.send_signal(signal.SIGHUP)
+        stats = await arrived(rec, node, timeout=15)
+        assert stats["events"] == node.journal.last_seq
+        assert outbox.refused is None
+    finally:
+        await node.stop()
+        broker.kill()
+
+
 def _wait_file(path: Path, timeout: float = 5.0) -> None:
     """Wait until the broker (another process) has written ``path``."""
     import time

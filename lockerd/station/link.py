@@ -83,7 +83,7 @@ class StationLink:
                                on_connect=self._on_connect, on_disconnect=self._on_disconnect,
                                on_message=self._on_message, on_publish=self._on_publish)
         self.outbox = Outbox(journal, self._publish_event, self.topics.events, int(st.get("batch_size", 200)),
-                             connected=lambda: self.connected, on_failure=self.conn.close_now)
+                             connected=lambda: self.connected)
 
     @property
     def connected(self) -> bool:
@@ -147,8 +147,8 @@ class StationLink:
         self._replay_mids.clear()
         self._replay_progress.set()
 
-    def _on_publish(self, mid: int, ok: bool) -> None:
-        if self.outbox is not None and self.outbox.on_publish(mid, ok):
+    def _on_publish(self, mid: int, refused: str | None) -> None:
+        if self.outbox is not None and self.outbox.on_publish(mid, refused):
             return
         if mid in self._replay_mids:
             self._replay_mids.discard(mid)

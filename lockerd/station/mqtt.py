@@ -93,20 +93,21 @@ class Connection:
     """One logical MQTT connection that keeps itself up.
 
     Callbacks (all on the loop): ``on_connect(session_present)``,
-    ``on_disconnect()``, ``on_message(msg)``, ``on_publish(mid, ok)``.
+    ``on_disconnect()``, ``on_message(msg)``, ``on_publish(mid, refused)`` (the
+    broker's reason when its PUBACK carries a failure code, else None).
     """
 
     def __init__(self, settings: Settings, *, will: Will | None = None,
                  on_connect: Callable[[bool], None] | None = None,
                  on_disconnect: Callable[[], None] | None = None,
                  on_message: Callable[[paho.MQTTMessage], None] | None = None,
-                 on_publish: Callable[[int, bool], None] | None = None):
+                 on_publish: Callable[[int, str | None], None] | None = None):
         self.settings = settings
         self.will = will
         self.on_connect = on_connect or (lambda sp: None)
         self.on_disconnect = on_disconnect or (lambda: None)
         self.on_message = on_message or (lambda m: None)
-        self.on_publish = on_publish or (lambda mid, ok: None)
+        self.on_publish = on_publish or (lambda mid, refused: None)
         self.client: paho.Client | None = None
         self.connected = False
         self.broker: tuple[str, int] | None = None
@@ -366,8 +367,9 @@ class Connection:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         if client is not self.client:
             return
-        ok = not (reason is not None and getattr(reason, "is_failure", False))
-        self.on_publish(mid, ok)
+        # MQTT v5 only: a 3.1.1 broker acknowledges a publish its ACL drops.
+        refused = str(reason) if reason is not None and getattr(reason, "is_failure", False) else None
+        self.on_publish(mid, refused)
 
     # -- use -------------------------------------------------------------------------------
 

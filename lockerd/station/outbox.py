@@ -14,6 +14,12 @@ not yet forwarded or saved. So after a lost connection the outbox also
 re-sends the events acknowledged in the last ``REWIND_S`` seconds before
 the loss (again redeliveries, same id and seq); anything older that a broker
 lost, the station finds by seq and asks for with a replay.
+
+A broker that refuses an event (an MQTT v5 PUBACK with a failure reason
+code: an ACL, a quota) never makes the outbox skip it: the stream holds at
+that event, the refusal is logged and journaled once (``station.refused``),
+and only that event is offered again, after 1 s, then 2, 4 ... up to 60 s,
+until the broker takes it; then the stream goes on from there.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ READ_PAGE = 500
 # Acknowledged this shortly before a lost connection: sent again after it.
 REWIND_S = 10.0
 ACK_NOTE_S = 0.1  # how finely the history of acknowledgements is kept
+REFUSED_FIRST_S = 1.0
+REFUSED_MAX_S = 60.0
 
 
 def encode_event(ev: Event) -> bytes:
@@ -47,13 +55,12 @@ class Outbox:
     """Moves journal events to the broker, in order, at least once."""
 
     def __init__(self, journal: Journal, publish: Callable[[str, bytes], int | None], topic: str,
-                 batch_size: int, connected: Callable[[], bool], on_failure: Callable[[], None]):
+                 batch_size: int, connected: Callable[[], bool]):
         self.journal = journal
         self.publish = publish
         self.topic = topic
         self.batch_size = batch_size
         self.connected = connected
-        self.on_failure = on_failure
         self.loaded = False
         self.delivered = 0  # saved in the journal
         self.acked = 0  # acknowledged with all before it (may be ahead of delivered)
@@ -69,6 +76,9 @@ class Outbox:
         self._ack_floor = 0  # acked before the oldest entry of _acks
         self._lost_at: float | None = None
         self.rewound = 0  # events re-sent because a connection was lost after their PUBACK
+        self.refused: tuple[int, str] | None = None  # (seq, reason) while the broker refuses the stream
+        self.refusals = 0  # refusals in a row of the held event
+        self._hold: asyncio.TimerHandle | None = None
 
     def load(self) -> bool:
         """Read the saved cursor; False while the journal cannot be read."""
@@ -120,17 +130,17 @@ class Outbox:
     def on_events(self, events: list[Event]) -> None:
         self.schedule()
 
-    def on_publish(self, mid: int, ok: bool) -> bool:
-        """A PUBACK; False when the mid is not one of ours."""
+    def on_publish(self, mid: int, refused: str | None) -> bool:
+        """A PUBACK (``refused``: the broker's reason, or None); False when the mid is not one of ours."""
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return False
-        if not ok:
-            # The broker refused it (an ACL, a quota): never skip an event;
-            # drop the connection and send it again after the backoff.
-            log.error("station: broker refused event seq %d on %s; will retry", seq, self.topic)
-            self.on_failure()
+        if refused is not None:
+            self._on_refused(seq, refused)
             return True
+        if self.refused is not None and seq == self.refused[0]:
+            log.warning("station: the broker takes events on %s again (from seq %d)", self.topic, seq)
+            self.refused, self.refusals = None, 0
         if seq <= self.acked:
             self.schedule()  # a re-sent event, acknowledged again
             return True
@@ -145,6 +155,29 @@ class Outbox:
             self._save()
         self.schedule()
         return True
+
+    def _on_refused(self, seq: int, reason: str) -> None:
+        if self._hold is not None:
+            return  # refused in the same burst: they wait with the held event
+        if self.refused is not None and seq > self.refused[0]:
+            return  # offered while the held event's probe was out
+        self.refusals += 1
+        delay = min(REFUSED_FIRST_S * 2 ** (self.refusals - 1), REFUSED_MAX_S)
+        first = self.refused is None or self.refused[1] != reason
+        self.refused = (seq, reason)
+        if first:
+            log.error("station: the broker refused event seq %d on %s (%s); the stream holds there and "
+                      "offers it again after %g s, backing off to %g s", seq, self.topic, reason, delay, REFUSED_MAX_S)
+            self.journal.append("station.refused", topic=self.topic, event_seq=seq, reason=reason)
+        else:
+            log.debug("station: event seq %d refused again (%s); next try in %g s", seq, reason, delay)
+        self._hold = asyncio.get_running_loop().call_later(delay, self._release)
+
+    def _release(self) -> None:
+        self._hold = None
+        # From the held event (or from further back, if a reconnect rewound).
+        self.next_seq = min(self.next_seq, self.acked + 1)
+        self.schedule()
 
     def _note_ack(self) -> None:
         now = time.monotonic()
@@ -167,9 +200,10 @@ class Outbox:
 
     def _pump(self) -> None:
         self._scheduled = False
-        if not self.loaded or not self.connected():
+        if not self.loaded or not self.connected() or self._hold is not None:
             return
-        room = self.batch_size - len(self._inflight)
+        # While the broker refuses, only the held event goes out, as a probe.
+        room = 1 - len(self._inflight) if self.refused is not None else self.batch_size - len(self._inflight)
         while room > 0:
             try:
                 events = self.journal.read(self.next_seq - 1, min(room, READ_PAGE))
