@@ -2,8 +2,31 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from lockerd.drivers import Hardware, build_hardware
+
+from lockerd import config, importer
+from lockerd.clock import Clock
+from lockerd.controller import Controller
+from lockerd.journal import Journal
+
 
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile by nearest rank."""
     s = sorted(values)
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+async def start_controller(config_path: Path, data: dict) -> tuple[Controller, Journal, Hardware]:
+    """The core on real time, started as the daemon starts it (journal, drivers, controller), ``data`` imported."""
+    cfg = config.load(config_path)
+    clock = Clock()
+    journal = Journal(cfg.journal_path, clock)
+    journal.open()
+    hw = build_hardware(cfg, clock)
+    c = Controller(cfg, journal, hw, clock)
+    await c.start()
+    await importer.apply(c, json.loads(json.dumps(data)))
+    return c, journal, hw

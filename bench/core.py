@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import signal
@@ -24,19 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchstats import pct
+from benchstats import pct, start_controller
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from lockerd.drivers import build_hardware  # noqa: E402
 from rig import DATA, TOML  # noqa: E402
-
-from lockerd import config, importer  # noqa: E402
-from lockerd.clock import Clock  # noqa: E402
-from lockerd.controller import Controller  # noqa: E402
-from lockerd.journal import Journal  # noqa: E402
-
 
 
 async def scan_to_pulse(n: int) -> None:
@@ -44,14 +36,7 @@ async def scan_to_pulse(n: int) -> None:
         path = Path(tmp) / "lockerd.toml"
         # Real time; short pulses and no scanner debounce so 1000 scans run quickly.
         path.write_text(TOML.replace("pulse_ms = 500", "pulse_ms = 20"))
-        cfg = config.load(path)
-        clock = Clock()
-        journal = Journal(cfg.journal_path, clock)
-        journal.open()
-        hw = build_hardware(cfg, clock)
-        c = Controller(cfg, journal, hw, clock)
-        await c.start()
-        await importer.apply(c, json.loads(json.dumps(DATA)))
+        c, journal, hw = await start_controller(path, DATA)
         board = hw.drivers["sim-d"]
         scanner = hw.scanners["front"]
         lat: list[float] = []

@@ -122,6 +122,7 @@ class _Request:
     check: Callable[[Any], Any]  # validates the reply, returns the useful value or raises _BadReply
     attempts: int
     future: asyncio.Future | None = None  # commands: the caller waits on it; polls: None
+    checked: tuple[Any, Any] = (None, None)  # polls: (reply, value) last checked, if a client repeats replies
 
 
 # ---------------------------------------------------------------------------
@@ -433,11 +434,17 @@ class ModbusBus(Driver):
 
     def _judge(self, req: _Request, reply: Any, exc: Exception | None) -> tuple[Any, DriverError | None, bool, bool]:
         """One attempt's outcome: (value, error, worth retrying, board silent)."""
-        if exc is None and reply is not None and not reply.isError():
-            try:
-                return req.check(reply), None, False, False  # the usual case first: it is the hot path
-            except _BadReply as e:
-                return None, self._bad_reply(req, e), True, True
+        if exc is None and reply is not None:
+            if reply is req.checked[0]:
+                return req.checked[1], None, False, False  # the same reply object as last poll: checked then
+            if not reply.isError():
+                try:
+                    value = req.check(reply)  # the usual case first: it is the hot path
+                except _BadReply as e:
+                    return None, self._bad_reply(req, e), True, True
+                if req.future is None:
+                    req.checked = (reply, value)
+                return value, None, False, False
         board = req.board
         who = f"{board.name} (unit {board.unit} on {self.name})"
         if isinstance(exc, TimeoutError):
