@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -215,6 +216,63 @@ def cmd_sim(a: argparse.Namespace) -> int:
     return _show(reply)
 
 
+def _custody_db(a: argparse.Namespace):
+    from lockerd.journal import connect
+
+    cfg = _load(a.config)
+    path = Path(a.journal) if a.journal else cfg.journal_path
+    if not path.exists():
+        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+        raise SystemExit(2)
+    return cfg, connect(path, readonly=True)
+
+
+def cmd_custody(a: argparse.Namespace) -> int:
+    from lockerd.calendar import iso_local
+    from lockerd.clock import parse_time
+    from lockerd.custody import custody_rows
+
+    cfg, conn = _custody_db(a)
+    with contextlib.closing(conn):
+        rows = custody_rows(conn, out_only=a.out, officer=a.person, code=a.dossier)
+    tz = cfg.calendar.tz
+    for r in rows:
+        if a.json:
+            print(json.dumps(r, ensure_ascii=False))
+            continue
+        who = r["holder"] or r["officer"] or "-"
+        due = r["due"] and iso_local(parse_time(r["due"]), tz)
+        print(f"{r['code']:<16} {r['kind']:<8} {r['state']:<4} {r['compartment'] or '-':<6} {who:<12} "
+              f"since {r['since'] or '-':<24} due {due or '-'}"
+              + (f" (reminder level {r['level']})" if r["level"] else ""))
+    return 0
+
+
+def cmd_overdue(a: argparse.Namespace) -> int:
+    import time
+
+    from lockerd.calendar import iso_local
+    from lockerd.clock import parse_time
+    from lockerd.custody import load_deadlines, overdue_rows
+
+    cfg, conn = _custody_db(a)
+    with contextlib.closing(conn):
+        rows = overdue_rows(load_deadlines(conn), time.time(), cfg.custody)
+    for r in rows:
+        if a.json:
+            print(json.dumps(r, ensure_ascii=False))
+            continue
+        h, m = divmod(int(r["overdue_s"]) // 60, 60)
+        level = f"level {r['level']}/{r['levels']} ({r['to']})" if r["level"] else "no reminder yet"
+        ack = f", acknowledged by {r['acknowledged_by']}" if r["acknowledged_by"] else ""
+        print(f"{r['code']:<16} {r['deadline']:<16} due {iso_local(parse_time(r['due']), cfg.calendar.tz)} "
+              f"overdue {h}h{m:02d} {level}{ack}; officer {r['officer'] or '-'}"
+              + (f", held by {r['holder']}" if r["holder"] else ""))
+    if not rows and not a.json:
+        print("nothing overdue")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from lockerd.demo import main as demo_main
 
@@ -252,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=200, help="newest N events (default 200)")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_history)
+
+    sp = with_config(sub.add_parser("custody", help="who has which item, since when, due when"))
+    sp.add_argument("--journal", help="journal file (default: from the config)")
+    sp.add_argument("--out", action="store_true", help="only items taken out")
+    sp.add_argument("--person", help="responsible officer or holder (person id)")
+    sp.add_argument("--dossier", help="one item barcode")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_custody)
+
+    sp = with_config(sub.add_parser("overdue", help="what is overdue now, at which escalation level"))
+    sp.add_argument("--journal", help="journal file (default: from the config)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per line")
+    sp.set_defaults(func=cmd_overdue)
 
     sp = with_config(sub.add_parser("status", help="the running daemon's view of every compartment"))
     sp.add_argument("--json", action="store_true")

@@ -14,7 +14,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from lockerd.calendar import DAY_NAMES, Calendar, Shift, parse_clock, parse_day
+from lockerd.custody import DEADLINE_KINDS, DEFAULT_LADDERS, RECIPIENTS, RELEASE_ROLES, Ladder, Rules, Step
+from lockerd.domain import Role
 from lockerd.errors import ConfigError
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
@@ -324,7 +328,7 @@ EVIDENCE = {
 
 TOP = {
     "controller", "journal", "timing", "power", "station", "drivers", "buses",
-    "scanners", "feedback", "cabinets", "cameras", "evidence",
+    "scanners", "feedback", "cabinets", "cameras", "evidence", "calendar", "custody",
 }
 
 
@@ -425,6 +429,8 @@ class Config:
     compartments: dict[str, Compartment] = field(default_factory=dict)
     cameras: dict[str, Section] = field(default_factory=dict)
     evidence: EvidenceRules = field(default_factory=EvidenceRules)
+    calendar: Calendar = field(default_factory=Calendar)
+    custody: Rules = field(default_factory=Rules)
 
     def compartment(self, cid: str) -> Compartment:
         return self.compartments[cid]
@@ -464,6 +470,8 @@ def parse(data: bytes, file: Path) -> Config:
     tim = c.table("timing", doc.get("timing", {}), TIMING)
     pwr = c.table("power", doc.get("power", {}), POWER)
     evidence = _evidence(c, doc.get("evidence", {}))
+    calendar = _calendar(c, doc.get("calendar", {}))
+    custody = _custody(c, doc.get("custody", {}))
     station = None
     if "station" in doc:
         station = c.table("station", doc["station"], STATION)
@@ -523,6 +531,8 @@ def parse(data: bytes, file: Path) -> Config:
         compartments=compartments,
         cameras=cameras,
         evidence=evidence,
+        calendar=calendar,
+        custody=custody,
     )
 
 
@@ -767,3 +777,148 @@ def _fmt_channels(limit: range | tuple[int, ...]) -> str:
     if isinstance(limit, range):
         return f"0 to {limit.stop - 1}" if limit.stop else "none"
     return ", ".join(map(str, limit)) or "none"
+
+
+# ---------------------------------------------------------------------------
+# [calendar] and [custody]: the station's shifts and the custody deadlines (lockerd/custody.py).
+
+CALENDAR = {
+    "timezone": Opt("str", "UTC", doc="IANA zone of the station, e.g. Europe/Berlin"),
+    "working_days": Opt("list-str", DAY_NAMES[:5], doc="days whose shifts are worked: mon .. sun"),
+    # plus "holidays" (dates) and "shifts" (an array of tables), checked below
+}
+
+SHIFT_KEYS = ("name", "start", "end")
+
+CUSTODY = {
+    "deposit_within_h": Opt("float", 24.0, min=0.01, max=8760, doc="deposit deadline after intake, by default"),
+    "return_without_shifts_h": Opt("float", 12.0, min=0.01, max=8760,
+                                   doc="when the calendar has no shifts: a dossier taken out is due back after this"),
+    "tick_s": Opt("float", 30.0, min=1, max=3600, doc="how often deadlines are checked against the wall clock"),
+    "release_roles": Opt("list-str", RELEASE_ROLES, doc="roles that may release a dossier for good"),
+    # plus one table per kind of deadline: deposit, return, evidence_deposit
+}
+
+
+def _ladder_spec(kind: str) -> dict[str, Opt]:
+    d = DEFAULT_LADDERS[kind]
+    return {
+        "levels": Opt("list-str", tuple(s.to for s in d.steps), doc=f"who is told, in order: {', '.join(RECIPIENTS)}"),
+        "after_s": Opt("list-int", tuple(int(s.after_s) for s in d.steps), min=0, max=31_536_000,
+                       doc="per level: seconds after the deadline (first) or after the previous level"),
+        "ack_pause_s": Opt("float", d.ack_pause_s, min=0, max=31_536_000,
+                           doc="an acknowledgement holds the next level back this long"),
+    }
+
+
+def _calendar(c: _Checker, raw: Any) -> Calendar:
+    if not isinstance(raw, dict):
+        c.problem("calendar", raw, "a table")
+        return Calendar()
+    body = dict(raw)
+    holidays_raw = body.pop("holidays", [])
+    shifts_raw = body.pop("shifts", [])
+    opts = c.table("calendar", body, CALENDAR)
+    ok = True
+    tz = opts["timezone"]
+    if tz is not _MISSING:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            c.problem("calendar.timezone", tz, "an IANA time zone name such as 'Europe/Berlin' (zoneinfo)")
+            ok = False
+    days: set[int] = set()
+    for i, name in enumerate(opts["working_days"] if opts["working_days"] is not _MISSING else ()):
+        if name not in DAY_NAMES:
+            c.problem(f"calendar.working_days[{i}]", name, f"one of {', '.join(DAY_NAMES)}")
+            ok = False
+        else:
+            days.add(DAY_NAMES.index(name))
+    holidays = set()
+    if not isinstance(holidays_raw, list):
+        c.problem("calendar.holidays", holidays_raw, "a list of dates (YYYY-MM-DD)")
+        holidays_raw = []
+    for i, h in enumerate(holidays_raw):
+        day = parse_day(h)
+        if day is None:
+            c.problem(f"calendar.holidays[{i}]", h, "a date (YYYY-MM-DD)")
+            ok = False
+        else:
+            holidays.add(day)
+    shifts: list[Shift] = []
+    if not isinstance(shifts_raw, list):
+        c.problem("calendar.shifts", shifts_raw, "an array of tables ([[calendar.shifts]])")
+        shifts_raw = []
+    for i, s in enumerate(shifts_raw):
+        path = f"calendar.shifts[{i}]"
+        if not isinstance(s, dict):
+            c.problem(path, s, "a table with name, start and end")
+            ok = False
+            continue
+        for key in s:
+            if key not in SHIFT_KEYS:
+                c.problems.append(f"{c.file}: {path}.{key}: unknown option (known here: {', '.join(SHIFT_KEYS)})")
+                ok = False
+        name = s.get("name", _MISSING)
+        if not isinstance(name, str) or not name:
+            c.problem(f"{path}.name", name, "a non-empty string")
+            ok = False
+        times = {}
+        for key in ("start", "end"):
+            minutes = parse_clock(s.get(key))
+            if minutes is None:
+                c.problem(f"{path}.{key}", s.get(key, _MISSING), "a local time 'HH:MM' (24-hour clock)")
+                ok = False
+            times[key] = minutes
+        if ok and None not in times.values():
+            shift = Shift(name, times["start"], times["end"])
+            for j, other in enumerate(shifts):
+                if shift.overlaps(other):
+                    c.problem(f"{path}", f"{name} {s['start']}-{s['end']}",
+                              f"a shift not overlapping shifts[{j}] ({other.name})")
+                    ok = False
+            names = [x.name for x in shifts]
+            if name in names:
+                c.problem(f"{path}.name", name, f"a name not already used by shifts[{names.index(name)}]")
+                ok = False
+            shifts.append(shift)
+    if shifts and not days:
+        c.problem("calendar.working_days", [], "at least one working day when shifts are defined")
+        ok = False
+    if not ok:
+        return Calendar()
+    return Calendar(tz, tuple(shifts), frozenset(days), frozenset(holidays))
+
+
+def _custody(c: _Checker, raw: Any) -> Rules:
+    if not isinstance(raw, dict):
+        c.problem("custody", raw, "a table")
+        return Rules()
+    body = dict(raw)
+    ladders_raw = {k: body.pop(k) for k in DEADLINE_KINDS if k in body}
+    opts = c.table("custody", body, CUSTODY | {k: Opt("table", {}) for k in DEADLINE_KINDS})
+    roles = [r.value for r in Role]
+    for i, r in enumerate(opts["release_roles"] if opts["release_roles"] is not _MISSING else ()):
+        if r not in roles:
+            c.problem(f"custody.release_roles[{i}]", r, f"one of {', '.join(roles)}")
+    ladders = dict(DEFAULT_LADDERS)
+    for kind in DEADLINE_KINDS:
+        path = f"custody.{kind}"
+        lo = c.table(path, ladders_raw.get(kind, {}), _ladder_spec(kind))
+        levels, after = lo["levels"], lo["after_s"]
+        if _MISSING in (levels, after, lo["ack_pause_s"]):
+            continue
+        bad = [(i, x) for i, x in enumerate(levels) if x not in RECIPIENTS]
+        for i, x in bad:
+            c.problem(f"{path}.levels[{i}]", x, f"one of {', '.join(RECIPIENTS)}")
+        if not levels:
+            c.problem(f"{path}.levels", [], "at least one level")
+        elif len(after) != len(levels):
+            c.problem(f"{path}.after_s", list(after), f"one delay per level ({len(levels)})")
+        elif not bad:
+            ladders[kind] = Ladder(tuple(Step(to, float(s)) for to, s in zip(levels, after, strict=True)),
+                                   lo["ack_pause_s"])
+    if c.problems:
+        return Rules()
+    return Rules(opts["deposit_within_h"], opts["return_without_shifts_h"], opts["tick_s"],
+                 tuple(opts["release_roles"]), ladders)

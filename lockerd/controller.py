@@ -23,6 +23,7 @@ from lockerd.domain import OFFICER_ROLES, Item, ItemState, Person, Registry, Rol
 from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, Scan
 from lockerd.drivers.sim import ConsoleFeedback
+from lockerd.custody import Custody
 from lockerd.errors import CommandError, DriverError, JournalError
 from lockerd.journal import Event, Journal, StateOp
 from lockerd.overrides import Overrides
@@ -38,6 +39,7 @@ ITEM_EVENT = {
     ("evidence", DEPOSIT): "evidence.deposited",
     ("evidence", RETRIEVE): "evidence.retrieved",
     ("evidence", RELEASE): "evidence.released",
+    ("dossier", RELEASE): "dossier.released",
 }
 
 
@@ -135,6 +137,7 @@ class Controller:
         self._idle = asyncio.Event()
         self._idle.set()
         self.overrides = Overrides(self)  # emergency open and maintenance mode
+        self.custody = Custody(self)  # deadlines and escalating reminders
         self._refusing = "controller starting"  # why scans are refused while not accepting
         # Liveness for the service watchdog: a no-op unless the daemon calls watch().
         self._beat: Callable[[str], None] | None = None
@@ -191,6 +194,7 @@ class Controller:
             self._spawn(self._scan_loop(name, scanner), f"scanner-{name}")
         if self._beat is not None:
             self._spawn(self._tick(), "controller-tick")
+        self.custody.start()
         self._accepting = True
 
     def busy(self) -> str | None:
@@ -692,6 +696,14 @@ class Controller:
         src = {"source": "station", "command_id": command_id, "requested_by": person, "reason": reason}
         return await self._open(slot, {}, (person,), source=src)
 
+    async def release_open(self, item: Item, person: str, reason: str, by: dict[str, Any]) -> Outcome:
+        """Open a dossier's compartment so an authorised person removes it for good (checked by custody)."""
+        slot = self.slots[item.compartment]  # type: ignore[index]
+        if not self._accepting:
+            raise CommandError(f"not now: {self._refusing}; send it again in a moment")
+        src = {"source": "station", "requested_by": person} | by
+        return await self._open(slot, {item.code: RELEASE}, (person,), source=src, note={"reason": reason})
+
     # -- doors ---------------------------------------------------------------------------
 
     async def _door_loop(self, driver: str) -> None:
@@ -799,9 +811,11 @@ class Controller:
                 if item.kind == "evidence" and action == DEPOSIT:
                     item.depositor = self._depositor(s)
             item.since = ts
+            due, due_ops = self.custody.moved(item, action)  # a checkout's return deadline, same transaction
             self.journal.append(ITEM_EVENT[(item.kind, action)], compartment=slot.compartment, dossier=code,
                                 people=tuple(s.people), grant_seq=s.grant_seq, case_name=item.case_name,
-                                officer=item.officer, **s.note, state=self.registry.put_item(item))
+                                officer=item.officer, **s.note, **due,
+                                state=self.registry.put_item(item) + due_ops)
 
     def _depositor(self, s: Session) -> str | None:
         for pid in s.people:
@@ -926,10 +940,13 @@ class Controller:
             item.state, item.holder, item.depositor, item.since = old.state, old.holder, old.depositor, old.since
         return item
 
-    async def assign(self, item: Item, by: dict[str, Any]) -> Event:
+    async def assign(self, item: Item, by: dict[str, Any], extra: dict[str, Any] | None = None,
+                     ops: list[StateOp] | None = None) -> Event:
+        """Journal an item's registration; ``extra`` and ``ops`` carry its deposit deadline (custody)."""
         return await self.journal.record("item.assigned", compartment=item.compartment, dossier=item.code,
                                          item_kind=item.kind, case_name=item.case_name, category=item.category,
-                                         officer=item.officer, **by, state=self.registry.put_item(item))
+                                         officer=item.officer, **by, **(extra or {}),
+                                         state=self.registry.put_item(item) + (ops or []))
 
     async def unassign(self, code: str, by: dict[str, Any]) -> Event:
         item = self.registry.items.get(code)

@@ -25,9 +25,17 @@ class CommandHandler:
             item = c.check_item(str(args["code"]), str(args.get("kind", "dossier")), args.get("compartment"),
                                 str(args.get("case_name", "")), str(args.get("category", "")),
                                 str(args.get("officer", "")))
-            ev = await c.assign(item, by)
+            deadline, data = c.custody.registration(item, args)  # checked before anything is applied
+            ev = await c.assign(item, by, data, [deadline.op()] if deadline else [])
+            c.custody.registered(deadline)
             c.items_changed({item.compartment} if item.compartment else set())
+            return {"seq": ev.seq} | ({"deposit_due": data["deposit_due"]} if data else {})
+        if name == "acknowledge":
+            ev = await c.custody.acknowledge(str(args["code"]), args.get("deadline"), str(args["person"]),
+                                             str(args.get("note", "")), by)
             return {"seq": ev.seq}
+        if name == "release":
+            return await c.custody.release(str(args["code"]), str(args["person"]), str(args["reason"]), by)
         if name == "unassign":
             ev = await c.unassign(str(args["code"]), by)
             return {"seq": ev.seq}

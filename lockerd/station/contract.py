@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from lockerd import __version__
+from lockerd.custody import DEADLINE_KINDS, RECIPIENTS
 
 # Biggest command payload the link will parse; larger ones are refused unread.
 MAX_COMMAND_BYTES = 16 * 1024
@@ -53,6 +54,11 @@ COMMAND_ARGS: dict[str, dict[str, Any]] = {
         "case_name": _s(256, 0),
         "category": _s(128, 0),
         "officer": _s(64, 0, description="the responsible officer (person id)"),
+        "supervisor": _s(64, description="the officer's supervisor (a person with role supervisor): "
+                                         "named in escalated reminders"),
+        "taken_in": TS | {"description": "when the item was taken in (default now); the deposit deadline "
+                                         "defaults to this plus custody.deposit_within_h (24 h)"},
+        "deposit_due": TS | {"description": "the deposit deadline; refused if already past"},
     }, ["code", "compartment"]),
     "unassign": _args({"code": ITEM_CODE}, ["code"]),
     "register-person": _args({
@@ -75,6 +81,18 @@ COMMAND_ARGS: dict[str, dict[str, Any]] = {
                    "description": "the two who authorise it: a supervisor, and a second supervisor or a case manager"},
         "reason": _s(256, description="why; journaled with the alarm"),
     }, ["people", "reason"]),
+    "acknowledge": _args({
+        "code": ITEM_CODE,
+        "deadline": {"type": "string", "enum": list(DEADLINE_KINDS),
+                     "description": "which deadline, when the item has more than one with reminders"},
+        "person": PERSON_ID | {"description": "who acknowledges (a registered person)"},
+        "note": _s(256, 0),
+    }, ["code", "person"]),
+    "release": _args({
+        "code": ITEM_CODE,
+        "person": PERSON_ID | {"description": "who removes the dossier for good (custody.release_roles)"},
+        "reason": _s(256, description="why; required, journaled with the release"),
+    }, ["code", "person", "reason"]),
     "ping": _args({}, []),
     "replay": _args({
         "from_seq": {"type": "integer", "minimum": 1},
@@ -187,6 +205,27 @@ STATE = {
     "additionalProperties": False,
 }
 
+# The data of reminder.due and reminder.escalated events (see docs/events.md).
+REMINDER = {
+    "type": "object",
+    "description": "data of a reminder.due (level 1) or reminder.escalated (level 2 on) event",
+    "properties": {
+        "deadline": {"type": "string", "enum": list(DEADLINE_KINDS)},
+        "due": TS,
+        "level": {"type": "integer", "minimum": 1},
+        "levels": {"type": "integer", "minimum": 1, "description": "rungs of this deadline's ladder"},
+        "to": {"type": "string", "enum": list(RECIPIENTS), "description": "who is to be told"},
+        "recipient": {"type": ["string", "null"],
+                      "description": "the person id when the controller knows it (officer, named supervisor)"},
+        "officer": {"type": ["string", "null"]},
+        "holder": {"type": ["string", "null"], "description": "who took the dossier out, when known"},
+        "case_name": {"type": "string"},
+        "overdue_s": {"type": "number"},
+    },
+    "required": ["deadline", "due", "level", "levels", "to", "recipient", "overdue_s"],
+    "additionalProperties": False,
+}
+
 # What the link answers with for its own commands (inside the reply's "result").
 PING_RESULT = {"type": "object", "properties": {"last_seq": {"type": "integer"}, "delivered": {"type": "integer"}},
                "required": ["last_seq", "delivered"]}
@@ -216,6 +255,10 @@ _COMMAND_DOCS = {
     "emergency-open": ("Two-person emergency open of one compartment (compartment) or of all in turn (all, "
                        "optionally one cabinet); raises alarm.emergency_open. Refused unless people names a "
                        "supervisor and a second supervisor or case manager, and reason is not blank."),
+    "acknowledge": ("Acknowledge the reminder of an overdue item: escalation to the next level pauses for "
+                    "the deadline's ack_pause_s (journaled as reminder.acknowledged)."),
+    "release": ("Release a dossier for good: if it is in its compartment the compartment opens for the person and "
+                "dossier.released is journaled when the door closes; otherwise at once. Ends its deadlines."),
     "ping": "Answered by the link: last journaled seq and delivered cursor.",
     "replay": "Answered by the link: re-publish journal events from_seq..to_seq on the replay topic.",
 }
@@ -266,6 +309,7 @@ def asyncapi() -> dict[str, Any]:
             },
         }
     schemas: dict[str, Any] = {"presence": PRESENCE, "info": INFO, "event": EVENT, "state": STATE, "reply": REPLY,
+                               "reminder": REMINDER,
                                "ping-result": PING_RESULT, "replay-result": REPLAY_RESULT}
     for name in COMMAND_ARGS:
         schemas[f"cmd-{name}"] = command_schema(name)

@@ -1,0 +1,510 @@
+"""Custody deadlines and the reminders that escalate when one is missed.
+
+A dossier registered by the station must be deposited by its deposit
+deadline (default 24 hours after intake); one taken out must be back by the
+end of the shift it was taken in (see :mod:`lockerd.calendar`); a seized
+item registered as evidence has a deposit deadline too. Each missed
+deadline climbs a ladder of reminders configured per kind of deadline
+(``[custody.deposit]``, ``[custody.return]``, ``[custody.evidence_deposit]``):
+by default the responsible officer at the deadline, the supervisor after a
+delay with nothing done, the legal/oversight section after another.
+
+How time is counted, so that restarts and clock jumps neither lose nor
+repeat a reminder:
+
+- A deadline is a wall-clock instant: the first level is due once the wall
+  clock passes it (plus that level's ``after_s``). A wall clock jumping
+  forward past many deadlines sends each one's first level, once.
+- Each later level is due ``after_s`` after the previous level was sent, a
+  duration: measured on the monotonic clock within one boot (immune to wall
+  jumps), on the wall clock across a restart (the only clock that survives).
+- The level reached is stored in the ``deadlines`` table by the reminder
+  event itself, in the same transaction: after a crash either both exist or
+  neither, so a level is sent once and never again, even if the wall clock
+  jumps back behind the deadline.
+- An acknowledgement from the station holds the next level back for the
+  ladder's ``ack_pause_s`` (counted the same way).
+- A deadline ends the moment its item moves (deposited, returned, released,
+  unassigned): the check happens before every send, and the deadline row is
+  deleted by a ``reminder.cleared`` (reminders were sent) or
+  ``deadline.closed`` (none were) event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from lockerd.calendar import Calendar
+from lockerd.clock import iso_utc, parse_time
+from lockerd.domain import Item, ItemState, Role
+from lockerd.errors import CommandError
+from lockerd.journal import Event, StateOp
+
+if TYPE_CHECKING:
+    from lockerd.controller import Controller
+
+log = logging.getLogger(__name__)
+
+DEPOSIT, RETURN, EVIDENCE_DEPOSIT = "deposit", "return", "evidence_deposit"
+DEADLINE_KINDS = (DEPOSIT, RETURN, EVIDENCE_DEPOSIT)
+RECIPIENTS = ("officer", "supervisor", "legal")
+# Who the station may ask to release a dossier (removed from the locker for good).
+RELEASE_ROLES = ("supervisor", "case_manager")
+# How long a deadline whose reminder could not be journaled waits before the next try.
+RETRY_S = 5.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rung of a reminder ladder: who is told, and how long after the previous rung."""
+
+    to: str
+    after_s: float
+
+
+@dataclass(frozen=True)
+class Ladder:
+    steps: tuple[Step, ...]
+    ack_pause_s: float
+
+
+def _ladder(delays: tuple[float, float, float], pause: float) -> Ladder:
+    return Ladder(tuple(Step(to, after) for to, after in zip(RECIPIENTS, delays, strict=True)), pause)
+
+
+DEFAULT_LADDERS = {
+    DEPOSIT: _ladder((0, 4 * 3600, 24 * 3600), 4 * 3600),
+    RETURN: _ladder((0, 2 * 3600, 24 * 3600), 2 * 3600),
+    EVIDENCE_DEPOSIT: _ladder((0, 2 * 3600, 12 * 3600), 2 * 3600),
+}
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The [custody] section."""
+
+    deposit_within_h: float = 24.0
+    return_without_shifts_h: float = 12.0
+    tick_s: float = 30.0
+    release_roles: tuple[str, ...] = RELEASE_ROLES
+    ladders: dict[str, Ladder] = field(default_factory=lambda: dict(DEFAULT_LADDERS))
+
+
+@dataclass
+class Deadline:
+    """One running deadline and how far its reminders have climbed (a deadlines row)."""
+
+    id: str
+    code: str
+    kind: str
+    due: str
+    due_ts: float
+    since: str | None = None
+    officer: str | None = None
+    holder: str | None = None
+    supervisor: str | None = None
+    level: int = 0
+    sent_ts: float | None = None
+    sent_mono: float | None = None
+    sent_boot: str | None = None
+    ack_ts: float | None = None
+    ack_mono: float | None = None
+    ack_boot: str | None = None
+    ack_by: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def op(self) -> StateOp:
+        return ("upsert", "deadlines", self.row())
+
+
+COLUMNS = tuple(Deadline.__dataclass_fields__)
+
+
+def deadline_id(code: str, kind: str) -> str:
+    return f"{code}:{kind}"
+
+
+DEADLINES_SQL = f"SELECT {', '.join(COLUMNS)} FROM deadlines ORDER BY due_ts"
+
+
+def load_deadlines(conn: sqlite3.Connection) -> list[Deadline]:
+    return [Deadline(*r) for r in conn.execute(DEADLINES_SQL)]
+
+
+class Custody:
+    """Deadlines of one controller's items, and the task that sends their reminders."""
+
+    def __init__(self, controller: Controller):
+        self.c = controller
+        self.journal = controller.journal
+        self.clock = controller.clock
+        self.rules: Rules = controller.config.custody
+        self.calendar: Calendar = controller.config.calendar
+        self.deadlines: dict[str, Deadline] = {}
+        self._hold: dict[str, float] = {}  # deadline id -> monotonic time before which it is not retried
+        self._wake = asyncio.Event()
+
+    # -- life ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the running deadlines and start watching them."""
+        if self.journal.healthy:
+            self.deadlines = {d.id: d for d in (Deadline(*r) for r in self.journal.query(DEADLINES_SQL))}
+        self.c._spawn(self._run(), "custody")
+
+    def poke(self) -> None:
+        """Look at the deadlines now (something moved)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                self.evaluate()
+            except Exception:  # one bad row must not stop every other reminder
+                log.exception("custody: evaluating deadlines failed")
+            wait = max(0.05, self.next_wait())
+            self._wake.clear()
+            sleeper = asyncio.ensure_future(self.clock.sleep(wait))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    # -- time ------------------------------------------------------------------
+
+    def _elapsed(self, ts: float, mono: float | None, boot: str | None) -> float:
+        """Seconds since an instant recorded as wall, monotonic and boot."""
+        if boot == self.journal.boot and mono is not None:
+            return self.clock.monotonic() - mono
+        return self.clock.wall() - ts
+
+    def remaining(self, d: Deadline) -> float | None:
+        """Seconds until the next level of ``d`` is due (<= 0: due now); None at the top of the ladder."""
+        ladder = self.rules.ladders[d.kind]
+        if d.level >= len(ladder.steps):
+            return None
+        step = ladder.steps[d.level]
+        if d.level == 0:
+            left = d.due_ts + step.after_s - self.clock.wall()
+        else:
+            assert d.sent_ts is not None
+            left = step.after_s - self._elapsed(d.sent_ts, d.sent_mono, d.sent_boot)
+        if d.ack_ts is not None:
+            left = max(left, ladder.ack_pause_s - self._elapsed(d.ack_ts, d.ack_mono, d.ack_boot))
+        return left
+
+    def next_wait(self) -> float:
+        """How long the watcher may sleep: until the next level is due, at most tick_s.
+
+        The cap is what notices a wall clock jumping forward: a sleep runs on
+        the monotonic clock and would oversleep a deadline the jump crossed.
+        """
+        wait = self.rules.tick_s
+        now = self.clock.monotonic()
+        for d in self.deadlines.values():
+            left = self.remaining(d)
+            if left is not None:
+                wait = min(wait, max(left, self._hold.get(d.id, now) - now))
+        return wait
+
+    # -- the watcher -------------------------------------------------------------
+
+    def _resolved(self, d: Deadline) -> str | None:
+        """Why ``d`` no longer runs (its item moved), or None while it does."""
+        item = self.c.registry.items.get(d.code)
+        if item is None:
+            return "unassigned"
+        if item.state is ItemState.RELEASED:
+            return "released"
+        if d.kind == RETURN:
+            return None if item.state is ItemState.OUT and item.since == d.since else "returned"
+        return None if item.state is ItemState.NEW else "deposited"
+
+    def evaluate(self) -> None:
+        """Close the deadlines whose items moved; send every level that is due, once."""
+        now = self.clock.monotonic()
+        for d in list(self.deadlines.values()):
+            if self._hold.get(d.id, now) > now:
+                continue
+            reason = self._resolved(d)
+            if reason is not None:
+                self._close(d, reason)
+                continue
+            left = self.remaining(d)
+            if left is not None and left <= 0:
+                self._send(d)
+
+    def _recipient(self, d: Deadline, to: str) -> str | None:
+        if to == "officer":
+            return d.holder or d.officer or None
+        if to == "supervisor":
+            return d.supervisor or None
+        return None  # the legal/oversight section: the station knows who that is
+
+    def _send(self, d: Deadline) -> None:
+        ladder = self.rules.ladders[d.kind]
+        level = d.level + 1
+        step = ladder.steps[level - 1]
+        sent = replace(d, level=level, sent_ts=self.clock.wall(), sent_mono=self.clock.monotonic(),
+                       sent_boot=self.journal.boot)
+        item = self.c.registry.items.get(d.code)
+        recipient = self._recipient(d, step.to)
+        # Memory moves first so the next look does not send it again while
+        # the writer works; a failed write puts the deadline back.
+        self.deadlines[d.id] = sent
+        fut = self.journal.append(
+            "reminder.due" if level == 1 else "reminder.escalated",
+            compartment=item.compartment if item else None, dossier=d.code,
+            people=(recipient,) if recipient else (),
+            deadline=d.kind, due=d.due, level=level, levels=len(ladder.steps), to=step.to, recipient=recipient,
+            officer=d.officer, holder=d.holder, case_name=item.case_name if item else "",
+            overdue_s=round(self.clock.wall() - d.due_ts, 1), state=[sent.op()])
+        fut.add_done_callback(lambda f: self._written(f, d, sent))
+        log.info("custody: %s %s overdue: level %d to %s%s", d.code, d.kind, level, step.to,
+                 f" ({recipient})" if recipient else "")
+
+    def _close(self, d: Deadline, reason: str) -> None:
+        del self.deadlines[d.id]
+        item = self.c.registry.items.get(d.code)
+        late_s = round(self.clock.wall() - d.due_ts, 1)
+        kw: dict[str, Any] = {"compartment": item.compartment if item else None, "dossier": d.code,
+                              "deadline": d.kind, "due": d.due, "reason": reason,
+                              "state": [("delete", "deadlines", {"id": d.id})]}
+        if d.level > 0:
+            fut = self.journal.append("reminder.cleared", level=d.level, late_s=late_s, **kw)
+        else:
+            fut = self.journal.append("deadline.closed", on_time=late_s <= 0, late_s=late_s, **kw)
+        fut.add_done_callback(lambda f: self._written(f, d, None))
+
+    def _written(self, fut: asyncio.Future, before: Deadline, after: Deadline | None) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            self._hold.pop(before.id, None)
+            self.poke()
+            return
+        # Not on disk, so not sent: restore and retry after a pause.
+        current = self.deadlines.get(before.id)
+        if current is after:
+            self.deadlines[before.id] = before
+        self._hold[before.id] = self.clock.monotonic() + RETRY_S
+        log.warning("custody: %s not journaled (%s); retrying in %g s", before.id, fut.exception(), RETRY_S)
+
+    # -- changes from the controller and the station -------------------------------
+
+    def registration(self, item: Item, args: dict[str, Any]) -> tuple[Deadline | None, dict[str, Any]]:
+        """Check an ``assign``'s deadline arguments; the deposit deadline to set (if any) and event data.
+
+        Raises CommandError before anything is applied.
+        """
+        people = self.c.registry.people
+        officer = people.get(item.officer) if item.officer else None
+        if officer is not None and officer.role not in (Role.OFFICER, Role.SUPERVISOR):
+            raise CommandError(f"item {item.code}: responsible officer {item.officer} is a {officer.role}, "
+                               "expected an officer or supervisor")
+        supervisor = args.get("supervisor")
+        if supervisor is not None:
+            p = people.get(str(supervisor))
+            if p is None or not p.active:
+                raise CommandError(f"item {item.code}: unknown or revoked supervisor {supervisor!r}")
+            if p.role is not Role.SUPERVISOR:
+                raise CommandError(f"item {item.code}: {supervisor} is a {p.role}, not a supervisor")
+        now = self.clock.wall()
+        taken_in = self._time(item.code, "taken_in", args.get("taken_in"), now)
+        if taken_in > now + 60:
+            raise CommandError(f"item {item.code}: taken_in {args['taken_in']} is in the future")
+        given = args.get("deposit_due")
+        kind = EVIDENCE_DEPOSIT if item.kind == "evidence" else DEPOSIT
+        old = self.deadlines.get(deadline_id(item.code, kind))
+        if item.state is not ItemState.NEW:
+            if given is not None or args.get("taken_in") is not None:
+                raise CommandError(f"item {item.code} was deposited already ({item.state}): no deposit deadline")
+            return None, {}
+        if given is None and old is not None and args.get("taken_in") is None:
+            return None, {"deposit_due": old.due}  # re-registration keeps the running deadline and its ladder
+        due_ts = (self._time(item.code, "deposit_due", given, now) if given is not None
+                  else taken_in + self.rules.deposit_within_h * 3600)
+        if due_ts <= now:
+            raise CommandError(f"item {item.code}: deposit deadline {iso_utc(due_ts)} is in the past "
+                               f"(now {iso_utc(now)})")
+        d = Deadline(deadline_id(item.code, kind), item.code, kind, iso_utc(due_ts), due_ts,
+                     since=iso_utc(taken_in), officer=item.officer or None,
+                     supervisor=str(supervisor) if supervisor is not None else None)
+        return d, {"deposit_due": d.due, "taken_in": d.since}
+
+    @staticmethod
+    def _time(code: str, key: str, value: Any, default: float) -> float:
+        if value is None:
+            return default
+        try:
+            return parse_time(str(value))
+        except ValueError:
+            raise CommandError(f"item {code}: {key} {value!r} is not an ISO 8601 time") from None
+
+    def registered(self, d: Deadline | None) -> None:
+        """The assign carrying ``d`` is durable: watch it."""
+        if d is not None:
+            self.deadlines[d.id] = d
+            self.poke()
+
+    def moved(self, item: Item, action: str) -> tuple[dict[str, Any], list[StateOp]]:
+        """An item changed hands (door closed after a grant): event data and deadline rows to journal with it.
+
+        A checkout starts the return deadline, in the same transaction as the
+        checkout; a deposit, return or release ends deadlines on the
+        watcher's next look, which follows at once.
+        """
+        self.poke()
+        if item.kind != "dossier" or item.state is not ItemState.OUT:
+            return {}, []
+        taken = self.clock.wall()
+        end = self.calendar.end_of_shift(taken)
+        if end is None:
+            due_ts, shift = taken + self.rules.return_without_shifts_h * 3600, None
+        else:
+            due_ts, shift = end
+        old = self.deadlines.get(deadline_id(item.code, RETURN))
+        supervisor = old.supervisor if old else self._supervisor_of(item.code)
+        d = Deadline(deadline_id(item.code, RETURN), item.code, RETURN, iso_utc(due_ts), due_ts, since=item.since,
+                     officer=item.officer or None, holder=item.holder, supervisor=supervisor)
+        self.deadlines[d.id] = d
+        return {"due": d.due, "shift": shift}, [d.op()]
+
+    def _supervisor_of(self, code: str) -> str | None:
+        """The supervisor named when the item was registered, kept on its deposit deadline."""
+        for kind in (DEPOSIT, EVIDENCE_DEPOSIT):
+            d = self.deadlines.get(deadline_id(code, kind))
+            if d is not None and d.supervisor:
+                return d.supervisor
+        rows = self.journal.query(
+            "SELECT json_extract(data, '$.supervisor') FROM events WHERE kind = 'item.assigned' AND dossier = ? "
+            "AND json_extract(data, '$.supervisor') IS NOT NULL ORDER BY seq DESC LIMIT 1", code)
+        return rows[0][0] if rows else None
+
+    async def acknowledge(self, code: str, kind: str | None, person: str, note: str,
+                          by: dict[str, Any]) -> Event:
+        """The station acknowledges a reminder: escalation pauses for the ladder's ack_pause_s."""
+        p = self.c.registry.people.get(person)
+        if p is None or not p.active:
+            raise CommandError(f"acknowledge {code}: unknown or revoked person {person!r}")
+        running = [d for d in self.deadlines.values() if d.code == code and (kind is None or d.kind == kind)]
+        sent = [d for d in running if d.level > 0]
+        if not sent:
+            what = f"{kind} deadline" if kind else "deadline"
+            raise CommandError(f"acknowledge {code}: no {what} with a reminder sent"
+                               + (f" (running: {', '.join(d.kind for d in running)})" if running else ""))
+        if len(sent) > 1:
+            raise CommandError(f"acknowledge {code}: say which deadline ({', '.join(d.kind for d in sent)})")
+        d = sent[0]
+        acked = replace(d, ack_ts=self.clock.wall(), ack_mono=self.clock.monotonic(), ack_boot=self.journal.boot,
+                        ack_by=person)
+        pause = self.rules.ladders[d.kind].ack_pause_s
+        item = self.c.registry.items.get(code)
+        ev = await self.journal.record(
+            "reminder.acknowledged", compartment=item.compartment if item else None, dossier=code,
+            people=(person,), deadline=d.kind, due=d.due, level=d.level, pause_s=pause,
+            until=iso_utc(acked.ack_ts + pause), note=note, **by, state=[acked.op()])
+        if self.deadlines.get(d.id) is d:
+            self.deadlines[d.id] = acked
+        self.poke()
+        return ev
+
+    def check_release(self, code: str, person: str, reason: str) -> Item:
+        """Who may release a dossier, and with what: raises CommandError, changes nothing."""
+        if not reason.strip():
+            raise CommandError(f"release {code}: a reason is required")
+        p = self.c.registry.people.get(person)
+        if p is None or not p.active:
+            raise CommandError(f"release {code}: unknown or revoked person {person!r}")
+        if str(p.role) not in self.rules.release_roles:
+            raise CommandError(f"release {code}: {person} is a {p.role}; a release needs one of "
+                               f"{', '.join(self.rules.release_roles)}")
+        item = self.c.registry.items.get(code)
+        if item is None:
+            raise CommandError(f"release {code}: not registered")
+        if item.kind != "dossier":
+            raise CommandError(f"release {code}: evidence is released at its cabinet, with an officer's and "
+                               "a case manager's badge and a release reason card")
+        if item.state is ItemState.RELEASED:
+            raise CommandError(f"release {code}: released already ({item.since})")
+        return item
+
+    async def release(self, code: str, person: str, reason: str, by: dict[str, Any]) -> dict[str, Any]:
+        """Release a dossier for good: open its compartment if it is in, else record it at once."""
+        item = self.check_release(code, person, reason)
+        if item.state is ItemState.IN and item.compartment is not None:
+            out = await self.c.release_open(item, person, reason, by)
+            if not out.accepted:
+                raise CommandError(out.message)
+            return {"compartment": out.compartment, "pulsed": out.pulsed, "on_close": True}
+        was = item.state
+        updated = replace(item, state=ItemState.RELEASED, holder=person, since=iso_utc(self.clock.wall()))
+        ev = await self.journal.record(
+            "dossier.released", compartment=item.compartment, dossier=code, people=(person,),
+            case_name=item.case_name, officer=item.officer, reason=reason, was=str(was), **by,
+            state=[("upsert", "items", updated.row())])
+        self.c.registry.items[code] = updated
+        self.poke()
+        return {"seq": ev.seq, "on_close": False}
+
+    # -- reading -------------------------------------------------------------------
+
+    def overdue(self) -> list[dict[str, Any]]:
+        """What is overdue now, from memory (the running daemon's view)."""
+        return overdue_rows(list(self.deadlines.values()), self.clock.wall(), self.rules)
+
+
+def overdue_rows(deadlines: list[Deadline], now: float, rules: Rules) -> list[dict[str, Any]]:
+    """Deadlines past due at ``now``, most overdue first, with the escalation level reached."""
+    out = []
+    for d in sorted(deadlines, key=lambda d: d.due_ts):
+        if d.due_ts > now:
+            continue
+        steps = rules.ladders[d.kind].steps if d.kind in rules.ladders else ()
+        out.append({
+            "code": d.code, "deadline": d.kind, "due": d.due, "overdue_s": round(now - d.due_ts, 1),
+            "level": d.level, "levels": len(steps),
+            "to": steps[d.level - 1].to if 0 < d.level <= len(steps) else None,
+            "next": steps[d.level].to if d.level < len(steps) else None,
+            "officer": d.officer, "holder": d.holder, "supervisor": d.supervisor,
+            "acknowledged_by": d.ack_by,
+            "acknowledged_at": iso_utc(d.ack_ts) if d.ack_ts is not None else None,
+        })
+    return out
+
+
+def custody_rows(conn: sqlite3.Connection, *, out_only: bool = False, officer: str | None = None,
+                 code: str | None = None) -> list[dict[str, Any]]:
+    """Who has which item, since when, due when: the journal's state tables, read-only."""
+    where, params = ["state != 'released'"], []
+    if out_only:
+        where.append("state = 'out'")
+    if officer:
+        where.append("(officer = ? OR holder = ?)")
+        params += [officer, officer]
+    if code:
+        where.append("code = ?")
+        params.append(code)
+    items = conn.execute(
+        "SELECT code, kind, case_name, officer, compartment, state, holder, since FROM items "
+        f"WHERE {' AND '.join(where)} ORDER BY code", params).fetchall()
+    dues: dict[str, list[Deadline]] = {}
+    for d in load_deadlines(conn):
+        dues.setdefault(d.code, []).append(d)
+    rows = []
+    for c, kind, case_name, off, comp, state, holder, since in items:
+        running = dues.get(c, [])
+        rows.append({
+            "code": c, "kind": kind, "case_name": case_name, "state": state, "compartment": comp,
+            "officer": off or None, "holder": holder, "since": since,
+            "due": min((d.due for d in running), default=None),
+            "deadline": running[0].kind if running else None,
+            "level": max((d.level for d in running), default=0),
+        })
+    return rows
