@@ -256,8 +256,13 @@ def cmd_overdue(a: argparse.Namespace) -> int:
     from lockerd.custody import load_deadlines, overdue_rows
 
     cfg, conn = _custody_db(a)
+    try:
+        now = parse_time(a.at) if a.at else time.time()
+    except ValueError as e:
+        print(f"lockerd: bad time: {e} (use ISO 8601, e.g. 2026-11-22T14:00)", file=sys.stderr)
+        return 2
     with contextlib.closing(conn):
-        rows = overdue_rows(load_deadlines(conn), time.time(), cfg.custody)
+        rows = overdue_rows(load_deadlines(conn), now, cfg.custody)
     for r in rows:
         if a.json:
             print(json.dumps(r, ensure_ascii=False))
@@ -321,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = with_config(sub.add_parser("overdue", help="what is overdue now, at which escalation level"))
     sp.add_argument("--journal", help="journal file (default: from the config)")
+    sp.add_argument("--at", help="overdue at this ISO 8601 time instead of now (e.g. the end of the shift)")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_overdue)
 
