@@ -305,6 +305,11 @@ def truncated(frame: bytes) -> bytes:
     return frame[:-3]
 
 
+def leading_noise(frame: bytes) -> bytes:
+    """Line noise (a stray byte, as after a bus turnaround) ahead of a good reply."""
+    return b"\x00" + frame
+
+
 def wrong_unit(frame: bytes) -> bytes:
     body = bytes([(frame[0] % 247) + 1]) + frame[1:-2]
     return body + FramerRTU.compute_CRC(body).to_bytes(2, "big")

@@ -16,7 +16,7 @@ from lockerd.drivers.modbus import (
     WaveshareFlashRequest,
     waveshare_flash_units,
 )
-from modbus_peer import PtyPair, RelayPeer, bad_crc, truncated, wrong_unit
+from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import DecodePDU
 
@@ -358,6 +358,16 @@ async def test_a_mangled_reply_is_retried(rtu, mangle):
     assert b.online
     await b.wait_pulses()
     assert (await peer.coils_of(1))[2] is False
+
+
+async def test_noise_ahead_of_a_reply_is_skipped_without_a_retry(rtu):
+    peer, b = rtu.peer, rtu.boards[1]
+    before = peer.count(1, 5)
+    peer.mangle[1] = [leading_noise]
+    await b.pulse(4, 50)
+    assert peer.count(1, 5) == before + 1  # the reply behind the noise was taken: no second attempt
+    await b.wait_pulses()
+    assert (await peer.coils_of(1))[4] is False
 
 
 async def test_mangled_replies_on_every_attempt_fail_cleanly(rtu):
