@@ -1,0 +1,967 @@
+"""Modbus relay boards: locks on coils, door sensors on inputs, over RTU (RS-485) or TCP.
+
+One :class:`ModbusBus` per ``[buses.NAME]`` section owns one client (the
+lean RTU client of :mod:`modbus_rtu` on a serial line, pymodbus's TCP client
+on a gateway) and one task. That task is the only thing that talks on the line: a queue of
+commands (lock on/off, all off), one request in flight, a gap between frames,
+a timeout and a bounded number of attempts per request. Commands always go
+before polls, so a scan is never stuck behind a poll cycle; polls are
+scheduled by the same task, board by board, at each board's ``poll_hz``.
+
+One :class:`ModbusBoard` per ``[drivers.NAME]`` of type "modbus" is a lock
+bank and a door-sensor bank at one unit id. A board that stops answering is
+reported offline, its doors become UNKNOWN and it is polled at a slower rate
+(one attempt each time) so it never stalls the other boards on its bus; it is
+reported back online when it answers again.
+
+Bus-level timing (frame gap, timeouts, poll periods, reconnect backoff) runs
+on real time: it paces a physical line. The pulse length runs on the injected
+clock through :class:`LockBank`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lockerd.drivers.base import DoorSensors, DoorState, Driver, LockBank, PowerBudget
+from lockerd.drivers.modbus_rtu import BadFrame, LineLost, RtuClient
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu.bit_message import WriteSingleCoilRequest
+
+from lockerd.clock import Clock
+from lockerd.config import Section
+from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
+
+log = logging.getLogger(__name__)
+
+# Modbus exception codes, for messages a technician can act on.
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+# A TCP gateway answers these when the RS-485 device behind it is silent:
+# the board is not answering, exactly as if we had timed out ourselves.
+GATEWAY_SILENT = (10, 11)
+
+# Waveshare "Modbus RTU Relay" hardware-timed pulse ("flash on"), from the
+# development protocol on the Waveshare wiki (https://www.waveshare.com/wiki/Modbus_RTU_Relay,
+# protocol V2/V3, section "Flash ON/OFF"): function 05 (write single coil)
+# to address 0x0200 + relay with the data field holding the on time in units
+# of 100 ms, e.g. ``01 05 02 00 00 07 8D B0`` = relay 0 on for 700 ms. The
+# board switches the relay off by itself, so a crash between on and off
+# cannot leave the solenoid energised. 0x0400 + relay is "flash off". The
+# board answers with the usual echo of address and value.
+WAVESHARE_FLASH_ON = 0x0200
+WAVESHARE_FLASH_OFF = 0x0400
+WAVESHARE_FLASH_UNIT_MS = 100
+
+
+def waveshare_flash_units(ms: int) -> int:
+    """The flash time field for a pulse of ``ms``: whole 100 ms units, rounded up, at least one."""
+    return min(0xFFFF, max(1, math.ceil(ms / WAVESHARE_FLASH_UNIT_MS)))
+
+
+class WaveshareFlashRequest(WriteSingleCoilRequest):
+    """Function 05 with a raw 16-bit value: the Waveshare flash-on/off command.
+
+    pymodbus's write_coil only sends 0xFF00/0x0000; the flash command puts
+    the time in the value field, so it needs its own encoding. The reply is
+    decoded by pymodbus as an ordinary write-coil echo.
+    """
+
+    function_code = 5
+    rtu_frame_size = 8
+
+    def __init__(self, address: int = 0, value: int = 0, dev_id: int = 0, transaction_id: int = 0) -> None:
+        super().__init__(address=address, bits=[bool(value)], dev_id=dev_id, transaction_id=transaction_id)
+        self.value = value
+
+    def encode(self) -> bytes:
+        self.verifyAddress()
+        if not 0 <= self.value <= 0xFFFF:
+            raise ValueError(f"flash value {self.value} outside 0..65535")
+        return struct.pack(">HH", self.address, self.value)
+
+    def decode(self, data: bytes) -> None:
+        self.address, self.value = struct.unpack(">HH", data[:4])
+        self.bits = [bool(self.value)]
+
+
+class DriverRefused(DriverError):
+    """The board answered with a Modbus exception: it did not carry the request out."""
+
+
+class _BadReply(Exception):
+    """A reply that does not match the request (late frame, wrong function, short data)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    """One Modbus transaction the bus task will perform."""
+
+    board: ModbusBoard
+    what: str
+    send: Callable[[Any], Awaitable[Any]]  # given the bus's client, starts the request
+    check: Callable[[Any], Any]  # validates the reply, returns the useful value or raises _BadReply
+    attempts: int
+    future: asyncio.Future | None = None  # commands: the caller waits on it; polls: None
+    checked: tuple[Any, Any] = (None, None)  # polls: (reply, value) last checked, if a client repeats replies
+
+
+# ---------------------------------------------------------------------------
+# The bus
+
+
+class ModbusBus(Driver):
+    """One physical bus (RS-485 line or TCP connection) and the task that owns it."""
+
+    type_name = "modbus-bus"
+
+    # Reconnect backoff for a bus whose device or host is missing (seconds).
+    reconnect_first_s = 0.5
+    reconnect_max_s = 10.0
+    # TCP: this many silent requests in a row with no reply at all on the bus
+    # means a half-open connection: drop it and reconnect.
+    tcp_silent_limit = 6
+
+    def __init__(self, name: str, clock: Clock, kind: str, options: dict[str, Any]):
+        super().__init__(name, clock)
+        if kind not in ("rtu", "tcp"):
+            raise ValueError(f"bus {name}: unknown type {kind!r} (expected 'rtu' or 'tcp')")
+        self.kind = kind
+        self.options = dict(options)
+        self.timeout_s = float(options.get("timeout_ms", 200 if kind == "rtu" else 500)) / 1000
+        self.retries = int(options.get("retries", 1))
+        self.gap_s = float(options.get("frame_gap_ms", 4.0 if kind == "rtu" else 0.0)) / 1000
+        self.where = (
+            str(options.get("device"))
+            if kind == "rtu"
+            else f"{options.get('host')}:{options.get('port', 502)}"
+        )
+        self.boards: list[ModbusBoard] = []
+        self.transactions = 0  # frames sent, retries included: benchmarks and tests count them
+        self.connected = False
+        self._client: Any = None
+        self._commands: deque[_Request] = deque()
+        self._waiter: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._last_end = 0.0  # loop time the last transaction ended
+        self._silent_streak = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The poll path's state (RTU): see _run_polls.
+        self._cb_req: _Request | None = None
+        self._cb_attempt = 0
+        self._cb_busy = False  # a poll request is on the line
+        self._cb_timer: asyncio.TimerHandle | None = None
+        self._cb_deadline: asyncio.TimerHandle | None = None
+        self._cb_board: ModbusBoard | None = None
+
+    # -- life ------------------------------------------------------------------
+
+    def attach(self, board: ModbusBoard) -> None:
+        for other in self.boards:
+            if other.unit == board.unit:
+                log.warning("%s: boards %s and %s both use unit %s: they will answer together",
+                            self.name, other.name, board.name, board.unit)
+        self.boards.append(board)
+
+    async def start(self) -> None:
+        """Open the bus; never raises: a missing device is reported offline and retried."""
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        try:
+            await self._connect()
+        except Exception as e:  # start must not stop the daemon, whatever pymodbus does
+            log.exception("%s: opening %s failed", self.name, self.where)
+            self._went_down(f"cannot open {self.where}: {e}")
+        self._task = asyncio.create_task(self._run(), name=f"modbus-bus-{self.name}")
+
+    async def close(self) -> None:
+        """Stop the bus task and close the port (boards switch their relays off before this)."""
+        self._closing = True
+        self._wake()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        self._fail_pending(DriverUnavailable(f"{self.name}: bus closed"))
+        self._drop_client()
+
+    # -- the API boards use ---------------------------------------------------------
+
+    async def call(self, board: ModbusBoard, what: str, send: Callable[[Any], Awaitable[Any]],
+                   check: Callable[[Any], Any], attempts: int | None = None) -> Any:
+        """Queue a command ahead of every poll and wait for its result."""
+        if self._closing or self._loop is None:
+            raise DriverUnavailable(f"{board.name}: bus {self.name} is not running")
+        if not self.connected:
+            raise DriverUnavailable(f"{board.name}: bus {self.name} is down ({self.detail})")
+        fut = self._loop.create_future()
+        n = self.retries + 1 if attempts is None else max(1, attempts)
+        self._commands.append(_Request(board, what, send, check, n, fut))
+        self._wake()
+        return await fut
+
+    def poll_soon(self, board: ModbusBoard) -> None:
+        """Make ``board`` due for a poll now (after start or recovery)."""
+        if self._loop is not None:
+            board._due = self._loop.time()
+            self._wake()
+
+    # -- the task ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = self.reconnect_first_s
+        while not self._closing:
+            try:
+                if not self._client_connected():
+                    if self.connected:
+                        self._went_down(f"connection to {self.where} lost")
+                    if not await self._connect():
+                        await self._sleep_until_work(delay, commands_wake=False)
+                        delay = min(delay * 2, self.reconnect_max_s)
+                        continue
+                    delay = self.reconnect_first_s
+                req = await self._next_request()
+                if req is not None:
+                    await self._perform(req)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the bus task must outlive any surprise
+                log.exception("%s: unexpected error in the bus task", self.name)
+                await asyncio.sleep(0.1)
+
+    async def _connect(self) -> bool:
+        self._drop_client()
+        if self.kind == "rtu":
+            # Our own lean RTU client (see modbus_rtu): door polls are the daemon's
+            # steady load, and pymodbus's general framing costs several times the CPU.
+            o = self.options
+            self._client = RtuClient(
+                str(o["device"]),
+                baudrate=int(o.get("baudrate", 9600)),
+                bytesize=int(o.get("bytesize", 8)),
+                parity=str(o.get("parity", "N")),
+                stopbits=int(o.get("stopbits", 1)),
+                name=self.name,
+            )
+        else:
+            self._client = AsyncModbusTcpClient(
+                str(self.options["host"]),
+                framer=FramerType.SOCKET,
+                port=int(self.options.get("port", 502)),
+                timeout=max(2 * self.timeout_s, 1.0),
+                retries=0,
+                reconnect_delay=0,
+                name=self.name,
+            )
+        try:
+            ok = bool(await self._client.connect())
+        except Exception as e:  # pymodbus returns False for most failures; be safe about the rest
+            ok = False
+            detail = f"cannot open {self.where}: {e}"
+        else:
+            detail = f"cannot open {self.where}"
+            if getattr(self._client, "last_error", ""):
+                detail = f"cannot open {self.where}: {self._client.last_error}"
+        if not ok:
+            self._drop_client()
+            self._went_down(detail)
+            return False
+        self.connected = True
+        self._silent_streak = 0
+        self.report_status(True, "")
+        log.info("%s: connected to %s", self.name, self.where)
+        now = self._loop.time() if self._loop else 0.0
+        for b in self.boards:
+            b._due = now
+        return True
+
+    def _client_connected(self) -> bool:
+        return self._client is not None and bool(self._client.connected)
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _went_down(self, detail: str) -> None:
+        was = self.connected
+        self.connected = False
+        self._drop_client()
+        self.report_status(False, detail)
+        self._fail_pending(DriverUnavailable(f"{self.name}: {detail}"))
+        if was or any(b.online for b in self.boards):
+            for b in self.boards:
+                b._bus_down(detail)
+
+    def _fail_pending(self, exc: DriverError) -> None:
+        while self._commands:
+            req = self._commands.popleft()
+            if req.future is not None and not req.future.done():
+                req.future.set_exception(exc)
+
+    def _wake(self) -> None:
+        if self._cb_busy:
+            return  # a poll is in flight: its end hands the line back (see _cb_next)
+        if self._cb_req is not None or self._cb_timer is not None:
+            self._cb_stop()
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _sleep_until_work(self, delay: float | None, commands_wake: bool = True) -> None:
+        """Wait for a command (or close) or until ``delay`` seconds have passed."""
+        if self._closing:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._waiter = fut if commands_wake else None
+        handle = loop.call_later(delay, _resolve, fut) if delay is not None else None
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _respect_gap(self) -> None:
+        if self.gap_s > 0:
+            wait = self._last_end + self.gap_s - self._loop.time()  # type: ignore[union-attr]
+            if wait > 0:
+                await asyncio.sleep(wait)
+
+    def _next_poll(self) -> ModbusBoard | None:
+        best: ModbusBoard | None = None
+        for b in self.boards:
+            if b._polling and (best is None or b._due < best._due):
+                best = b
+        return best
+
+    async def _next_request(self) -> _Request | None:
+        """The next transaction: a queued command first, else the most overdue poll.
+
+        On a line whose client can call back (the RTU client), polls are not
+        returned: they run as callbacks (see "the poll path" below) until a
+        command arrives, and this returns the command.
+        """
+        loop = self._loop
+        while not self._closing:
+            while self._commands and self._commands[0].future is not None and self._commands[0].future.done():
+                self._commands.popleft()  # the caller gave up before it was sent
+            if self._commands:
+                await self._respect_gap()
+                if self._commands:
+                    return self._commands.popleft()
+                continue
+            if isinstance(self._client, RtuClient):
+                await self._run_polls()
+                if not self._client_connected():
+                    return None
+                continue
+            board = self._next_poll()
+            now = loop.time()  # type: ignore[union-attr]
+            if board is not None and board._due <= now:
+                await self._respect_gap()
+                if self._commands:
+                    continue  # a command arrived during the gap: it goes first
+                return board._poll_request()
+            await self._sleep_until_work(None if board is None else board._due - now)
+            if not self._client_connected():
+                return None
+        return None
+
+    async def _perform(self, req: _Request) -> None:
+        """Run one request with timeout and bounded attempts, then tell the caller and the board."""
+        loop = self._loop
+        error: DriverError | None = None
+        silent = True  # no usable answer from the board
+        for attempt in range(req.attempts):
+            if req.future is not None and req.future.done():
+                return  # caller gone before this attempt: nothing was sent for it
+            if attempt:
+                if req.future is None and self._commands:
+                    # A poll never delays a command with its retries: poll again
+                    # right after the command, without judging the board yet.
+                    req.board._due = loop.time()  # type: ignore[union-attr]
+                    return
+                await self._respect_gap()
+            client = self._client
+            if client is None or not client.connected:
+                error = DriverUnavailable(f"{req.board.name}: bus {self.name} is down")
+                break
+            self.transactions += 1
+            reply: Any = None
+            exc: Exception | None = None
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    reply = await req.send(client)
+            except (TimeoutError, ConnectionException, LineLost, ModbusIOException, BadFrame, ModbusException,
+                    ValueError, struct.error) as e:
+                exc = e
+            finally:
+                self._last_end = loop.time()  # type: ignore[union-attr]
+            value, error, retry, silent = self._judge(req, reply, exc)
+            if error is None:
+                self._succeeded(req, value)
+                return
+            if not retry:
+                break
+        assert error is not None
+        self._failed(req, error, silent)
+
+    def _judge(self, req: _Request, reply: Any, exc: Exception | None) -> tuple[Any, DriverError | None, bool, bool]:
+        """One attempt's outcome: (value, error, worth retrying, board silent)."""
+        if exc is None and reply is not None:
+            if reply is req.checked[0]:
+                return req.checked[1], None, False, False  # the same reply object as last poll: checked then
+            if not reply.isError():
+                try:
+                    value = req.check(reply)  # the usual case first: it is the hot path
+                except _BadReply as e:
+                    return None, self._bad_reply(req, e), True, True
+                if req.future is None:
+                    req.checked = (reply, value)
+                return value, None, False, False
+        board = req.board
+        who = f"{board.name} (unit {board.unit} on {self.name})"
+        if isinstance(exc, TimeoutError):
+            return None, DriverTimeout(f"{who}: no answer to {req.what} within {self.timeout_s * 1000:.0f} ms"), \
+                True, True
+        if isinstance(exc, (ConnectionException, LineLost)):
+            return None, DriverUnavailable(f"{board.name}: bus {self.name} lost its connection: {exc}"), False, True
+        if isinstance(exc, (ModbusIOException, BadFrame)):  # garbled frame, wrong unit or transaction id
+            return None, DriverError(f"{who}: bad reply to {req.what}: {exc}"), True, True
+        if exc is not None:  # a request we could not even encode
+            return None, DriverError(f"{board.name}: cannot send {req.what}: {exc}"), False, False
+        if reply is None:
+            return None, DriverError(f"{board.name}: no reply object for {req.what}"), True, True
+        code = int(getattr(reply, "exception_code", 0))
+        name = EXCEPTION_NAMES.get(code, "unknown")
+        if code in GATEWAY_SILENT:
+            return None, DriverTimeout(f"{who}: gateway says the device does not answer {req.what} "
+                                       f"(exception {code}, {name})"), True, True
+        return None, DriverRefused(f"{who}: {req.what} refused with Modbus exception {code} ({name})"), False, False
+
+    def _bad_reply(self, req: _Request, e: _BadReply) -> DriverError:
+        return DriverError(f"{req.board.name} (unit {req.board.unit} on {self.name}): {req.what}: {e}")
+
+    def _succeeded(self, req: _Request, value: Any) -> None:
+        self._silent_streak = 0
+        req.board._heard()
+        if req.future is None:
+            req.board._poll_done(value)
+        elif not req.future.done():
+            req.future.set_result(value)
+
+    def _failed(self, req: _Request, error: DriverError, silent: bool) -> None:
+        """Every attempt failed (or one that is not worth repeating)."""
+        board = req.board
+        if isinstance(error, DriverUnavailable):
+            self._went_down(str(error))
+        elif silent:
+            self._silent_streak += 1
+            board._silent(error)
+            if self.kind == "tcp" and self._silent_streak >= self.tcp_silent_limit:
+                log.warning("%s: %d requests in a row without any reply: reconnecting", self.name,
+                            self._silent_streak)
+                self._drop_client()
+        else:
+            board._heard()
+        if req.future is None:
+            if not silent:
+                board._poll_refused(error)
+        elif not req.future.done():
+            req.future.set_exception(error)
+
+    # -- the poll path (RTU) ---------------------------------------------------------------
+    #
+    # Door polls are the line's steady load: 16 boards at 10 Hz is 160 polls a
+    # second, every hour of the day. Run as awaits, each poll costs the bus task
+    # two wake-ups through the event loop (the due time, the reply) on top of the
+    # I/O; run as callbacks (a timer sends the prepared request, the reader
+    # callback takes the reply and arms the next timer) it costs the I/O alone.
+    # The rules stay the task's: polls run only while no command is queued, one
+    # request in flight, the gap before each frame, a timeout and the same bounded
+    # attempts. The task waits in _run_polls meanwhile and takes the line back
+    # for a command as soon as no poll is in flight.
+
+    async def _run_polls(self) -> None:
+        """Let polls run by callbacks until a command is queued, the line is lost or the bus closes."""
+        loop = self._loop
+        fut = loop.create_future()  # type: ignore[union-attr]
+        self._waiter = fut
+        self._cb_next()
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            self._cb_stop()
+
+    def _cb_stop(self) -> None:
+        """Hand the line back to the task: no timer armed, nothing in flight."""
+        for h in (self._cb_timer, self._cb_deadline):
+            if h is not None:
+                h.cancel()
+        self._cb_timer = self._cb_deadline = None
+        req, self._cb_req = self._cb_req, None
+        if req is not None:
+            if self._cb_busy and isinstance(self._client, RtuClient):
+                self._client.abandon()
+            req.board._due = self._loop.time()  # type: ignore[union-attr]  # its poll was cut short: again soon
+        self._cb_busy = False
+
+    def _cb_handback(self) -> None:
+        self._cb_stop()
+        _resolve_if(self._waiter)
+
+    def _cb_next(self) -> None:
+        """Arm the timer for the next due poll (no poll in flight)."""
+        self._cb_req = None
+        if self._closing or self._commands or not self._client_connected():
+            self._cb_handback()
+            return
+        board = self._next_poll()
+        if board is None:
+            return  # nothing to poll: wait for a command (or close)
+        at = max(board._due, self._last_end + self.gap_s)
+        self._cb_board = board
+        self._cb_timer = self._loop.call_at(at, self._cb_fire)  # type: ignore[union-attr]
+
+    def _cb_fire(self) -> None:
+        self._cb_timer = None
+        board = self._cb_board
+        # A schedule change (poll_soon, a board recovering) wakes the task, which
+        # re-arms this timer; here the board may only have been set back.
+        if board is None or not board._polling or board._due > self._loop.time():  # type: ignore[union-attr]
+            self._cb_next()
+            return
+        self._cb_req = board._poll_request()
+        self._cb_attempt = 0
+        self._cb_send()
+
+    def _cb_send(self) -> None:
+        self._cb_timer = None
+        req = self._cb_req
+        if req is None:
+            return
+        if self._commands or self._closing:
+            self._cb_handback()
+            return
+        client = self._client
+        if not isinstance(client, RtuClient) or not client.connected:
+            self._cb_result(None, LineLost(f"bus {self.name} is down"))
+            return
+        fc, first, n = req.board._poll_spec()
+        self.transactions += 1
+        self._cb_busy = True
+        try:
+            client.read(req.board.unit, fc, first, n, self._cb_result)
+        except (LineLost, ValueError) as e:
+            self._cb_result(None, e)
+            return
+        if self._cb_busy:
+            self._cb_deadline = self._loop.call_at(  # type: ignore[union-attr]
+                self._loop.time() + self.timeout_s, self._cb_expired)  # type: ignore[union-attr]
+
+    def _cb_expired(self) -> None:
+        self._cb_deadline = None
+        if isinstance(self._client, RtuClient):
+            self._client.abandon()
+        self._cb_result(None, TimeoutError())
+
+    def _cb_result(self, reply: Any, exc: Exception | None) -> None:
+        """The reader callback's answer (or a timeout, or a lost line) for the poll in flight."""
+        loop = self._loop
+        if self._cb_deadline is not None:
+            self._cb_deadline.cancel()
+            self._cb_deadline = None
+        self._cb_busy = False
+        self._last_end = loop.time()  # type: ignore[union-attr]
+        req = self._cb_req
+        if req is None:
+            return
+        try:
+            value, error, retry, silent = self._judge(req, reply, exc)
+            if error is None:
+                self._succeeded(req, value)
+            else:
+                self._cb_attempt += 1
+                if retry and self._cb_attempt < req.attempts:
+                    if self._commands:
+                        # A poll never delays a command with its retries: poll again
+                        # right after the command, without judging the board yet.
+                        self._cb_handback()
+                        return
+                    self._cb_timer = loop.call_at(self._last_end + self.gap_s, self._cb_send)  # type: ignore
+                    return
+                self._cb_req = None
+                self._failed(req, error, silent)
+        except Exception:  # a callback must not die silently: the line would stop being polled
+            log.exception("%s: unexpected error handling a poll reply", self.name)
+        self._cb_next()
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _resolve_if(fut: asyncio.Future | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+def create_bus(section: Section, clock: Clock) -> ModbusBus:
+    """Build the bus object for one ``[buses.NAME]`` section."""
+    return ModbusBus(section.name, clock, section.type, section.options)
+
+
+# ---------------------------------------------------------------------------
+# The boards
+
+
+class ModbusBoard(LockBank, DoorSensors):
+    """A relay board at one unit id: locks on coils, door sensors on discrete inputs or input registers."""
+
+    type_name = "modbus"
+
+    # Polling a board that does not answer: first and largest interval (seconds).
+    offline_retry_first_s = 1.0
+    offline_retry_max_s = 5.0
+
+    def __init__(self, name: str, clock: Clock, budget: PowerBudget, options: dict[str, Any], bus: ModbusBus):
+        super().__init__(name, clock, budget=budget)
+        self.bus = bus
+        self.unit = int(options["unit"])
+        self.profile = str(options.get("profile", "generic"))
+        if self.profile not in ("generic", "waveshare"):
+            raise ValueError(f"{name}: unknown profile {self.profile!r} (expected 'generic' or 'waveshare')")
+        self.hardware_timed = self.profile == "waveshare"
+        self.coils = int(options.get("coils", 16))
+        self.first_coil = int(options.get("first_coil", 0))
+        self.inputs = int(options.get("inputs", 16))
+        self.first_input = int(options.get("first_input", 0))
+        self.input_kind = str(options.get("input_kind", "discrete"))
+        self.open_level = int(options.get("open_level", 1))
+        poll_hz = float(options.get("poll_hz", 10.0))
+        self.period_s = 1.0 / poll_hz
+        self.polls = 0  # successful polls, for benchmarks
+        self._misconfigured = ""
+        if bus.kind == "rtu" and self.unit == 0:
+            # 0 is the RTU broadcast address: boards act on it but never answer.
+            self._misconfigured = "unit 0 is the RS-485 broadcast address; no board answers it"
+        self._polling = False
+        self._due = 0.0
+        self._backoff = self.offline_retry_first_s
+        self._failing = False
+        self._inputs_refused = False
+        self._last_levels: tuple[int, ...] | None = None
+        self._all_off_pending = True
+        self._starting = 0  # pulse-on writes in flight
+        self._off_tasks: dict[int, asyncio.Task] = {}
+        self._poll_req: _Request | None = None
+        bus.attach(self)
+
+    # -- what the controller sees ------------------------------------------------
+
+    def lock_channels(self) -> frozenset[int]:
+        return frozenset(range(self.coils))
+
+    def sensor_channels(self) -> frozenset[int]:
+        return frozenset(range(self.inputs))
+
+    async def start(self) -> None:
+        """Switch every relay off, read the doors once, then poll. Never raises for a silent board."""
+        if self._misconfigured:
+            log.error("%s: %s", self.name, self._misconfigured)
+            self.report_status(False, self._misconfigured)
+            return
+        try:
+            await self.all_off()
+        except DriverError as e:
+            # Retried when the board first answers a poll (see _heard).
+            log.error("%s: switching every relay off at start failed: %s", self.name, e)
+        if self.inputs > 0 and not self._failing and self.bus.connected:
+            try:
+                self._apply_levels(await self.bus.call(self, self._poll_what(), self._poll_send(),
+                                                       self._poll_check()))
+            except DriverError as e:
+                log.debug("%s: first door read failed: %s", self.name, e)
+        self._polling = True
+        self.bus.poll_soon(self)
+
+    async def close(self) -> None:
+        """Stop polling and switch every relay off (best effort: the board may be gone)."""
+        self._polling = False
+        if not self._misconfigured:
+            try:
+                await self.all_off()
+            except DriverError as e:
+                log.error("%s: switching every relay off at close failed: %s", self.name, e)
+        for task in list(self._off_tasks.values()):
+            task.cancel()
+
+    # -- LockBank -------------------------------------------------------------------
+
+    def _coil(self, channel: int) -> int:
+        if not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel < self.coils:
+            raise DriverError(f"{self.name}: no lock channel {channel!r} (this board has 0 to {self.coils - 1})")
+        return self.first_coil + channel
+
+    def _write_coil(self, address: int, on: bool, what: str, attempts: int | None = None) -> Awaitable[Any]:
+        unit = self.unit
+
+        def send(c: Any) -> Awaitable[Any]:
+            return c.write_coil(address, on, device_id=unit)
+
+        def check(r: Any) -> None:
+            if r.function_code != 5 or r.address != address or bool(r.bits and r.bits[0]) != on:
+                raise _BadReply(f"reply does not echo the write to coil {address} ({r})")
+
+        return self.bus.call(self, what, send, check, attempts)
+
+    async def _energise(self, channel: int, ms: int) -> None:
+        """One transaction: the coil on (generic) or a hardware-timed flash (waveshare)."""
+        if self._misconfigured:
+            raise DriverUnavailable(f"{self.name}: {self._misconfigured}")
+        address = self._coil(channel)
+        # A silent board gets one attempt, not the full retries: the scan fails fast.
+        attempts = 1 if self._failing else None
+        self._starting += 1
+        try:
+            if self.profile == "waveshare":
+                await self._flash(address, ms, attempts)
+            else:
+                await self._write_coil(address, True, f"lock {channel} on", attempts)
+        except DriverError as e:
+            if self.profile == "generic" and not isinstance(e, DriverRefused):
+                # No answer does not mean the write did not land: make sure it goes off.
+                self._ensure_off(channel, str(e))
+            raise
+        except asyncio.CancelledError:
+            if self.profile == "generic":
+                self._ensure_off(channel, "pulse cancelled while its on-write was in flight")
+            raise
+        finally:
+            self._starting -= 1
+
+    async def _flash(self, address: int, ms: int, attempts: int | None) -> None:
+        unit = self.unit
+        flash = WAVESHARE_FLASH_ON + (address - self.first_coil)
+        value = waveshare_flash_units(ms)
+
+        def send(c: Any) -> Awaitable[Any]:
+            return c.execute(False, WaveshareFlashRequest(flash, value, dev_id=unit))
+
+        def check(r: Any) -> None:
+            if r.function_code != 5 or r.address != flash:
+                raise _BadReply(f"reply does not echo the flash command to 0x{flash:04x} ({r})")
+
+        await self.bus.call(self, f"lock {address - self.first_coil} flash {value * 100} ms", send, check, attempts)
+
+    async def _deenergise(self, channel: int) -> None:
+        # Generic: this is the off. Waveshare: the board has already switched the
+        # relay off by itself; the plain off is a backstop for a board that did not
+        # take the flash command, and costs nothing in the scan's hot path.
+        await self._write_coil(self._coil(channel), False, f"lock {channel} off")
+
+    async def _all_off(self) -> None:
+        """Every coil of the board off, in one request."""
+        if self._misconfigured:
+            raise DriverUnavailable(f"{self.name}: {self._misconfigured}")
+        unit, first, n = self.unit, self.first_coil, self.coils
+
+        def send(c: Any) -> Awaitable[Any]:
+            return c.write_coils(first, [False] * n, device_id=unit)
+
+        def check(r: Any) -> None:
+            if r.function_code != 15 or r.address != first or r.count != n:
+                raise _BadReply(f"reply does not echo the write of coils {first}..{first + n - 1} ({r})")
+
+        await self.bus.call(self, "all relays off", send, check)
+        self._all_off_pending = False
+
+    def _ensure_off(self, channel: int, reason: str) -> None:
+        """Keep switching ``channel`` off in the background until the board confirms it."""
+        if channel in self._off_tasks:
+            return
+        task = asyncio.create_task(self._off_until_confirmed(channel, reason), name=f"{self.name}-ensure-off-{channel}")
+        self._off_tasks[channel] = task
+        task.add_done_callback(lambda t, ch=channel: self._off_tasks.pop(ch, None) if self._off_tasks.get(ch) is t
+                               else None)
+
+    async def _off_until_confirmed(self, channel: int, reason: str) -> None:
+        # Until the board confirms, nobody knows whether the solenoid is energised:
+        # the lock is in fault from now, not only after a retry has failed.
+        log.error("%s: lock %s may still be energised (%s); switching it off until the board confirms",
+                  self.name, channel, reason)
+        self.report_lock_fault(channel, f"relay may still be on: {reason}")
+        delay = 0.05
+        while True:
+            try:
+                await self._write_coil(self._coil(channel), False, f"lock {channel} off (safety)")
+                break
+            except DriverError as e:
+                log.debug("%s: safety off of lock %s failed: %s", self.name, channel, e)
+                await self.clock.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        log.warning("%s: lock %s confirmed off", self.name, channel)
+        self.report_lock_fault(channel, None)
+
+    # -- polling (called by the bus task) ----------------------------------------------
+
+    def _poll_what(self) -> str:
+        if self.inputs == 0:
+            return "read coils"
+        return "read discrete inputs" if self.input_kind == "discrete" else "read input registers"
+
+    def _poll_send(self) -> Callable[[Any], Awaitable[Any]]:
+        unit = self.unit
+        if self.inputs == 0:  # no sensors: read the coils, as a heartbeat and a relay check
+            first, n = self.first_coil, self.coils
+            return lambda c: c.read_coils(first, count=n, device_id=unit)
+        first, n = self.first_input, self.inputs
+        if self.input_kind == "discrete":
+            return lambda c: c.read_discrete_inputs(first, count=n, device_id=unit)
+        return lambda c: c.read_input_registers(first, count=n, device_id=unit)
+
+    def _poll_spec(self) -> tuple[int, int, int]:
+        """The poll as (function code, first address, count), for the RTU client's prepared frames."""
+        if self.inputs == 0:
+            return 1, self.first_coil, self.coils
+        return (2 if self.input_kind == "discrete" else 4), self.first_input, self.inputs
+
+    def _poll_check(self) -> Callable[[Any], tuple[int, ...]]:
+        kind = "coils" if self.inputs == 0 else self.input_kind
+        n = self.coils if self.inputs == 0 else self.inputs
+        fc = {"coils": 1, "discrete": 2, "input-register": 4}[kind]
+
+        def check(r: Any) -> tuple[int, ...]:
+            if r.function_code != fc:
+                raise _BadReply(f"expected function {fc}, got {r.function_code}")
+            if fc == 4:
+                regs = r.registers
+                if len(regs) != n:
+                    raise _BadReply(f"{len(regs)} registers in the reply, expected {n}")
+                return tuple(1 if v else 0 for v in regs)
+            bits = r.bits
+            if len(bits) < n:
+                raise _BadReply(f"{len(bits)} bits in the reply, expected {n}")
+            return tuple(map(int, bits[:n]))
+
+        return check
+
+    def _poll_request(self) -> _Request:
+        if self._poll_req is None:
+            self._poll_req = _Request(self, self._poll_what(), self._poll_send(), self._poll_check(),
+                                      self.bus.retries + 1)
+        # A silent board gets one attempt per retry interval, so it cannot stall the bus.
+        self._poll_req.attempts = 1 if self._failing else self.bus.retries + 1
+        return self._poll_req
+
+    def _poll_done(self, levels: tuple[int, ...]) -> None:
+        self.polls += 1
+        now = self.bus._loop.time()  # type: ignore[union-attr]
+        self._due = max(self._due + self.period_s, now)
+        if self._inputs_refused:
+            self._inputs_refused = False
+            log.warning("%s: inputs readable again", self.name)
+            self.report_status(True, "")
+        if self.inputs == 0:
+            self._check_coils(levels)
+        else:
+            self._apply_levels(levels)
+
+    def _apply_levels(self, levels: tuple[int, ...]) -> None:
+        if levels == self._last_levels:
+            return  # nothing changed: skip the per-channel work
+        self._last_levels = levels
+        for ch, level in enumerate(levels):
+            self._set_door(ch, DoorState.OPEN if level == self.open_level else DoorState.CLOSED)
+
+    def _check_coils(self, levels: tuple[int, ...]) -> None:
+        """A relay on that we are not pulsing is switched off (a pulse lost to a crash, or a stray write)."""
+        if self._starting:
+            return
+        for ch, level in enumerate(levels):
+            if level and ch not in self.energised and ch not in self._off_tasks:
+                log.error("%s: relay %s is on without a pulse: switching it off", self.name, ch)
+                self._ensure_off(ch, "found on without a pulse")
+
+    def _poll_refused(self, error: DriverError) -> None:
+        """The board answers but refuses the poll (a wrong input address in the config, usually)."""
+        self._due = self.bus._loop.time() + max(self.period_s, self.offline_retry_max_s)  # type: ignore[union-attr]
+        self._last_levels = None
+        for ch in range(self.inputs):
+            self._set_door(ch, DoorState.UNKNOWN)
+        if not self._inputs_refused:
+            self._inputs_refused = True
+            log.error("%s: door sensors unreadable: %s", self.name, error)
+            self.report_status(True, f"door sensors unreadable: {error}")
+
+    # -- status (called by the bus task) ---------------------------------------------------
+
+    def _heard(self) -> None:
+        """The board answered something."""
+        if self._failing:
+            self._failing = False
+            self._backoff = self.offline_retry_first_s
+            self.report_status(True, "")  # logs "recovered"
+            self._due = self.bus._loop.time()  # type: ignore[union-attr]
+        if self._all_off_pending and not self.energised and not self._starting and self._polling:
+            self._all_off_pending = False  # set again if this fails
+            asyncio.get_running_loop().create_task(self._deferred_all_off(), name=f"{self.name}-all-off")
+
+    async def _deferred_all_off(self) -> None:
+        try:
+            await self.all_off()
+            log.warning("%s: every relay switched off (the board was not answering at start)", self.name)
+        except DriverError as e:
+            self._all_off_pending = True
+            log.debug("%s: deferred all-off failed: %s", self.name, e)
+
+    def _silent(self, error: DriverError) -> None:
+        """The board did not answer (after the request's attempts)."""
+        now = self.bus._loop.time()  # type: ignore[union-attr]
+        if not self._failing:
+            self._failing = True
+            self._backoff = self.offline_retry_first_s
+            self._go_offline(str(error))  # logs once
+        else:
+            log.debug("%s: still not answering: %s", self.name, error)
+            self._backoff = min(self._backoff * 2, self.offline_retry_max_s)
+        self._due = now + self._backoff
+
+    def _bus_down(self, detail: str) -> None:
+        self._failing = True
+        self._go_offline(f"bus {self.bus.name} down: {detail}")
+
+    def _go_offline(self, detail: str) -> None:
+        self.report_status(False, detail)
+        self._last_levels = None
+        for ch in range(self.inputs):
+            self._set_door(ch, DoorState.UNKNOWN)
+
