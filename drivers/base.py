@@ -303,6 +303,10 @@ class DoorSensors(Driver):
     inputs do not debounce), so drivers report what they read.
     """
 
+    # Seconds between two reads of the inputs of a polled board; 0 where each
+    # change is reported as it happens (GPIO edges, the sim).
+    sample_period_s: float = 0.0
+
     def __init__(self, name: str, clock: Clock, **kw):
         super().__init__(name, clock, **kw)
         self._doors: dict[int, DoorState] = {}

@@ -668,6 +668,7 @@ class ModbusBoard(LockBank, DoorSensors):
         self.open_level = int(options.get("open_level", 1))
         poll_hz = float(options.get("poll_hz", 10.0))
         self.period_s = 1.0 / poll_hz
+        self.sample_period_s = self.period_s  # the controller skips a settle window shorter than this
         self.polls = 0  # successful polls, for benchmarks
         self._misconfigured = ""
         if bus.kind == "rtu" and self.unit == 0:

@@ -713,18 +713,20 @@ class Controller:
             if cid is None:
                 continue
             try:
-                self._raw_door(self.slots[cid], change)
+                self._raw_door(self.slots[cid], change, sensors.sample_period_s)
             except Exception:
                 log.exception("door change on %s failed", cid)
 
-    def _raw_door(self, slot: Slot, change: DoorChange) -> None:
+    def _raw_door(self, slot: Slot, change: DoorChange, sampled_every_s: float = 0.0) -> None:
         """Debounce: a reading counts once it has held for the settle window.
 
         Acting on the first edge would be faster but turns a vibrating open
         door into close/forced-open pairs; a few tens of ms is the price.
+        A board polled less often than the window cannot show a bounce inside
+        it (the next reading comes later): there the wait would only delay.
         """
         slot.raw, slot.raw_at = change.state, self.clock.monotonic()
-        if self.t.debounce_ms <= 0:
+        if self.t.debounce_ms <= 0 or sampled_every_s * 1000 >= self.t.debounce_ms:
             if slot.raw != slot.door:
                 self._door_changed(slot, slot.raw)
             return

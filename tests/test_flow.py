@@ -242,6 +242,22 @@ async def test_bouncing_sensor_gives_one_open_and_one_close(rig):
     assert "alarm.forced" not in kinds
 
 
+async def test_a_board_polled_slower_than_the_settle_window_counts_a_reading_at_once(rig):
+    await rig.scan("D-3")
+    rig.d.pull(1)  # read as it happens (sample_period_s 0): debounced
+    await rig.flush()
+    assert rig.c.states()["d02"]["door"] == "closed"
+    await rig.clock.advance(0.05)
+    assert rig.c.states()["d02"]["door"] == "open"
+    # Read every 100 ms, like a Modbus board at 10 Hz: no reading can land
+    # inside the 20 ms window, so waiting it out would only add latency.
+    rig.d.sample_period_s = 0.1
+    rig.d.close_door(1)
+    await rig.flush()
+    assert rig.c.states()["d02"]["door"] == "closed"
+    assert (await rig.kinds(compartment="d02")).count("door.closed") == 1
+
+
 async def test_power_budget_caps_energised_solenoids(rig):
     for code in ("D-1", "D-3"):
         await rig.scan(code)
