@@ -294,6 +294,7 @@ class Custody:
         if current is after:
             self.deadlines[before.id] = before
         self._hold[before.id] = self.clock.monotonic() + RETRY_S
+        self.poke()  # the watcher sleeps until the next rung it believed sent: wake it for the retry
         log.warning("custody: %s not journaled (%s); retrying in %g s", before.id, fut.exception(), RETRY_S)
 
     # -- changes from the controller and the station -------------------------------
@@ -406,12 +407,18 @@ class Custody:
                         ack_by=person)
         pause = self.rules.ladders[d.kind].ack_pause_s
         item = self.c.registry.items.get(code)
-        ev = await self.journal.record(
-            "reminder.acknowledged", compartment=item.compartment if item else None, dossier=code,
-            people=(person,), deadline=d.kind, due=d.due, level=d.level, pause_s=pause,
-            until=iso_utc(acked.ack_ts + pause), note=note, **by, state=[acked.op()])
-        if self.deadlines.get(d.id) is d:
-            self.deadlines[d.id] = acked
+        # In memory before the write, as a reminder is: the watcher must not
+        # send the next rung (with a row lacking the acknowledgement) meanwhile.
+        self.deadlines[d.id] = acked
+        try:
+            ev = await self.journal.record(
+                "reminder.acknowledged", compartment=item.compartment if item else None, dossier=code,
+                people=(person,), deadline=d.kind, due=d.due, level=d.level, pause_s=pause,
+                until=iso_utc(acked.ack_ts + pause), note=note, **by, state=[acked.op()])
+        except Exception:
+            if self.deadlines.get(d.id) is acked:
+                self.deadlines[d.id] = d
+            raise
         self.poke()
         return ev
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import pytest_asyncio
 from custody_rig import HOUR, MONDAY_0500, command, custody_rig, deposit, ladder, reminders, restart
 from rig import close_rig
 
 from lockerd.clock import iso_utc, parse_time
+from lockerd.custody import RETRY_S
+from lockerd.errors import JournalError
 from lockerd.journal import verify
 
 pytestmark = pytest.mark.asyncio
@@ -228,3 +232,28 @@ async def test_release_of_a_dossier_in_its_compartment(rig):
     assert rig.c.registry.items["D-3"].state == "released"
     out = await rig.scan("D-3")
     assert not out.accepted and "released" in out.message
+
+
+async def test_a_reminder_the_journal_could_not_take_is_sent_once_it_can(rig, caplog):
+    await register(rig, due_in_h=1)
+    # The disk fills up: no commit can grow the database by a page.
+    pages = rig.journal.query("PRAGMA page_count")[0][0]
+    await rig.journal.execute(f"PRAGMA max_page_count = {pages}")
+    for _ in range(200):
+        rig.journal.append("filler", blob="x" * 2000)
+    await rig.clock.advance(HOUR + 1)
+    with contextlib.suppress(JournalError):
+        await rig.journal.execute("SELECT 1")
+    await rig.clock.settle()
+    assert "D-NEW:deposit not journaled (journal write failed: database or disk is full)" in caplog.text
+    # Not on disk, so not sent: the deadline is still at level 0, in memory as on disk.
+    assert rig.c.custody.deadlines["D-NEW:deposit"].level == 0
+    assert rig.journal.query("SELECT level FROM deadlines") == [(0,)]
+    for _ in range(10):
+        with contextlib.suppress(JournalError):
+            await rig.journal.execute("PRAGMA max_page_count = 1073741823")
+            break
+    await rig.clock.advance(RETRY_S + 1)
+    assert ladder(await reminders(rig, "D-NEW")) == LADDER[:1]
+    await rig.clock.advance(HOUR - 60)
+    assert ladder(await reminders(rig, "D-NEW")) == LADDER[:1]
