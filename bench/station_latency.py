@@ -20,8 +20,8 @@ e. resident memory of the idle daemon with the link and the board, and
    process start -> ready (interpreter and imports included).
 
 Each cycle: scan a dossier (the door opens and closes), then a remote open
-of the same compartment (the door opens and closes), with short random
-pauses so polls land at random phases, as they do in use.
+of the same compartment (the door opens and closes), with random pauses so
+each change lands at any phase of the door polls, as it does in use.
 
 The broker runs with ``set_tcp_nodelay true`` (as docs/station-server.md
 advises); a shorter run against Mosquitto's default shows what Nagle costs.
@@ -299,7 +299,9 @@ def on_writes(reqs: list[tuple[int, int, int, int, int]], channel: int) -> list[
 def door_cycle(board: Board, station: Station, cid: str, channel: int, doors: list[float]) -> None:
     """Open then close the door at the board; note each change -> retained state at the station."""
     for level, want in ((True, "open"), (False, "closed")):
-        time.sleep(random.uniform(0.005, 0.05))
+        # The last state arrived just after a poll: wait a random part of the
+        # slowest poll period, so the change lands at any phase of the polls.
+        time.sleep(random.uniform(0.005, 0.105))
         start = station.mark()
         t_set = board.set_input(channel, level)
         t_got, _ = station.wait(start, lambda t, b, w=want: t == f"{BASE}/state/{cid}" and b["door"] == w)
