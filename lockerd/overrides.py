@@ -198,7 +198,11 @@ class Overrides:
             if (busy := self._not_now()) is not None:  # the daemon is stopping or reloading
                 failed[cid] = busy
                 continue
-            out = await self._open_one(cid, people, src)
+            try:
+                out = await self._open_one(cid, people, src)
+            except Exception as e:  # one compartment's trouble must not strand the rest
+                log.exception("emergency open of %s failed", cid)
+                out = f"internal error: {type(e).__name__}: {e}"
             if isinstance(out, str) or not out.accepted:
                 failed[cid] = out if isinstance(out, str) else out.message
                 continue
