@@ -40,6 +40,7 @@ from lockerd.controller import Controller
 from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import DriverStatus
 from lockerd.errors import ConfigError, JournalError
+from lockerd.hwlock import HardwareBusy, HardwareLock, hardware_lock_path
 from lockerd.journal import Journal
 from lockerd.sdnotify import Heartbeats, Notifier, Watchdog
 
@@ -84,6 +85,8 @@ class Daemon:
         self.reload_requested = asyncio.Event()
         self.ready_after: float | None = None
         self.reloads = 0  # reloads applied
+        # The bench harness (hil/) takes the same lock: never both on the same locks.
+        self.hwlock = HardwareLock(hardware_lock_path(config), "the lockerd daemon")
         self._ready = False
         self._beat_names: list[str] = []
         self.hw: Hardware
@@ -174,7 +177,13 @@ class Daemon:
     # -- life -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start everything, then tell systemd READY=1; HardwareBusy while the bench harness holds the cabinet."""
         t0 = time.monotonic()
+        try:
+            self.hwlock.acquire()
+        except HardwareBusy as e:
+            self.notifier.status(f"not starting: {e}")
+            raise
         self.watchdog = Watchdog.from_env(self._health, self.notifier, self.clock)
         if self.watchdog is not None:
             # Pinging from the start: until the tasks have registered, nothing can be late.
@@ -204,6 +213,7 @@ class Daemon:
             await self.watchdog.stop()
         await self._stop_stack(final=True)
         self.journal.close()  # writes whatever is still queued, then stops the writer
+        self.hwlock.release()
         log.info("stopped")
 
     async def run(self) -> int:
@@ -316,4 +326,8 @@ class Daemon:
 
 def run(config: Config) -> int:
     setup_logging(config.log_level)
-    return asyncio.run(Daemon(config).run())
+    try:
+        return asyncio.run(Daemon(config).run())
+    except HardwareBusy as e:
+        log.error("not starting: %s; the bench harness must finish first", e)
+        return 1

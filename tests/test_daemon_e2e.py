@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from rig import DATA, TOML
 
-from lockerd.journal import verify
+from lockerd.journal import Journal, verify
 
 
 def cli(cfg: Path, *args: str) -> subprocess.CompletedProcess:
@@ -90,19 +91,23 @@ def test_sigterm_mid_pulse_leaves_no_relay_on_and_exits_cleanly(daemon):
     assert cli(cfg, "verify").returncode == 0
 
 
-def test_second_daemon_on_the_same_journal_refuses_to_write(daemon, tmp_path):
+def test_second_daemon_on_the_same_journal_refuses_to_start(daemon, tmp_path):
     cfg, proc = daemon
     other = tmp_path / "other.toml"
     other.write_text(TOML.replace('control_socket = "lockerd.sock"', 'control_socket = "other.sock"'))
-    p2 = subprocess.Popen([sys.executable, "-m", "lockerd", "run", "-c", str(other)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for_socket(tmp_path / "other.sock", p2)
-        st = json.loads(cli(other, "status", "--json").stdout)
-        assert not st["journal"]["healthy"] and "in use by another lockerd" in st["journal"]["error"]
-    finally:
-        p2.send_signal(signal.SIGTERM)
-        p2.wait(15)
+    # Same journal, same cabinet: the hardware lock beside the journal refuses the second daemon.
+    p2 = subprocess.run([sys.executable, "-m", "lockerd", "run", "-c", str(other)], capture_output=True, text=True,
+                        timeout=30)
+    assert p2.returncode == 1
+    assert "not starting" in p2.stderr and "in use by the lockerd daemon" in p2.stderr
+    # And the journal's own single-writer lock still guards the hash chain against any other writer.
+    j = Journal(tmp_path / "journal.db")
+    assert asyncio.run(_open(j)) is False and "in use by another lockerd" in (j.error or "")
+    assert json.loads(cli(cfg, "status", "--json").stdout)["journal"]["healthy"]
+
+
+async def _open(j: Journal) -> bool:
+    return j.open()
 
 
 def test_start_to_ready_is_logged(daemon):
