@@ -26,6 +26,7 @@ from lockerd.drivers.sim import ConsoleFeedback
 from lockerd.custody import Custody
 from lockerd.errors import CommandError, DriverError, JournalError
 from lockerd.journal import Event, Journal, StateOp
+from lockerd.evidence import Authorisations
 from lockerd.overrides import Overrides
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ class Controller:
         self._idle = asyncio.Event()
         self._idle.set()
         self.overrides = Overrides(self)  # emergency open and maintenance mode
+        self.authorisations = Authorisations(journal, clock)  # station-authorised evidence retrievals
         self.custody = Custody(self)  # deadlines and escalating reminders
         self._refusing = "controller starting"  # why scans are refused while not accepting
         # Liveness for the service watchdog: a no-op unless the daemon calls watch().
@@ -167,6 +169,7 @@ class Controller:
         if self.journal.healthy:
             self.registry.load(self.journal)
         self.overrides.restore()
+        self.authorisations.load()
         saved = self._load_compartments()
         # Listen before starting: a board found dead during start must be seen.
         for d in self.hw.drivers.values():
@@ -570,7 +573,7 @@ class Controller:
             missing = f"needs an officer's badge{barred}"
         else:
             missing = ""
-        if taking and p.reason is None:
+        if taking and p.reason is None and self.authorisations.reason_for(item.code) is None:
             missing += ("; " if missing else "") + "needs a reason card (why the item leaves the locker)"
         return missing
 
@@ -592,14 +595,20 @@ class Controller:
             pend.expiry.cancel()
         self._pending.pop(scan.scanner, None)
         note: dict[str, Any] = {}
-        if item.state is ItemState.IN and pend.reason is not None:
-            code, text, release = pend.reason
+        # A card scanned at the cabinet comes first; else the station's authorisation stands in for one.
+        authorised = self.authorisations.reason_for(item.code) if pend.reason is None else None
+        reason = pend.reason or authorised
+        if item.state is ItemState.IN and reason is not None:
+            code, text, release = reason
             action = RELEASE if release else RETRIEVE
             note = {"evidence_reason": text, "reason_code": code}
         else:
             action = DEPOSIT
         slot = self._door_for(item.compartment, action)  # type: ignore[arg-type]
-        return await self._open(slot, {item.code: action}, people, scan=scan, journal_scan=scanned, note=note)
+        out = await self._open(slot, {item.code: action}, people, scan=scan, journal_scan=scanned, note=note)
+        if authorised is not None and action != DEPOSIT and out.accepted:
+            self.authorisations.used(item.code)
+        return out
 
     # -- the safety path -------------------------------------------------------------------
 

@@ -67,6 +67,12 @@ class CommandHandler:
             if not out.accepted:
                 raise CommandError(out.message)
             return {"compartment": out.compartment, "pulsed": out.pulsed}
+        if name == "authorize-retrieval":
+            code = str(args["code"])
+            ev = await c.authorisations.authorise(reg.items.get(code), code, str(args["reason"]),
+                                                  args.get("release") is True, float(args.get("valid_s", 28800)),
+                                                  by | {"requested_by": meta.get("requested_by")})
+            return {"seq": ev.seq, "until": ev.data["until"]}
         if name == "emergency-open":
             via = {"via": "station", "command_id": meta.get("command_id"), "requested_by": meta.get("requested_by")}
             return await c.overrides.emergency_open(

@@ -73,6 +73,13 @@ COMMAND_ARGS: dict[str, dict[str, Any]] = {
         "compartment": COMPARTMENT_ID,
         "reason": _s(256, description="why the station opens it; journaled with the grant"),
     }, ["compartment", "reason"]),
+    "authorize-retrieval": _args({
+        "code": ITEM_CODE,
+        "reason": _s(256, description="why the item leaves the locker; stands in for a reason card, once"),
+        "release": {"type": "boolean", "description": "true: the item leaves for good (a release)"},
+        "valid_s": {"type": "integer", "minimum": 60, "maximum": 604800,
+                    "description": "how long the authorisation stands; default 28800 (one shift)"},
+    }, ["code", "reason"]),
     "emergency-open": _args({
         "compartment": COMPARTMENT_ID,
         "all": {"type": "boolean", "description": "every compartment (of cabinet, if given) in turn"},
@@ -252,6 +259,9 @@ _COMMAND_DOCS = {
     "register-badge": "Give a person a badge barcode.",
     "revoke-badge": "Withdraw a badge.",
     "open": "Remote open of one compartment by the requester (requested_by) with a reason; pulses at most once.",
+    "authorize-retrieval": ("Authorise the retrieval (or release) of one deposited evidence item with a reason "
+                            "from the case record; the officer and the case manager still scan their badges at "
+                            "the cabinet, no reason card needed. Used once; journaled as retrieval.authorised."),
     "emergency-open": ("Two-person emergency open of one compartment (compartment) or of all in turn (all, "
                        "optionally one cabinet); raises alarm.emergency_open. Refused unless people names a "
                        "supervisor and a second supervisor or case manager, and reason is not blank."),
