@@ -1,0 +1,551 @@
+"""The bench run: every board, compartment, scanner and the broker, checked on the real hardware.
+
+The bench builds the hardware from the daemon's own config with the
+daemon's own drivers (so it proves what the service will drive), after
+taking the hardware lock the daemon also takes. Then:
+
+1. each Modbus board answers N reads (answer rate and latency);
+2. each compartment's lock is pulsed while every door sensor of every board
+   is watched: the expected sensor must open and no other. A lock that
+   opens another compartment's door is wrong wiring, and two that open each
+   other's are a crossed pair, named with both channels; nothing moving is a
+   lock that does not release or a dead sensor (the technician tells which);
+   a relay that does not switch off is reported at once;
+3. each scanner reads the test card, within a timeout;
+4. each configured station broker accepts a connection.
+
+Whatever happens (a fault, an exception, Ctrl-C), every lock bank is
+switched off before the bench lets go of the hardware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from lockerd.drivers import Hardware, build_hardware
+from lockerd.drivers.base import DoorChange, DoorSensors, DoorState, DriverStatus, LockBank, Scan
+from lockerd.hil.report import (
+    FAIL,
+    PASS,
+    UNTESTED,
+    BoardResult,
+    BrokerResult,
+    CompartmentResult,
+    Finding,
+    Report,
+    ScannerResult,
+)
+from lockerd.hil.technician import Technician
+
+from lockerd.clock import Clock
+from lockerd.config import Compartment, Config
+from lockerd.errors import DriverError
+from lockerd.hwlock import HardwareLock, hardware_lock_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchOptions:
+    """How the bench runs; None means "as the config says"."""
+
+    pulse_ms: int | None = None
+    open_timeout_s: float | None = None
+    settle_s: float = 0.3  # after the expected door opened, keep watching this long for other sensors
+    close_timeout_s: float = 30.0
+    doors: str = "auto"  # "spring", "manual", or "auto" (sim: its spring option; else manual when attended)
+    modbus_requests: int = 50
+    modbus_give_up_after: int = 5  # silent replies in a row before a board counts as gone
+    scan_timeout_s: float = 30.0
+    test_card: str | None = None
+    broker_timeout_s: float = 5.0
+    compartments: tuple[str, ...] = ()  # only these (default: all)
+    rows: dict[str, int] | None = None  # cabinet -> compartments per column, for the grid
+    skip_boards: bool = False
+    skip_scanners: bool = False
+    skip_broker: bool = False
+
+
+def default_rows(count: int) -> int:
+    """Compartments per column when the layout is not given: cabinets are taller than wide."""
+    if count <= 4:
+        return count
+    return 4 if count <= 8 else 6
+
+
+class Bench:
+    """One bench run over the hardware a config describes."""
+
+    def __init__(self, config: Config, technician: Technician, options: BenchOptions | None = None,
+                 clock: Clock | None = None, progress: Callable[[str, str], Any] | None = None):
+        self.config = config
+        self.tech = technician
+        self.opt = options or BenchOptions()
+        self.clock = clock or Clock()
+        self.progress = progress  # progress(stage, subject): tests hook faults into the run here
+        self.pulse_ms = self.opt.pulse_ms or config.timing.pulse_ms
+        self.open_timeout_s = self.opt.open_timeout_s or config.timing.open_timeout_s
+        self.hw: Hardware | None = None
+        self.report = Report(config=str(config.path), site=config.site, node=config.node, started=_now())
+        self._changes: list[DoorChange] = []
+        self._changed = asyncio.Event()
+        self._watchers: list[asyncio.Task] = []
+        self._offline: dict[str, str] = {}  # driver -> detail, for every driver seen offline
+        self._lock_faults: dict[tuple[str, int], str] = {}  # (driver, channel) -> detail, while faulted
+
+    # -- the run ------------------------------------------------------------------------
+
+    async def run(self) -> Report:
+        """Run every check and return the report; the hardware is left switched off."""
+        lock = HardwareLock(hardware_lock_path(self.config), "the bench harness (lockerd-hil)")
+        lock.acquire()  # raises HardwareBusy while the service runs
+        try:
+            self.hw = build_hardware(self.config, self.clock)
+            self.tech.attach(self.hw)
+            for d in self.hw.all():
+                d.on_status(self._status)
+                if isinstance(d, LockBank):
+                    d.on_lock_fault(lambda ch, detail, name=d.name: self._lock_fault(name, ch, detail))
+            self.report.options = {"pulse_ms": self.pulse_ms, "open_timeout_s": self.open_timeout_s,
+                                   "doors": self.opt.doors, "modbus_requests": self.opt.modbus_requests,
+                                   "interactive": self.tech.interactive}
+            try:
+                await self.hw.start()  # every lock bank switches all its outputs off first
+                await self._watch_doors()
+                if not self.opt.skip_boards:
+                    await self._boards()
+                await self._compartments()
+                if not self.opt.skip_scanners:
+                    await self._scanners()
+                if not self.opt.skip_broker:
+                    await self._brokers()
+            except (Exception, asyncio.CancelledError, KeyboardInterrupt) as e:
+                self.report.interrupted = type(e).__name__ + (f": {e}" if str(e) else "")
+                raise
+            finally:
+                await self._shutdown()
+        finally:
+            lock.release()
+        self._conclude()
+        return self.report
+
+    async def _shutdown(self) -> None:
+        """Every relay off and every device closed, whatever state the run ended in."""
+        assert self.hw is not None
+        for t in self._watchers:
+            t.cancel()
+        for d in self.hw.drivers.values():
+            if isinstance(d, LockBank):
+                try:
+                    await asyncio.wait_for(d.all_off(), 5.0)
+                except (DriverError, TimeoutError) as e:
+                    log.error("%s: switching every relay off failed: %s", d.name, e)
+        await self.hw.close()
+        self.report.finished = _now()
+
+    def _step(self, stage: str, subject: str) -> None:
+        if self.progress is not None:
+            self.progress(stage, subject)
+
+    # -- events from the drivers ----------------------------------------------------------
+
+    def _status(self, s: DriverStatus) -> None:
+        # Boards only: a bus reports itself through its boards, a scanner in its own check.
+        if not s.online and s.driver in self.config.drivers:
+            self._offline.setdefault(s.driver, s.detail)
+
+    def _lock_fault(self, driver: str, channel: int, detail: str | None) -> None:
+        if detail is None:
+            self._lock_faults.pop((driver, channel), None)
+        else:
+            self._lock_faults[(driver, channel)] = detail
+
+    async def _watch_doors(self) -> None:
+        assert self.hw is not None
+        names = {c.sensor_driver for c in self.config.compartments.values()}
+        for name in sorted(names):
+            self._watchers.append(asyncio.create_task(self._watch(self.hw.sensors(name)), name=f"bench-{name}"))
+        await asyncio.sleep(0)  # let each watcher subscribe before the first pulse
+
+    async def _watch(self, sensors: DoorSensors) -> None:
+        async for change in sensors.door_changes():
+            self._changes.append(change)
+            self._changed.set()
+
+    async def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds after a door change, or ``timeout`` passes."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            return predicate()
+        return True
+
+    # -- Modbus boards ----------------------------------------------------------------------
+
+    async def _boards(self) -> None:
+        assert self.hw is not None
+        from lockerd.drivers.modbus import DriverRefused, ModbusBoard
+
+        for board in self.hw.drivers.values():
+            if not isinstance(board, ModbusBoard):
+                continue
+            self._step("board", board.name)
+            self.tech.say(f"Board {board.name}: {self.opt.modbus_requests} reads")
+            res = BoardResult(board.name, board.bus.name, board.unit)
+            # The board's own poll request: the bench measures what the service will see.
+            send, check = board._poll_send(), board._poll_check()
+            silent_run = 0
+            for _ in range(self.opt.modbus_requests):
+                res.requests += 1
+                t0 = time.perf_counter()
+                try:
+                    await board.bus.call(board, "bench read", send, check, attempts=1)
+                except DriverRefused as e:
+                    res.refused += 1
+                    res.error = str(e)
+                    silent_run = 0
+                    continue
+                except DriverError as e:
+                    res.silent += 1
+                    res.error = str(e)
+                    silent_run += 1
+                    if silent_run >= self.opt.modbus_give_up_after and res.answered == 0:
+                        break  # a board that never answered is gone: do not spend minutes on it
+                    continue
+                res.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                res.answered += 1
+                silent_run = 0
+            self.report.boards.append(res)
+
+    # -- compartments ---------------------------------------------------------------------
+
+    def _manual(self, comp: Compartment) -> bool:
+        """Must a person pull this door open (no spring)?"""
+        if self.opt.doors in ("spring", "manual"):
+            return self.opt.doors == "manual"
+        sec = self.config.drivers[comp.lock_driver]
+        if sec.type == "sim":
+            return not sec["spring"]
+        return self.tech.interactive
+
+    async def _compartments(self) -> None:
+        chosen = set(self.opt.compartments)
+        for cab in self.config.cabinets.values():
+            ids = list(cab.compartments)
+            rows = (self.opt.rows or {}).get(cab.id) or default_rows(len(ids))
+            self.report.layout[cab.id] = {"rows": rows, "compartments": ids}
+            for cid in ids:
+                comp = self.config.compartments[cid]
+                res = CompartmentResult(cid, cab.id, comp.lock_driver, comp.lock, comp.sensor_driver, comp.sensor)
+                self.report.compartments.append(res)
+                if chosen and cid not in chosen:
+                    res.note = "not selected"
+                    continue
+                self._step("compartment", cid)
+                await self._compartment(comp, res)
+
+    async def _compartment(self, comp: Compartment, res: CompartmentResult) -> None:
+        assert self.hw is not None
+        bank = self.hw.lock_bank(comp.lock_driver)
+        sensors = self.hw.sensors(comp.sensor_driver)
+        expected = (comp.sensor_driver, comp.sensor)
+        for d in {bank, sensors}:
+            if not d.online:
+                res.note = f"board {d.name} offline: {d.detail}"
+                self._offline.setdefault(d.name, d.detail)
+                return
+        before = sensors.door(comp.sensor)
+        if before is DoorState.UNKNOWN:
+            res.problems.append("sensor-unknown")
+            res.note = "door sensor unreadable"
+            return
+        if before is DoorState.OPEN:
+            await self.tech.close_door(comp)
+            if not await self._until(lambda: sensors.door(comp.sensor) is DoorState.CLOSED, self.opt.close_timeout_s):
+                res.problems.append("open-before")
+                return
+        manual = self._manual(comp)
+        res.doors = "manual" if manual else "spring"
+        self.tech.say(f"Compartment {comp.id}: pulsing lock {comp.lock_driver}:{comp.lock}")
+        await self.tech.before_pulse(comp, manual)
+        mark = len(self._changes)
+        t0 = self.clock.monotonic()
+        try:
+            await bank.pulse(comp.lock, self.pulse_ms)
+        except DriverError as e:
+            if not bank.online:
+                res.note = f"board {bank.name} offline: {e}"
+                self._offline.setdefault(bank.name, str(e))
+            else:
+                res.problems.append("pulse-failed")
+                res.note = str(e)
+            return
+        self._step("pulsed", comp.id)
+
+        def opened() -> list[DoorChange]:
+            return [c for c in self._changes[mark:] if c.state is DoorState.OPEN]
+
+        got = await self._until(lambda: any((c.driver, c.channel) == expected for c in opened()),
+                                self.open_timeout_s)
+        if got or opened():
+            await self._until(lambda: False, self.opt.settle_s)  # other sensors moving too?
+        moved = list(dict.fromkeys((c.driver, c.channel) for c in opened()))
+        res.moved = [f"{d}:{ch}" for d, ch in moved]
+        first = next((c for c in opened() if (c.driver, c.channel) == expected), None)
+        if first is not None:
+            res.open_ms = round((first.at - t0) * 1000, 3)
+
+        # The pulse must end: a relay that stays on burns the solenoid. The bank
+        # reports a failed switch-off at once; do not wait out its retries.
+        if await self._pulse_stuck(bank, comp):
+            res.problems.append("relay-stuck")
+
+        if not bank.online or not sensors.online:
+            res.note = f"board went offline during the test: {bank.detail or sensors.detail}"
+            self._offline.setdefault(bank.name if not bank.online else sensors.name, res.note)
+            return
+        if not moved:
+            saw = await self.tech.saw_open(comp)
+            res.problems.append({True: "sensor-dead", False: "lock-not-released", None: "no-change"}[saw])
+        elif expected not in moved:
+            res.problems.append("wrong-sensor")
+        elif len(moved) > 1:
+            res.problems.append("extra-sensor")
+
+        if moved:
+            await self.tech.close_door(comp)
+            ok = await self._until(lambda: all(self.hw.sensors(d).door(ch) is DoorState.CLOSED for d, ch in moved),
+                                   self.opt.close_timeout_s)
+            res.closed = ok
+            if not ok:
+                res.problems.append("not-closed")
+
+    async def _pulse_stuck(self, bank: LockBank, comp: Compartment) -> bool:
+        """Wait for this lock's pulse to end; True if its relay did not switch off."""
+        key = (comp.lock_driver, comp.lock)
+        deadline = self.clock.monotonic() + self.pulse_ms / 1000 + 2.0
+        # The bank has no per-channel "pulse ended" signal (and another channel's
+        # welded relay would keep wait_pulses() waiting forever): look every 10 ms.
+        # A failed switch-off is reported by the bank at once, so no need to wait out its retries.
+        while comp.lock in bank.energised and key not in self._lock_faults and self.clock.monotonic() < deadline:
+            await self.clock.sleep(0.01)
+        return comp.lock in bank.energised or key in self._lock_faults
+
+    # -- scanners ---------------------------------------------------------------------------
+
+    async def _scanners(self) -> None:
+        assert self.hw is not None
+        for name, scanner in self.hw.scanners.items():
+            self._step("scanner", name)
+            res = ScannerResult(name)
+            self.report.scanners.append(res)
+            if not scanner.online:
+                res.status, res.error = FAIL, f"offline: {scanner.detail}"
+                continue
+            got: asyncio.Future[Scan] = asyncio.get_running_loop().create_future()
+
+            async def first(scanner=scanner, got=got) -> None:
+                async for scan in scanner.scans():
+                    if not got.done():
+                        got.set_result(scan)
+                    return
+
+            reader = asyncio.create_task(first())
+            await asyncio.sleep(0)  # subscribed before the person scans
+            t0 = time.monotonic()
+            if not await self.tech.scan_card(name, self.opt.test_card):
+                reader.cancel()
+                res.error = "not tested: nobody to scan the test card (non-interactive)"
+                continue
+            try:
+                scan = await asyncio.wait_for(got, self.opt.scan_timeout_s)
+            except TimeoutError:
+                res.status, res.error = FAIL, f"no scan within {self.opt.scan_timeout_s:g} s"
+                continue
+            finally:
+                reader.cancel()
+            res.after_s = round(time.monotonic() - t0, 3)
+            res.code = scan.code
+            if scan.code is None:
+                res.status, res.error = FAIL, scan.error or "unreadable"
+            elif self.opt.test_card is not None and scan.code != self.opt.test_card:
+                res.status, res.error = FAIL, f"read {scan.code!r}, the test card is {self.opt.test_card!r}"
+            else:
+                res.status = PASS
+
+    # -- the station broker -------------------------------------------------------------------
+
+    async def _brokers(self) -> None:
+        st = self.config.station
+        if not st or not st.get("enabled"):
+            return
+        from lockerd.station.mqtt import Settings
+
+        try:
+            settings = Settings.from_station(st, f"lockerd-{self.config.site}-{self.config.node}")
+        except OSError as e:  # the password file
+            self.report.brokers.append(BrokerResult(", ".join(st["brokers"]), error=f"cannot read settings: {e}"))
+            return
+        for host, port in settings.brokers:
+            self._step("broker", f"{host}:{port}")
+            self.report.brokers.append(
+                await asyncio.to_thread(probe_broker, settings, host, port, self.opt.broker_timeout_s))
+
+    # -- conclusions ----------------------------------------------------------------------------
+
+    def _conclude(self) -> None:
+        """Turn the observations into findings: one per fault, never one per symptom."""
+        r = self.report
+        f = r.findings
+        for c in r.compartments:
+            if c.problems:
+                c.status = FAIL
+            elif c.open_ms is not None:
+                c.status = PASS
+            else:
+                c.status = UNTESTED
+        for b in r.boards:
+            if b.requests and b.answered == 0:
+                self._offline.setdefault(b.name, b.error)
+            elif b.answered < b.requests:
+                f.append(Finding("board-unreliable", b.name,
+                                 f"answered {b.answered} of {b.requests} reads ({b.rate:.0%}); last error: {b.error}",
+                                 {"answered": b.answered, "requests": b.requests}))
+        comps = {c.id: c for c in r.compartments}
+        by_sensor = {(c.sensor_driver, c.sensor): c.id for c in r.compartments}
+        for name, detail in self._offline.items():
+            untested = [c.id for c in r.compartments if name in (c.lock_driver, c.sensor_driver)
+                        and c.status == UNTESTED and c.note != "not selected"]
+            f.append(Finding("board-offline", name,
+                             f"not answering ({detail})" + (f"; not tested: {', '.join(untested)}" if untested else ""),
+                             {"untested": untested}))
+        # Wrong sensors: a lock that opened another compartment's door, folded into crossed pairs.
+        wrong: dict[str, str] = {}
+        for c in r.compartments:
+            if "wrong-sensor" in c.problems:
+                other = [by_sensor.get(_channel(m)) for m in c.moved]
+                wrong[c.id] = next((o for o in other if o), c.moved[0] if c.moved else "?")
+        done: set[str] = set()
+        for a, b in wrong.items():
+            if a in done:
+                continue
+            ca = comps[a]
+            if wrong.get(b) == a:
+                cb = comps[b]
+                done |= {a, b}
+                for x, y in ((ca, cb), (cb, ca)):
+                    x.problems = ["crossed" if p == "wrong-sensor" else p for p in x.problems]
+                    x.note = f"crossed with {y.id}"
+                f.append(Finding(
+                    "crossed", "+".join(sorted((a, b))),
+                    f"lock of {a} ({ca.lock_driver} channel {ca.lock}) opens the door seen on sensor "
+                    f"{cb.sensor_driver} channel {cb.sensor}, and lock of {b} ({cb.lock_driver} channel {cb.lock}) "
+                    f"the one on sensor {ca.sensor_driver} channel {ca.sensor}: those two channels are crossed "
+                    "(lock wires or sensor wires swapped)",
+                    {"compartments": sorted((a, b)), "channels": {a: [ca.lock, ca.sensor], b: [cb.lock, cb.sensor]}}))
+            else:
+                done.add(a)
+                f.append(Finding("wrong-sensor", a,
+                                 f"its lock ({ca.lock_driver} channel {ca.lock}) moved sensor {', '.join(ca.moved)} "
+                                 f"({b}), not its own ({ca.sensor_driver} channel {ca.sensor})",
+                                 {"moved": ca.moved}))
+        for c in r.compartments:
+            for p in c.problems:
+                if p in ("crossed", "wrong-sensor"):
+                    continue
+                f.append(Finding(p, c.id, _message(p, c), {"moved": c.moved, "note": c.note}))
+        for s in r.scanners:
+            if s.status == FAIL:
+                kind = ("scanner-offline" if s.error.startswith("offline") else
+                        "scanner-silent" if s.code is None and s.after_s is None else
+                        "scanner-bad-read" if s.code is None else "scanner-wrong-code")
+                f.append(Finding(kind, s.name, s.error))
+        for b in r.brokers:
+            if not b.ok:
+                f.append(Finding("broker-unreachable", b.broker, b.error))
+
+
+def _channel(moved: str) -> tuple[str, int]:
+    d, _, ch = moved.rpartition(":")
+    return d, int(ch)
+
+
+def _message(kind: str, c: CompartmentResult) -> str:
+    lock, sensor = f"{c.lock_driver} channel {c.lock}", f"{c.sensor_driver} channel {c.sensor}"
+    return {
+        "lock-not-released": f"the door did not open when its lock ({lock}) was pulsed: check the lock, its wiring "
+                             "and its relay",
+        "sensor-dead": f"the door opened but its sensor ({sensor}) did not change: check the sensor and its wiring",
+        "no-change": f"no door sensor changed after its lock ({lock}) was pulsed: the lock did not release or "
+                     f"the sensor ({sensor}) is dead; nobody was there to tell which",
+        "extra-sensor": f"its lock ({lock}) opened its own door and also moved "
+                        f"{', '.join(m for m in c.moved if m != f'{c.sensor_driver}:{c.sensor}')}",
+        "not-closed": f"sensor {', '.join(c.moved) or sensor} still reads open after the door should have closed",
+        "open-before": f"its sensor ({sensor}) reads open before the lock was pulsed and did not close: "
+                       "close the door, or the sensor is stuck or inverted (open_level)",
+        "sensor-unknown": f"its sensor ({sensor}) cannot be read",
+        "relay-stuck": f"the relay of its lock ({lock}) did not switch off after the pulse",
+        "pulse-failed": f"the board refused the pulse of {lock}: {c.note}",
+    }.get(kind, kind)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def probe_broker(settings: Any, host: str, port: int, timeout: float) -> BrokerResult:
+    """Connect once to a broker with the station's credentials and TLS; a clean session under a bench client id.
+
+    The bench never uses the daemon's client id: the broker would hand it the
+    daemon's queued commands.
+    """
+    import ssl
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    res = BrokerResult(f"{host}:{port}")
+    v5 = settings.protocol == "5"
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{settings.client_id}-bench",
+                    protocol=paho.MQTTv5 if v5 else paho.MQTTv311, **({} if v5 else {"clean_session": True}))
+    c.connect_timeout = timeout
+    if settings.username:
+        c.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        c.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                  keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+    answer: list[Any] = []
+    c.on_connect = lambda _c, _u, _f, reason, _p: answer.append((reason, time.perf_counter()))
+    t0 = time.perf_counter()
+    try:
+        c.connect(host, port, keepalive=30)
+        deadline = t0 + timeout
+        while not answer and time.perf_counter() < deadline:
+            c.loop(timeout=0.05)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        res.error = f"cannot connect: {e}"
+        return res
+    finally:
+        if answer and not answer[0][0].is_failure:
+            with contextlib.suppress(Exception):
+                c.disconnect()
+        with contextlib.suppress(Exception):
+            c.socket() and c.socket().close()
+    if not answer:
+        res.error = f"no answer (CONNACK) within {timeout:g} s"
+    elif answer[0][0].is_failure:
+        res.error = f"refused: {answer[0][0]}"
+    else:
+        res.ok = True
+        res.latency_ms = round((answer[0][1] - t0) * 1000, 3)
+    return res
