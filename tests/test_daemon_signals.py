@@ -386,7 +386,7 @@ def test_a_stuck_journal_writer_stops_the_watchdog_pings(tmp_path, manager):
 
 @pytest.mark.asyncio
 async def test_a_scanner_reader_that_died_stops_the_pings_and_is_named(tmp_path, manager, monkeypatch, caplog):
-    monkeypatch.setenv("WATCHDOG_USEC", "600000")  # ping every 0.3 s
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # ping every 0.5 s, a task is late after 0.75 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     daemon = Daemon(config_mod.load(setup_station(tmp_path)), Clock(), Notifier(manager.address))
     front = daemon.hw.scanners["front"]
@@ -423,22 +423,22 @@ async def test_an_unplugged_scanner_is_offline_not_unhealthy(tmp_path, manager, 
     pair = SocatPair(tmp_path, "front").start()
     text = TOML.replace('[scanners.front]\ntype = "sim"', f'[scanners.front]\ntype = "serial"\nport = "{pair.device}"')
     assert 'type = "serial"' in text
-    monkeypatch.setenv("WATCHDOG_USEC", "600000")
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     daemon = Daemon(config_mod.load(setup_station(tmp_path, text)), Clock(), Notifier(manager.address))
     front = daemon.hw.scanners["front"]
     # Faster than in service (watch 1 s, retries up to 5 s) so that the test outlasts the heartbeat limit.
-    front.watch_s, front.retry_max, front.heartbeat_s = 0.1, 0.3, 0.3
+    front.watch_s, front.retry_max, front.heartbeat_s = 0.1, 0.4, 0.4
     await daemon.start()
     try:
         ready = await asyncio.to_thread(manager.wait_for, is_ready)
         assert "every device online" in ready["STATUS"]
-        assert daemon.beats._limits["driver:front"] == pytest.approx(0.6)
+        assert daemon.beats._limits["driver:front"] == pytest.approx(0.8)
         assert "driver:front" in daemon._beat_names
         pair.stop()  # unplugged
         off = await asyncio.to_thread(manager.wait_for, lambda m: "offline: front" in m.get("STATUS", ""), 5)
         assert "does not exist" in off["STATUS"] or "read failed" in off["STATUS"] or "end of file" in off["STATUS"]
-        for _ in range(4):  # 1.2 s: twice the reader's heartbeat limit
+        for _ in range(4):  # 2 s: more than twice the reader's heartbeat limit
             await asyncio.to_thread(manager.wait_for, is_ping, 5)
         assert not any(m.get("STATUS", "").startswith("unhealthy") for _, m in manager.got)
         pair.start()  # plugged back in
