@@ -261,7 +261,7 @@ class Bench:
         expected = (comp.sensor_driver, comp.sensor)
         for d in {bank, sensors}:
             if not d.online:
-                res.note = f"board {d.name} offline: {d.detail}"
+                res.note = f"{d.name} offline"
                 self._offline.setdefault(d.name, d.detail)
                 return
         before = sensors.door(comp.sensor)
@@ -284,7 +284,7 @@ class Bench:
             await bank.pulse(comp.lock, self.pulse_ms)
         except DriverError as e:
             if not bank.online:
-                res.note = f"board {bank.name} offline: {e}"
+                res.note = f"{bank.name} offline"
                 self._offline.setdefault(bank.name, str(e))
             else:
                 res.problems.append("pulse-failed")
@@ -311,8 +311,9 @@ class Bench:
             res.problems.append("relay-stuck")
 
         if not bank.online or not sensors.online:
-            res.note = f"board went offline during the test: {bank.detail or sensors.detail}"
-            self._offline.setdefault(bank.name if not bank.online else sensors.name, res.note)
+            gone = bank if not bank.online else sensors
+            res.note = f"{gone.name} offline"
+            self._offline.setdefault(gone.name, gone.detail)
             return
         if not moved:
             saw = await self.tech.saw_open(comp)

@@ -172,13 +172,14 @@ h1{margin:0 0 .2em}h2{margin:1.4em 0 .4em;font-size:1.2em}
 .cabinet{border:6px solid #555;border-radius:6px;padding:6px;background:#ddd}
 .cabinet h3{margin:0 0 6px;text-align:center}
 .grid{display:grid;grid-auto-flow:column;gap:5px}
-.cell{width:7.2em;min-height:4.6em;border-radius:4px;padding:4px 6px;box-sizing:border-box;border:2px solid #0003;
+.cell{width:9.6em;height:6.7em;overflow:hidden;border-radius:4px;padding:4px 6px;box-sizing:border-box;
+ border:2px solid #0003;
  font-size:.8em;display:flex;flex-direction:column}
 .cell b{font-size:1.35em}
 .cell.pass{background:#43a047;color:#fff}.cell.fail{background:#e53935;color:#fff}
 .cell.untested{background:#bdbdbd;color:#333;
  background-image:repeating-linear-gradient(45deg,#0000 0 6px,#0001 6px 12px)}
-.cell .why{font-weight:700}
+.cell .why{font-weight:700}.cell .ch{margin-top:auto;opacity:.8;font-size:.9em;white-space:nowrap}
 .legend span{display:inline-block;width:1em;height:1em;border-radius:3px;vertical-align:middle;margin:0 .3em 0 1em}
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 td.pass{color:#1b8a3a;font-weight:700}td.fail{color:#c62828;font-weight:700}
@@ -192,15 +193,17 @@ def _e(x: object) -> str:
 
 
 def _cell(c: CompartmentResult) -> str:
-    lines = [f"<b>{_e(c.id)}</b>", f"<span>lock {_e(c.lock)} · sensor {_e(c.sensor)}</span>"]
-    if c.open_ms is not None:
-        lines.append(f'<span class="ms">{c.open_ms:.0f} ms</span>')
+    lines = [f"<b>{_e(c.id)}</b>"]
     if c.problems:
         labels = (c.note if p == "crossed" and c.note else FINDING_LABELS.get(p, p) for p in c.problems)
         lines.append(f'<span class="why">{_e(", ".join(labels))}</span>')
     elif c.note:
         lines.append(f'<span class="why">{_e(c.note)}</span>')
-    title = c.note or ", ".join(c.problems) or "passed"
+    if c.open_ms is not None:
+        lines.append(f'<span class="ms">{c.open_ms:.0f} ms to open</span>')
+    lines.append(f'<span class="ch">lock {_e(c.lock)} · sensor {_e(c.sensor)}</span>')
+    title = f"{c.id}: lock {c.lock_driver}:{c.lock}, sensor {c.sensor_driver}:{c.sensor}: " + (
+        ", ".join(c.problems) or c.note or "passed")
     return (f'<div class="cell {c.status}" id="cell-{_e(c.id)}" data-status="{c.status}" '
             f'title="{_e(title)}">{"".join(lines)}</div>')
 
