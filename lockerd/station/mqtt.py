@@ -395,9 +395,6 @@ class Connection:
         else:
             client.subscribe(topic, qos=qos)
 
-    def close_now(self) -> None:
-        """Drop the connection (it comes back through the normal reconnect)."""
-        self._lost.set()
 
 
 def _close_quietly(client: paho.Client) -> None:
