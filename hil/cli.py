@@ -6,11 +6,12 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from lockerd.hil.bench import Bench, BenchOptions
-from lockerd.hil.report import FINDING_LABELS
+from lockerd.hil.report import FINDING_LABELS, Report
 from lockerd.hil.technician import ConsoleTechnician, SimTechnician, Unattended
 
 from lockerd import config as config_mod
@@ -49,6 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+async def _run(bench: Bench) -> Report:
+    """Run the bench; the first Ctrl-C (or SIGTERM/SIGHUP) stops it, later ones cannot cut the switch-off short."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    hits = 0
+
+    def stop() -> None:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            task.cancel()
+        else:
+            print("lockerd-hil: switching every relay off first, please wait", file=sys.stderr, flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop)
+    try:
+        return await bench.run()
+    except asyncio.CancelledError:
+        if hits:
+            raise KeyboardInterrupt from None
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -78,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     tech = SimTechnician(Unattended(sys.stdout) if a.non_interactive else ConsoleTechnician())
     bench = Bench(cfg, tech, opts)
     try:
-        report = asyncio.run(bench.run())
+        report = asyncio.run(_run(bench))
     except HardwareBusy as e:
         print(f"lockerd-hil: {e}. Stop the service first (systemctl stop lockerd) and run the bench again.",
               file=sys.stderr)

@@ -314,6 +314,7 @@ async def test_sigint_of_the_command_mid_pulse_switches_every_relay_off(tmp_path
         try:
             await boards.a.wait_for(lambda: _any_on(boards.a), timeout=15)
             proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not cut the switch-off short
             out, err = await asyncio.wait_for(proc.communicate(), 15)
         finally:
             if proc.returncode is None:
