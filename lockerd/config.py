@@ -250,6 +250,9 @@ SCANNER_COMMON = {
     "cabinets": Opt("list-id", doc="cabinets this scanner serves"),
     "feedback": Opt("str", "", doc="[feedback.*] section; default: log to the console"),
     "debounce_ms": Opt("int", 1500, min=0, max=60000, doc="same code again within this is one scan"),
+    "side": Opt("str", "both", choices=("both", "front", "rear"),
+                doc="at pass-through compartments: a front scanner takes deposits only, a rear one "
+                    "retrievals and releases only (each opens the door on its own side)"),
 }
 
 SCANNER_TYPES: dict[str, dict[str, Opt]] = {

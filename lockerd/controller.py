@@ -540,6 +540,18 @@ class Controller:
         rear = self.config.compartments[compartment].rear_id
         return self.slots[rear] if rear is not None and action in (RETRIEVE, RELEASE) else self.slots[compartment]
 
+    def _wrong_side(self, scanner: str, slot: Slot) -> str | None:
+        """A scanner on one side of a pass-through cabinet never opens the door on the other side."""
+        sec = self.config.scanners.get(scanner)
+        side = sec.options.get("side", "both") if sec else "both"
+        if side == "both" or self.config.compartments[slot.compartment].rear_id is None:
+            return None
+        door = "rear" if slot.parent is not None else "front"
+        if door == side:
+            return None
+        what = "retrievals and releases" if door == "rear" else "deposits"
+        return f"{what} open the {door} door of {slot.compartment}: scan at a {door} scanner, not this {side} one"
+
     async def _badge(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome:
         if not self._serves_evidence(served):
             return self._deny(scan, "badge scanned where a dossier is expected",
@@ -605,6 +617,10 @@ class Controller:
         else:
             action = DEPOSIT
         slot = self._door_for(item.compartment, action)  # type: ignore[arg-type]
+        wrong = self._wrong_side(scan.scanner, slot)
+        if wrong:
+            return self._deny(scan, wrong, compartment=slot.cfg.id, dossier=item.code, people=people,
+                              journal_scan=scanned)
         out = await self._open(slot, {item.code: action}, people, scan=scan, journal_scan=scanned, note=note)
         if authorised is not None and action != DEPOSIT and out.accepted:
             self.authorisations.used(item.code)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from evidence_rig import deposit, evidence_rig, toml
-from rig import close_rig
+from evidence_rig import data, deposit, evidence_rig, toml
+from rig import close_rig, make_rig
 
 from lockerd import config
 from lockerd.errors import ConfigError
@@ -118,3 +118,37 @@ def test_bad_rear_door_and_reason_config_is_named(tmp_path, change, expected):
     with pytest.raises(ConfigError) as e:
         _load(tmp_path, text.replace(old, new, 1))
     assert expected in str(e.value), str(e.value)
+
+
+SIDES = ('[scanners.side]\ntype = "sim"\ncabinets = ["d"]\ndebounce_ms = 0\n',
+         '[scanners.side]\ntype = "sim"\ncabinets = ["d"]\ndebounce_ms = 0\n'
+         '[scanners.room]\ntype = "sim"\ncabinets = ["e"]\ndebounce_ms = 0\nside = "rear"\n')
+
+
+@pytest.mark.asyncio
+async def test_each_side_scanner_opens_only_its_own_door(tmp_path):
+    text = toml(pass_through=True).replace(*SIDES).replace(
+        'cabinets = ["d", "e"]\ndebounce_ms = 0\n', 'cabinets = ["d", "e"]\ndebounce_ms = 0\nside = "front"\n')
+    r = await make_rig(tmp_path, text, data())
+    try:
+        # A deposit at the property room's (rear) scanner: refused, nothing opens.
+        for code in ("B-BERG", "E-1"):
+            await r.scan(code, scanner="room")
+        out = await r.scan("B-LIND", scanner="room")
+        assert not out.accepted and "deposits open the front door of e01" in out.message
+        await deposit(r, channel=FRONT)  # at the front scanner
+        # A retrieval at the officers' (front) scanner: refused, the rear stays shut.
+        for code in ("B-LIND", "R-COURT", "E-1"):
+            await r.scan(code)
+        out = await r.scan("B-OKAFOR")
+        assert not out.accepted and "retrievals and releases open the rear door of e01" in out.message
+        # The same at the rear scanner opens the rear door.
+        for code in ("B-LIND", "R-COURT", "E-1"):
+            await r.scan(code, scanner="room")
+        out = await r.scan("B-OKAFOR", scanner="room")
+        assert out.pulsed and out.compartment == "e01-rear"
+        assert [ch for ch, _, _ in r.e.pulse_log] == [FRONT, REAR]
+        denied = [e for e in await r.events() if e.kind == "access.denied"]
+        assert [d.compartment for d in denied] == ["e01", "e01-rear"]
+    finally:
+        await close_rig(r)
