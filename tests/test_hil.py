@@ -25,6 +25,7 @@ from hil_boards import DoorPeer, DoorWatcher
 from lockerd.hil import Bench, BenchOptions, Unattended
 from lockerd.hil.report import PASS, UNTESTED, render_html
 from lockerd.hil.technician import SimTechnician
+from ptys import SocatPair
 
 from lockerd import config as config_mod
 from lockerd.hwlock import HardwareBusy, HardwareLock, hardware_lock_path
@@ -195,6 +196,39 @@ async def test_scanner_test_card_silent_wrong_and_right(tmp_path):
     r = await Bench(cfg, WrongCard(), BenchOptions(**(QUICK | {"compartments": ("d01",), "test_card": "CARD-1"}))).run()
     assert r.finding_keys() == {("scanner-wrong-code", "front")}
     assert "SOMETHING-ELSE" in r.findings[0].message
+
+
+@pytest.mark.asyncio
+async def test_serial_scanner_reads_the_test_card_over_a_pty(tmp_path):
+    pty = SocatPair(tmp_path, "desk").start()
+    try:
+        text = SIM + f'[scanners.desk]\ntype = "serial"\nport = "{pty.device}"\ncabinets = ["d"]\n'
+        cfg = write_config(tmp_path, text)
+
+        class AtTheDesk(SimTechnician):
+            """Scans with the serial scanner: its bytes come down the pty; the second card is smudged."""
+
+            def __init__(self, cards: list[bytes]):
+                super().__init__()
+                self.cards = cards
+
+            async def scan_card(self, scanner, card):
+                if scanner != "desk":
+                    return await super().scan_card(scanner, card)
+                await pty.write(self.cards.pop(0))
+                return True
+
+        tech = AtTheDesk([b"CARD-7\r", b"CA\x01RD\r"])
+        opts = BenchOptions(**(QUICK | {"compartments": ("d01",), "test_card": "CARD-7", "scan_timeout_s": 5.0}))
+        r = await Bench(cfg, tech, opts).run()
+        desk = next(x for x in r.scanners if x.name == "desk")
+        assert desk.status == PASS and desk.code == "CARD-7"
+        assert r.finding_keys() == set()
+        r = await Bench(cfg, tech, opts).run()
+        assert ("scanner-bad-read", "desk") in r.finding_keys()
+        assert "control character" in next(x for x in r.scanners if x.name == "desk").error
+    finally:
+        pty.stop()
 
 
 # -- pymodbus relay boards with doors ---------------------------------------------------------------
@@ -469,3 +503,25 @@ def test_command_on_a_clean_sim_cabinet_passes_and_writes_both_reports(tmp_path)
     bad = subprocess.run([sys.executable, "-m", "lockerd.hil.cli", "-c", str(cfg.path), "--only", "zz99"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no compartment zz99" in bad.stderr
+
+
+@pytest.mark.asyncio
+async def test_command_asks_the_technician_whether_a_silent_door_opened(tmp_path):
+    """Attended run on Modbus boards: the two prompts are answered on stdin, y for m03 and n for m07."""
+    async with door_boards(tmp_path) as boards:
+        boards.a.dead_sensors.add((1, 2))
+        boards.a.dead_locks.add((1, 6))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lockerd.hil.cli", "-c", str(boards.cfg.path), "--doors", "spring",
+            "--only", "m01", "m03", "m07", "--requests", "5", "--close-timeout", "2", "-o", str(tmp_path / "out"),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(b"y\nn\n"), 60)
+        text = out.decode()
+        assert proc.returncode == 1, text + err.decode()
+        assert "Compartment m03: no door sensor changed. Did its door open? [y/n]" in text
+        assert "Compartment m07: no door sensor changed. Did its door open? [y/n]" in text
+        report = json.loads((tmp_path / "out" / "bench.json").read_text())
+        assert {(f["kind"], f["subject"]) for f in report["findings"]} == {("sensor-dead", "m03"),
+                                                                          ("lock-not-released", "m07")}
+        assert [c["id"] for c in report["compartments"] if c["status"] == "pass"] == ["m01"]
+        assert "FAULT  m03" in text and "FAIL (2 findings)" in text
