@@ -17,18 +17,17 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from lockerd.drivers import Hardware
 from lockerd.hil.technician import Technician
 from modbus_peer import RelayPeer
 from pymodbus.constants import ExcCodes
 
-from lockerd.config import Compartment, Config
+from lockerd.config import Compartment
 
 
 class DoorPeer(RelayPeer):
     """Relay boards with a spring-loaded door on every coil (see the module doc)."""
 
-    def __init__(self, units: list[int], *, close_after_s: float = 0.05, **kw: Any):
+    def __init__(self, units: list[int], *, close_after_s: float = 0.25, **kw: Any):
         super().__init__(units, **kw)
         self.close_after_s = close_after_s
         self.crossed: dict[int, tuple[int, int]] = {}  # unit -> the two channels whose sensors are swapped
@@ -87,8 +86,7 @@ class DoorPeer(RelayPeer):
 class DoorWatcher(Technician):
     """The person at a cabinet of :class:`DoorPeer` boards: asked whether a door opened, says what they saw."""
 
-    def __init__(self, config: Config, peers: dict[str, tuple[DoorPeer, int]]):
-        self.config = config
+    def __init__(self, peers: dict[str, tuple[DoorPeer, int]]):
         self.peers = peers  # driver name -> (peer, unit)
         self.interactive = True
         self.lines: list[str] = []
@@ -104,6 +102,3 @@ class DoorWatcher(Technician):
     async def saw_open(self, comp: Compartment) -> bool | None:
         peer, unit = self.peers[comp.lock_driver]
         return peer.opened[(unit, comp.lock)] > self._before[comp.id]
-
-    def attach(self, hw: Hardware) -> None:
-        self.hw = hw

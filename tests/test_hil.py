@@ -39,7 +39,7 @@ control_socket = "lockerd.sock"
 path = "journal.db"
 [timing]
 pulse_ms = {pulse_ms}
-open_timeout_s = 1.0
+open_timeout_s = 0.5
 """
 
 SIM = HEAD + """
@@ -241,7 +241,7 @@ class Boards:
         self.a, self.b, self.cfg = a, b, cfg
 
     def watcher(self) -> DoorWatcher:
-        return DoorWatcher(self.cfg, {"board-a": (self.a, 1), "board-b": (self.b, 2)})
+        return DoorWatcher({"board-a": (self.a, 1), "board-b": (self.b, 2)})
 
     async def coils(self) -> list[bool]:
         return [*await self.a.coils_of(1), *await self.b.coils_of(2)]
