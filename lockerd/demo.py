@@ -69,6 +69,10 @@ async def play(daemon: Daemon, pause: float = PAUSE) -> None:
     print(f"    .venv/bin/lockerd status -c {cfg.path}")
     print(f"    .venv/bin/lockerd history -c {cfg.path}")
     print(f"    .venv/bin/lockerd verify -c {cfg.path}")
+    print(f"    .venv/bin/lockerd chain-of-custody E-2026-0090 -c {cfg.path}   # with the cabinet camera's stills")
+    print(f"    .venv/bin/lockerd occupancy -c {cfg.path}")
+    print(f"    .venv/bin/lockerd export -o shift.csv -c {cfg.path} && .venv/bin/lockerd verify-export shift.csv "
+          f"-c {cfg.path}")
     print("    Press Ctrl-C here to stop the daemon.", flush=True)
 
 
