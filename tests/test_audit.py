@@ -7,6 +7,7 @@ import json
 
 import pytest
 import pytest_asyncio
+from evidence_rig import data, deposit, toml
 from rig import Rig, close_rig, make_rig
 from test_camera import SIM, count, journaled, with_camera
 
@@ -179,3 +180,35 @@ async def test_occupancy_shows_a_fault(rig, capsys):
     assert main(["occupancy", "-c", str(rig.cfg.path)]) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  d02"))
     assert "FAULT jam: 3 pulses in a row without the door opening" in line
+
+
+async def test_pass_through_cabinet_custody_stills_and_occupancy_include_the_rear_door(tmp_path):
+    text = toml(pass_through=True).replace('[cabinets.e]\nkind = "evidence"', '[cabinets.e]\nkind = "evidence"\n'
+                                           'camera = "cam"') + SIM
+    rig = await make_rig(tmp_path, text, data())
+    try:
+        await deposit(rig, channel=0)  # through the front door
+        for code in ("B-LIND", "R-COURT", "E-1"):
+            await rig.scan(code)
+        out = await rig.scan("B-OKAFOR")
+        assert out.pulsed and out.compartment == "e01-rear"
+        await rig.pull(rig.e, 2)  # the rear door, on channel 2
+        rig.e.force(0)  # and someone pries the front open meanwhile
+        await rig.clock.advance(0.1)
+        await rig.flush()
+        with contextlib.closing(audit.open_journal(rig.cfg.journal_path)) as conn:
+            occ = audit.occupancy(conn, rig.cfg, "e")
+        e01 = occ["cabinets"][0]["compartments"][0]
+        assert (e01["id"], e01["door"], e01["alarms"]) == ("e01", "open", ["forced"])
+        assert e01["rear"] == {"id": "e01-rear", "door": "open", "faults": {}, "alarms": []}
+        await rig.close(rig.e, 2)
+        events = await journaled(rig, count("photo.taken", 4))  # front grant and close, rear grant and close
+        rear = [e for e in events if e.kind == "photo.taken" and e.compartment == "e01-rear"]
+        assert [p.data["step"] for p in rear] == ["grant", "door.closed"]
+        c = chain(rig, "E-1")
+        assert {e.compartment for e in c.events if e.kind == "door.closed"} == {"e01", "e01-rear"}
+        assert [e.kind for e in c.events if e.kind.startswith("evidence.")] == ["evidence.deposited",
+                                                                                "evidence.retrieved"]
+        assert {p.seq for p in rear} <= {e.seq for e in c.events}
+    finally:
+        await close_rig(rig)
