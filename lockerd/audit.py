@@ -309,7 +309,7 @@ class ExportRow:
 
 def read_export(path: Path) -> tuple[dict[str, Any], str, list[ExportRow]]:
     """(header, "csv" | "json", rows) of an export file."""
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8-sig")  # a spreadsheet may have saved it with a BOM
     if text.lstrip().startswith("{"):
         try:
             doc = json.loads(text)

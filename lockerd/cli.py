@@ -41,7 +41,10 @@ def cmd_check_config(a: argparse.Namespace) -> int:
     print(f"{cfg.path}: OK: site {cfg.site}, node {cfg.node}, {len(cfg.cabinets)} cabinet(s), "
           + ", ".join(f"{n} {k} compartments" for k, n in sorted(kinds.items()))
           + f", {len(cfg.scanners)} scanner(s), drivers: "
-          + ", ".join(f"{n} ({d.type})" for n, d in cfg.drivers.items()))
+          + ", ".join(f"{n} ({d.type})" for n, d in cfg.drivers.items())
+          + "".join(f", camera {n} ({c.type}) on cabinet(s) "
+                    + (", ".join(cab.id for cab in cfg.cabinets.values() if cab.camera == n) or "none")
+                    for n, c in cfg.cameras.items()))
     return 0
 
 

@@ -243,3 +243,10 @@ async def test_not_an_export(rig, tmp_path, capsys):
         main(["export", "-c", str(rig.cfg.path), "--since", "yesterday"])
     assert e.value.code == 2
     assert "--since 'yesterday'" in capsys.readouterr().err
+
+
+async def test_csv_export_saved_back_by_a_spreadsheet_still_verifies(rig, tmp_path):
+    """A byte-order mark and CRLF line ends change no field: the export still checks out."""
+    path = export(rig, tmp_path, "csv")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    assert check(rig, path).ok and check(rig, path, journal=False).ok

@@ -14,6 +14,7 @@ import pytest
 from rig import TOML, Rig, close_rig, make_rig, write_config
 
 from lockerd import config
+from lockerd.cli import main
 from lockerd.errors import ConfigError
 from lockerd.journal import Event, Journal, verify
 from lockerd.station import contract
@@ -225,11 +226,13 @@ async def test_camera_config_is_strict(tmp_path, section, cabinet_camera, proble
     assert any(problem in p for p in e.value.problems), e.value.problems
 
 
-async def test_camera_config_accepts_the_boards_camera_tool(tmp_path):
+async def test_camera_config_accepts_the_boards_camera_tool(tmp_path, capsys):
     cfg = config.load(write_config(tmp_path, with_camera(
         command_camera(["rpicam-still", "-n", "-t", "1", "-o", "{path}"], 3.0))))
     assert cfg.cabinets["d"].camera == "cam" and cfg.cabinets["e"].camera == ""
     assert cfg.cameras["cam"].type == "command" and cfg.cameras["cam"]["timeout_s"] == 3.0
+    assert main(["check-config", str(cfg.path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(", camera cam (command) on cabinet(s) d")
 
 
 async def test_stopping_mid_capture_journals_the_missing_still_and_kills_the_tool(tmp_path):
