@@ -1,4 +1,4 @@
-"""The audit commands of the lockerd CLI: chain-of-custody, occupancy, export, verify-export.
+"""The audit commands of the lockerd CLI: chain-of-custody, occupancy, export, verify-export, verify-photos.
 
 They read the journal file directly, read-only, so they work with the daemon
 running or stopped and never go through its writer.
@@ -120,6 +120,24 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
+def cmd_verify_photos(a: argparse.Namespace) -> int:
+    from lockerd import audit
+
+    path = _journal(a)
+    if path is None:
+        return 2
+    folder = path.parent / "photos"
+    with contextlib.closing(audit.open_journal(path)) as conn:
+        r = audit.verify_photos(conn, folder)
+    for seq, name in r.missing:
+        print(f"MISSING  {name} (photo.taken seq {seq})")
+    for seq, name in r.altered:
+        print(f"ALTERED  {name} (photo.taken seq {seq}): its SHA-256 is not the journaled one")
+    print(f"{folder}: {r.checked} stills journaled, {len(r.missing)} missing, {len(r.altered)} altered"
+          + (": OK" if r.ok else ""))
+    return 0 if r.ok else 1
+
+
 def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> None:
     """Add the audit commands to the lockerd parser."""
     def journal_opt(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -151,3 +169,7 @@ def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> No
     sp.add_argument("file")
     sp.add_argument("--standalone", action="store_true", help="check the export on its own, without the journal")
     sp.set_defaults(func=cmd_verify_export)
+
+    sp = journal_opt(with_config(sub.add_parser(
+        "verify-photos", help="check every journaled still in photos/ against its recorded SHA-256")))
+    sp.set_defaults(func=cmd_verify_photos)

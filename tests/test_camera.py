@@ -255,3 +255,24 @@ async def test_stopping_mid_capture_journals_the_missing_still_and_kills_the_too
         again.close()
     with pytest.raises(ProcessLookupError):
         os.kill(int(pidfile.read_text()), 0)
+
+
+async def test_verify_photos_finds_a_missing_and_an_altered_still(tmp_path, capsys):
+    rig = await make_rig(tmp_path, with_camera(SIM))
+    try:
+        await deposit(rig)
+        photos = by_kind(await journaled(rig, count("photo.taken", 2)), "photo.taken")
+    finally:
+        await close_rig(rig)
+    cfg = str(rig.cfg.path)
+    capsys.readouterr()
+    assert main(["verify-photos", "-c", cfg]) == 0
+    assert capsys.readouterr().out.strip().endswith("2 stills journaled, 0 missing, 0 altered: OK")
+    folder = rig.cfg.journal_path.parent / "photos"
+    grant, closed = (folder / p.data["file"] for p in photos)
+    grant.write_bytes(grant.read_bytes() + b"\x00")  # touched up
+    closed.unlink()
+    assert main(["verify-photos", "-c", cfg]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"MISSING  {closed.name} (photo.taken seq {photos[1].seq})"
+    assert out[1] == f"ALTERED  {grant.name} (photo.taken seq {photos[0].seq}): its SHA-256 is not the journaled one"
