@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from benchstats import pct
+from benchstats import pct, start_controller
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from lockerd.drivers import build_hardware  # noqa: E402
 from rig import DATA, TOML  # noqa: E402
 
-from lockerd import config, importer  # noqa: E402
-from lockerd.clock import Clock  # noqa: E402
-from lockerd.controller import Controller, Outcome  # noqa: E402
-from lockerd.journal import Journal  # noqa: E402
+from lockerd.controller import Outcome  # noqa: E402
 
 TOOL = "#!/bin/sh\nsleep 0.06\nhead -c 200000 /dev/zero > \"$1\"\n"
 
@@ -41,14 +36,7 @@ async def run(label: str, camera: str, n: int, tmp: Path) -> None:
     if camera:
         text = text.replace('[cabinets.d]\nkind = "dossier"', '[cabinets.d]\nkind = "dossier"\ncamera = "cam"') + camera
     path.write_text(text)
-    cfg = config.load(path)
-    clock = Clock()
-    journal = Journal(cfg.journal_path, clock)
-    journal.open()
-    hw = build_hardware(cfg, clock)
-    c = Controller(cfg, journal, hw, clock)
-    await c.start()
-    await importer.apply(c, json.loads(json.dumps(DATA)))
+    c, journal, hw = await start_controller(path, DATA)
     board, scanner = hw.drivers["sim-d"], hw.scanners["front"]
     start = journal.last_seq
     for _ in range(n):
