@@ -13,6 +13,7 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from lockerd.clock import parse_time
@@ -72,7 +73,7 @@ def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, no
         cmd.ts = body["ts"][:40]
     if name not in contract.COMMAND_ARGS:
         raise Refused(cmd, f"unknown command {name!r} (known: {', '.join(contract.COMMAND_ARGS)})")
-    problems = errors(body, contract.command_schema(name))
+    problems = errors(body, _schema(name))
     if problems:
         raise Refused(cmd, "; ".join(problems[:5]))
     cmd.args = body["args"]
@@ -90,6 +91,13 @@ def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, no
     if age < -max_age_s:
         raise Refused(cmd, f"command ts is {-age:.0f} s in the future: check the clocks")
     return cmd
+
+
+@cache
+def _schema(name: str) -> dict[str, Any]:
+    # Built once per command name: building it (a deep copy of the envelope)
+    # cost as much as checking a command against it, on every command.
+    return contract.command_schema(name)
 
 
 class SeenIds:
