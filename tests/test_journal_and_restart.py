@@ -11,7 +11,7 @@ from rig import close_rig, make_rig
 
 from lockerd import importer
 from lockerd.errors import CommandError, JournalError
-from lockerd.journal import verify
+from lockerd.journal import Journal, _record_json, canonical, chain_hash, verify
 
 pytestmark = pytest.mark.asyncio
 
@@ -173,3 +173,39 @@ async def test_csv_import(tmp_path):
             importer.parse("foo,bar\n1,2\n", True)
     finally:
         await close_rig(r)
+
+
+async def test_rows_appended_in_one_step_share_a_commit(tmp_path):
+    """A station open queues its acceptance and then awaits its grant: one fsync for both, every time."""
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        for n in range(20):
+            before = j.commits
+            accepted = j.append("command.accepted", command_id=f"c{n}")
+            grant = await j.append("access.granted", compartment="d01", people=("p1",), command_id=f"c{n}")
+            assert accepted.done() and (await accepted).seq == grant.seq - 1
+            assert j.commits == before + 1
+    finally:
+        j.close()
+    assert verify(tmp_path / "j.db").ok
+
+
+async def test_the_writer_hashes_each_row_as_verify_does(tmp_path):
+    """The writer spells the hashed record out itself; it must match canonical(record) byte for byte."""
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        events = [
+            await j.record("scan", compartment="d01", dossier="D-1", people=("p1", "p2"), raw="D-1\u00e9\u2603",
+                           nested={"b": [1, 2.5, None], "a": {"z": True, "y": "\"quoted\""}}),
+            await j.record("daemon.started"),
+            await j.record("door.opened", compartment="d02", granted=False, ratio=1e-7, big=10**20),
+        ]
+    finally:
+        j.close()
+    for ev in events:
+        assert _record_json(ev.seq, ev.as_dict(), ev.kind, canonical(list(ev.people)), canonical(ev.data)) \
+            == canonical(ev.record())
+        assert chain_hash(ev.prev, ev.record()) == ev.hash
+    assert verify(tmp_path / "j.db").ok
