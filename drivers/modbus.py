@@ -140,6 +140,12 @@ class ModbusBus(Driver):
     # TCP: this many silent requests in a row with no reply at all on the bus
     # means a half-open connection: drop it and reconnect.
     tcp_silent_limit = 6
+    # The service watchdog (see Driver.heartbeat_s): the task beats on each pass
+    # of its loop, the RTU poll callbacks on each poll, and an idle wait is cut
+    # into pieces this long so that a bus with nothing to do still beats. A task
+    # stuck in a request or dead stops beating; a silent board does not.
+    beat_every_s = 0.5
+    heartbeat_s = 1.0
 
     def __init__(self, name: str, clock: Clock, kind: str, options: dict[str, Any]):
         super().__init__(name, clock)
@@ -234,6 +240,7 @@ class ModbusBus(Driver):
     async def _run(self) -> None:
         delay = self.reconnect_first_s
         while not self._closing:
+            self.beat()
             try:
                 if not self._client_connected():
                     if self.connected:
@@ -333,19 +340,24 @@ class ModbusBus(Driver):
             w.set_result(None)
 
     async def _sleep_until_work(self, delay: float | None, commands_wake: bool = True) -> None:
-        """Wait for a command (or close) or until ``delay`` seconds have passed."""
-        if self._closing:
-            return
+        """Wait for a command (or close) or until ``delay`` seconds have passed, beating meanwhile."""
         loop = self._loop or asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._waiter = fut if commands_wake else None
-        handle = loop.call_later(delay, _resolve, fut) if delay is not None else None
-        try:
-            await fut
-        finally:
-            self._waiter = None
-            if handle is not None:
+        end = None if delay is None else loop.time() + delay
+        while not self._closing:
+            self.beat()
+            wait = self.beat_every_s if end is None else min(self.beat_every_s, end - loop.time())
+            if wait <= 0:
+                return
+            fut = loop.create_future()
+            self._waiter = fut if commands_wake else None
+            handle = loop.call_later(wait, _resolve_with, fut, _TICK)
+            try:
+                await fut
+            finally:
+                self._waiter = None
                 handle.cancel()
+            if fut.result() is not _TICK:
+                return  # woken: a command, a schedule change or close
 
     async def _respect_gap(self) -> None:
         if self.gap_s > 0:
@@ -543,12 +555,13 @@ class ModbusBus(Driver):
         if self._closing or self._commands or not self._client_connected():
             self._cb_handback()
             return
+        self.beat()  # the poll chain is alive: every poll and every idle tick passes here
         board = self._next_poll()
-        if board is None:
-            return  # nothing to poll: wait for a command (or close)
-        at = max(board._due, self._last_end + self.gap_s)
+        now = self._loop.time()  # type: ignore[union-attr]
+        # Nothing to poll, or not for a while: tick back here meanwhile, for the beat.
+        at = now + self.beat_every_s if board is None else max(board._due, self._last_end + self.gap_s)
         self._cb_board = board
-        self._cb_timer = self._loop.call_at(at, self._cb_fire)  # type: ignore[union-attr]
+        self._cb_timer = self._loop.call_at(min(at, now + self.beat_every_s), self._cb_fire)  # type: ignore
 
     def _cb_fire(self) -> None:
         self._cb_timer = None
@@ -624,9 +637,12 @@ class ModbusBus(Driver):
         self._cb_next()
 
 
-def _resolve(fut: asyncio.Future) -> None:
+_TICK = object()  # the result of a wait that only ran out of time
+
+
+def _resolve_with(fut: asyncio.Future, value: Any) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(value)
 
 
 def _resolve_if(fut: asyncio.Future | None) -> None:

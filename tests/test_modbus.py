@@ -508,3 +508,97 @@ count = 8
     finally:
         await hw.close()
         await peer.stop()
+
+
+# -- the service watchdog: the bus task's heartbeat ---------------------------------------------
+
+
+class Beats:
+    """Counts a driver's heartbeats; ``more(n)`` returns once ``n`` more have arrived."""
+
+    def __init__(self, driver):
+        self.count = 0
+        self._event = asyncio.Event()
+        driver.on_heartbeat(self._on)
+
+    def _on(self, name: str) -> None:
+        self.count += 1
+        self._event.set()
+
+    async def more(self, n: int, timeout: float = 3.0) -> None:
+        target = self.count + n
+        async with asyncio.timeout(timeout):
+            while self.count < target:
+                self._event.clear()
+                await self._event.wait()
+
+
+async def test_an_idle_bus_beats_with_nothing_on_the_line(rig):
+    """No board to poll and no command: the bus task still beats, without sending anything."""
+    bus = rig.bus
+    bus.beat_every_s = 0.05
+    beats = Beats(bus)
+    for b in rig.boards.values():
+        await b.close()  # polling stops; every relay off
+    sent = bus.transactions
+    await beats.more(5, timeout=2)
+    assert bus.transactions == sent
+
+
+async def test_a_bus_whose_boards_are_all_offline_keeps_beating(rig):
+    bus = rig.bus
+    bus.beat_every_s = 0.05
+    beats = Beats(bus)
+    watches = [StatusWatch(b) for b in rig.boards.values()]
+    rig.peer.dead.update(UNITS)
+    for w in watches:
+        await w.wait(online=False)
+    await beats.more(5, timeout=2)
+    assert bus.online  # the line is fine: only the boards are silent
+
+
+async def test_a_bus_whose_gateway_is_gone_keeps_beating_while_it_reconnects(tcp):
+    bus = tcp.bus
+    bus.beat_every_s = 0.05
+    bus.reconnect_first_s = bus.reconnect_max_s = 5.0  # longer than the beats may lapse
+    beats = Beats(bus)
+    watch = StatusWatch(bus)
+    await tcp.peer.stop()
+    await watch.wait(online=False)
+    await beats.more(5, timeout=2)
+
+
+class _Reply:
+    """A reply the bus accepts (what a request that finally returned gives back)."""
+
+    def isError(self) -> bool:
+        return False
+
+
+async def test_a_bus_task_stuck_in_a_request_stops_beating(rig):
+    """A request that even the timeout cannot end (a library swallowing the cancellation) silences the bus."""
+    bus, board = rig.bus, rig.boards[1]
+    bus.beat_every_s = 0.05
+    beats = Beats(bus)
+    await beats.more(3)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hang(client) -> _Reply:
+        entered.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass
+        return _Reply()
+
+    call = asyncio.create_task(bus.call(board, "a request that hangs", hang, lambda r: "done", attempts=1))
+    async with asyncio.timeout(3):
+        await entered.wait()
+    stuck_at = beats.count
+    # Ten beat periods, five request timeouts: no beat may come while the task hangs.
+    await asyncio.sleep(10 * bus.beat_every_s)
+    assert beats.count == stuck_at
+    release.set()
+    assert await asyncio.wait_for(call, 3) == "done"
+    await beats.more(3)  # unstuck: beating again
