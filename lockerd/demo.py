@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lockerd import config as config_mod
 from lockerd.daemon import Daemon, setup_logging
+from lockerd.drivers.base import DoorState
 
 DATA = Path(__file__).resolve().parent.parent / "config" / "demo-data.json"
 PAUSE = 1.6  # seconds between steps, so a person can follow (and past the scanner's repeat window)
@@ -37,30 +38,52 @@ async def play(daemon: Daemon, pause: float = PAUSE) -> None:
         say(text)
         await asyncio.sleep(pause)
 
+    async def seen(compartment: str, state: DoorState) -> None:
+        # A door reading counts once it is stable (debounce_ms): a door shut the
+        # instant it opened would never have been open at all.
+        slot = daemon.controller.slots[compartment]
+        async with asyncio.timeout(5):
+            while slot.door is not state:
+                await asyncio.sleep(0.01)
+
+    async def shut(compartment: str) -> None:
+        await do("close", compartment=compartment)
+        await seen(compartment, DoorState.CLOSED)
+
+    async def open_door(code: str, compartment: str) -> None:
+        """Scan ``code`` and pull the handle as the lock releases; the door is open once the controller saw it."""
+        reply = await do("scan", code=code, pull=True)
+        if reply.get("opened"):
+            await seen(compartment, DoorState.OPEN)
+        else:
+            print(f"    (compartment {compartment} did not open)")
+
     say(f"Importing people, badges and dossier assignments from {DATA.name}")
     if DATA.exists():
         print(f"    {await do('import', text=DATA.read_text(), name=str(DATA), by='demo')}")
     await step("Officer Berg deposits dossier D-2026-0417 (assigned to her compartment d01)")
-    await do("scan", code="D-2026-0417", pull=True)
+    await open_door("D-2026-0417", "d01")
     await step("... puts it in and closes the door")
-    await do("close", compartment="d01")
+    await shut("d01")
     await step("Start of shift: she takes the dossier out again (a checkout)")
-    await do("scan", code="D-2026-0417", pull=True)
-    await do("close", compartment="d01")
+    await open_door("D-2026-0417", "d01")
+    await shut("d01")
     await step("End of shift: she brings it back (a return)")
-    await do("scan", code="D-2026-0417", pull=True)
-    await do("close", compartment="d01")
+    await open_door("D-2026-0417", "d01")
+    await shut("d01")
     await step("Someone scans a code the locker does not know")
     await do("scan", code="X-UNKNOWN-1")
     await step("Evidence deposit: officer Berg's badge, the item, then case manager Lindqvist's badge")
     await do("scan", code="B-1001")
     await do("scan", code="E-2026-0090")
-    await do("scan", code="B-2001", pull=True)
-    await do("close", compartment="e01")
+    await open_door("B-2001", "e01")
+    await step("... she puts the item in and closes the door")
+    await shut("e01")
     await step("Somebody pries compartment d07 open without a grant")
     await do("force", compartment="d07")
+    await seen("d07", DoorState.OPEN)
     await step("... and shuts it again")
-    await do("close", compartment="d07")
+    await shut("d07")
     await asyncio.sleep(0.2)
     cfg = daemon.config
     say("Demo shift done. The daemon keeps running: in another terminal try")

@@ -1,0 +1,67 @@
+"""`lockerd demo`: every step of the scripted shift does what it says, as the journal shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lockerd import config as config_mod
+from lockerd.clock import Clock
+from lockerd.daemon import Daemon
+from lockerd.demo import play
+from lockerd.journal import Journal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.asyncio
+async def test_the_scripted_shift_deposits_checks_out_returns_refuses_and_opens_the_evidence_door(tmp_path):
+    text = (ROOT / "config" / "demo.toml").read_text()
+    # At full speed the same dossier is scanned again within the scanner's repeat
+    # window (1.5 s), which a person at the cabinet (PAUSE) is not.
+    fast = text.replace('feedback = "counter"\n', 'feedback = "counter"\ndebounce_ms = 0\n', 1)
+    assert fast != text
+    (tmp_path / "config").mkdir()
+    cfg_path = tmp_path / "config" / "demo.toml"
+    cfg_path.write_text(fast)
+    daemon = Daemon(config_mod.load(cfg_path), Clock())
+    await daemon.start()
+    try:
+        await play(daemon, pause=0)
+    finally:
+        await daemon.stop()
+    journal = Journal(daemon.config.journal_path, Clock())  # the daemon's is closed: read the file again
+    assert journal.open()
+    try:
+        events = journal.read(limit=10_000)
+    finally:
+        journal.close()
+    shift = [(e.kind, e.compartment, e.dossier) for e in events
+             if e.kind not in ("scan", "lock.pulsed", "photo.taken", "badge.accepted", "deadline.closed")
+             and not e.kind.endswith(".registered") and e.kind != "item.assigned"]
+    assert shift[:2] == [("daemon.started", None, None), ("daemon.ready", None, None)]
+    dossier = "D-2026-0417"
+    granted_by_door = [
+        ("access.granted", "d01", dossier), ("door.opened", "d01", None), ("door.closed", "d01", None),
+    ]
+    assert shift[2:] == [
+        *granted_by_door, ("dossier.deposited", "d01", dossier),
+        *granted_by_door, ("dossier.checked_out", "d01", dossier),
+        *granted_by_door, ("dossier.returned", "d01", dossier),
+        ("access.denied", None, None),
+        ("access.pending", "e01", "E-2026-0090"),
+        ("access.granted", "e01", "E-2026-0090"),
+        ("door.opened", "e01", None), ("door.closed", "e01", None),
+        ("evidence.deposited", "e01", "E-2026-0090"),
+        ("door.opened", "d07", None), ("alarm.forced", "d07", None),
+        ("door.closed", "d07", None), ("alarm.cleared", "d07", None),
+        ("daemon.stopped", None, None),
+    ]
+    by_kind = {e.kind: e for e in events}
+    assert by_kind["access.denied"].data["reason"] == "unknown code"
+    # Two people for the evidence: the depositing officer and the case manager.
+    assert by_kind["evidence.deposited"].people == ("p-berg", "p-lindqvist")
+    evidence_doors = [e for e in events if e.compartment == "e01" and e.kind.startswith("door.")]
+    assert [e.data["granted"] for e in evidence_doors] == [True, True]
+    assert [e.data["granted"] for e in events if e.compartment == "d07" and e.kind.startswith("door.")] == [False, False]
