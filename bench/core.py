@@ -64,7 +64,8 @@ async def scan_to_pulse(n: int) -> None:
         journal.close()
     ms = [x * 1000 for x in lat]
     print(f"scan -> lock pulse, grant durable (WAL, synchronous=FULL), {len(ms)} scans: "
-          f"p50 {pct(ms, 50):.3f} ms, p99 {pct(ms, 99):.3f} ms, max {max(ms):.3f} ms, mean {statistics.mean(ms):.3f} ms")
+          f"p50 {pct(ms, 50):.3f} ms, p99 {pct(ms, 99):.3f} ms, max {max(ms):.3f} ms, "
+          f"mean {statistics.mean(ms):.3f} ms")
 
 
 def daemon_numbers(idle_s: float) -> None:

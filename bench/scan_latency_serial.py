@@ -19,9 +19,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from benchstats import pct
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -31,7 +31,6 @@ from ptys import SocatPair  # noqa: E402
 
 from lockerd.clock import Clock  # noqa: E402
 from lockerd.config import SCANNER_COMMON, SCANNER_TYPES  # noqa: E402
-
 
 
 def options(port: Path) -> dict[str, Any]:

@@ -495,7 +495,8 @@ def parse(data: bytes, file: Path) -> Config:
         if d.type == "gpio":
             both = set(d["locks"] or ()) & set(d["sensors"] or ())
             if both:
-                c.problem(f"drivers.{name}.sensors", list(d["sensors"]), f"pins not also used as locks ({sorted(both)})")
+                c.problem(f"drivers.{name}.sensors", list(d["sensors"]),
+                          f"pins not also used as locks ({sorted(both)})")
 
     cabinets, compartments = _cabinets(c, doc.get("cabinets", {}), drivers)
     for cab in cabinets.values():
@@ -505,7 +506,8 @@ def parse(data: bytes, file: Path) -> Config:
     for name, s in scanners.items():
         for cab in s.options.get("cabinets") or ():
             if cab not in cabinets:
-                c.problem(f"scanners.{name}.cabinets", list(s["cabinets"]), f"cabinet ids from [cabinets] ({_names(cabinets)})")
+                c.problem(f"scanners.{name}.cabinets", list(s["cabinets"]),
+                          f"cabinet ids from [cabinets] ({_names(cabinets)})")
                 break
         fb = s.options.get("feedback")
         if fb and fb not in feedback:

@@ -19,14 +19,14 @@ from typing import Any
 from lockerd import __version__
 from lockerd.clock import Clock, iso_utc
 from lockerd.config import Compartment, Config
+from lockerd.custody import Custody
 from lockerd.domain import OFFICER_ROLES, Item, ItemState, Person, Registry, Role
 from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, Scan
 from lockerd.drivers.sim import ConsoleFeedback
-from lockerd.custody import Custody
 from lockerd.errors import CommandError, DriverError, JournalError
-from lockerd.journal import Event, Journal, StateOp
 from lockerd.evidence import Authorisations
+from lockerd.journal import Event, Journal, StateOp
 from lockerd.overrides import Overrides
 
 log = logging.getLogger(__name__)

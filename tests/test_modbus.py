@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -586,10 +587,8 @@ async def test_a_bus_task_stuck_in_a_request_stops_beating(rig):
     async def hang(client) -> _Reply:
         entered.set()
         while not release.is_set():
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await release.wait()
-            except asyncio.CancelledError:
-                pass
         return _Reply()
 
     call = asyncio.create_task(bus.call(board, "a request that hangs", hang, lambda r: "done", attempts=1))
