@@ -14,6 +14,7 @@ from lockerd.drivers.sim import SimBoard, SimScanner
 from lockerd import config, importer
 from lockerd.clock import ManualClock
 from lockerd.controller import Controller, Outcome
+from lockerd.errors import JournalError
 from lockerd.journal import Event, Journal
 
 TOML = """
@@ -165,6 +166,21 @@ async def make_rig(tmp: Path, text: str = TOML, data: dict | None = DATA, clock:
     rig = Rig(cfg, clock, journal, hw, c)
     await rig.flush()
     return rig
+
+
+async def fill_disk(journal: Journal) -> None:
+    """The disk fills up: the database may not grow by a page, and the journal has seen a commit fail.
+
+    The fillers' failure is awaited on purpose: a write queued while they are
+    still pending may be committed in a batch of its own, after their rollback
+    freed the space again (one run in twenty on a loaded machine).
+    """
+    pages = journal.query("PRAGMA page_count")[0][0]
+    await journal.execute(f"PRAGMA max_page_count = {pages}")
+    fillers = [journal.append("filler", blob="x" * 2000) for _ in range(200)]  # far more than the free space left
+    results = await asyncio.gather(*fillers, return_exceptions=True)
+    assert all(isinstance(r, JournalError) for r in results), results
+    assert not journal.healthy and "full" in (journal.error or "")
 
 
 async def close_rig(rig: Rig) -> None:

@@ -7,7 +7,7 @@ import contextlib
 import pytest
 import pytest_asyncio
 from custody_rig import HOUR, MONDAY_0500, command, custody_rig, deposit, ladder, reminders, restart
-from rig import close_rig
+from rig import close_rig, fill_disk
 
 from lockerd.clock import iso_utc, parse_time
 from lockerd.custody import RETRY_S
@@ -236,11 +236,7 @@ async def test_release_of_a_dossier_in_its_compartment(rig):
 
 async def test_a_reminder_the_journal_could_not_take_is_sent_once_it_can(rig, caplog):
     await register(rig, due_in_h=1)
-    # The disk fills up: no commit can grow the database by a page.
-    pages = rig.journal.query("PRAGMA page_count")[0][0]
-    await rig.journal.execute(f"PRAGMA max_page_count = {pages}")
-    for _ in range(200):
-        rig.journal.append("filler", blob="x" * 2000)
+    await fill_disk(rig.journal)  # no commit can grow the database by a page
     await rig.clock.advance(HOUR + 1)
     with contextlib.suppress(JournalError):
         await rig.journal.execute("SELECT 1")

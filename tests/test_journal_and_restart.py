@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sqlite3
 
 import pytest
-from rig import close_rig, make_rig
+from rig import close_rig, fill_disk, make_rig
 
 from lockerd import importer
+from lockerd import journal as journal_module
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal, _record_json, canonical, chain_hash, verify
 
@@ -107,11 +109,8 @@ async def test_full_disk_refuses_to_unlock_and_keeps_running(tmp_path):
     r = await make_rig(tmp_path)
     try:
         # The disk fills up under the running daemon: the database may not
-        # grow by a single page, so every commit fails.
-        pages = r.journal.query("PRAGMA page_count")[0][0]
-        await r.journal.execute(f"PRAGMA max_page_count = {pages}")
-        for _i in range(200):  # use up the free space left in the last pages
-            r.journal.append("filler", blob="x" * 2000)
+        # grow by a single page, and a commit has failed.
+        await fill_disk(r.journal)
         out = await r.scan("D-1")
         assert not out.accepted and "cannot record" in out.message
         assert r.d.pulse_log == []
@@ -208,4 +207,40 @@ async def test_the_writer_hashes_each_row_as_verify_does(tmp_path):
         assert _record_json(ev.seq, ev.as_dict(), ev.kind, canonical(list(ev.people)), canonical(ev.data)) \
             == canonical(ev.record())
         assert chain_hash(ev.prev, ev.record()) == ev.hash
+    assert verify(tmp_path / "j.db").ok
+
+
+async def test_no_checkpoint_lands_inside_a_commit(tmp_path, monkeypatch):
+    """SQLite's own checkpoint would run inside the commit crossing 1000 WAL pages, maybe a grant's."""
+    monkeypatch.setattr(journal_module, "CHECKPOINT_AFTER_COMMITS", 10**6)
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        for n in range(200):
+            await j.record("scan", raw=f"{n:06d}" * 1000)  # ~6 KB: several WAL pages per commit
+        other = sqlite3.connect(tmp_path / "j.db")
+        try:
+            busy, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            other.close()
+        assert busy == 0 and frames > 1000  # all still in the WAL: nobody checkpointed at 1000
+        assert j.checkpoints == 0
+    finally:
+        j.close()
+
+
+async def test_the_writer_checkpoints_once_idle(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "CHECKPOINT_AFTER_COMMITS", 5)
+    monkeypatch.setattr(journal_module, "CHECKPOINT_IDLE_S", 0.05)
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        for n in range(5):
+            await j.record("scan", raw=str(n))
+        async with asyncio.timeout(5):
+            while j.checkpoints == 0:
+                await asyncio.sleep(0.01)
+        assert (await j.record("scan", raw="after")).seq == 6  # and writes on
+    finally:
+        j.close()
     assert verify(tmp_path / "j.db").ok
