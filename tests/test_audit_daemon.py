@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from rig import DATA, TOML
-from test_daemon_e2e import cli, wait_for_socket
+from rig import TOML
+from test_daemon_e2e import cli, running_daemon
 
 
 def photos_journaled(cfg: Path, n: int, timeout: float = 10.0) -> list[dict]:
@@ -29,17 +27,10 @@ def photos_journaled(cfg: Path, n: int, timeout: float = 10.0) -> list[dict]:
 
 @pytest.fixture
 def daemon(tmp_path):
-    cfg = tmp_path / "lockerd.toml"
-    cfg.write_text(TOML.replace('[cabinets.d]\nkind = "dossier"', '[cabinets.d]\nkind = "dossier"\ncamera = "cam"')
-                   + '[cameras.cam]\ntype = "sim"\n')
-    (tmp_path / "data.json").write_text(json.dumps(DATA))
-    proc = subprocess.Popen([sys.executable, "-m", "lockerd", "run", "-c", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_socket(tmp_path / "lockerd.sock", proc)
-    yield cfg, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    text = (TOML.replace('[cabinets.d]\nkind = "dossier"', '[cabinets.d]\nkind = "dossier"\ncamera = "cam"')
+            + '[cameras.cam]\ntype = "sim"\n')
+    with running_daemon(tmp_path, text) as d:
+        yield d
 
 
 def test_audit_commands_read_the_running_daemons_journal(daemon):

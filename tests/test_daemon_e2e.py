@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,18 +39,28 @@ def wait_for_socket(path: Path, proc: subprocess.Popen, timeout: float = 10) -> 
     raise AssertionError("daemon did not open its control socket")
 
 
-@pytest.fixture
-def daemon(tmp_path):
-    cfg = tmp_path / "lockerd.toml"
-    cfg.write_text(TOML)
-    (tmp_path / "data.json").write_text(json.dumps(DATA))
+@contextlib.contextmanager
+def running_daemon(folder: Path, text: str = TOML) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """`lockerd run` on ``text`` in ``folder`` (the rig's people and items beside it in data.json), once its
+    control socket answers; killed afterwards if the test has not stopped it."""
+    cfg = folder / "lockerd.toml"
+    cfg.write_text(text)
+    (folder / "data.json").write_text(json.dumps(DATA))
     proc = subprocess.Popen([sys.executable, "-m", "lockerd", "run", "-c", str(cfg)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_socket(tmp_path / "lockerd.sock", proc)
-    yield cfg, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    try:
+        wait_for_socket(folder / "lockerd.sock", proc)
+        yield cfg, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    with running_daemon(tmp_path) as d:
+        yield d
 
 
 def test_scan_to_open_through_the_cli(daemon):
