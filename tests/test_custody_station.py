@@ -8,12 +8,11 @@ from typing import Any
 
 import jsonschema
 import pytest
-from broker import Mosquitto, Recorder, station_config, wait_for
-from test_station_commands import BASE, SAMPLES, Station, reply_for
+from broker import Mosquitto, Recorder, wait_for
+from test_station_commands import SAMPLES, reply_for
+from test_station_daemon import station_daemon
 
-from lockerd import config as cfg
 from lockerd.clock import iso_utc
-from lockerd.daemon import Daemon
 from lockerd.station import contract
 from lockerd.station.validate import errors
 
@@ -35,15 +34,7 @@ def events(rec: Recorder, kind: str) -> list[dict[str, Any]]:
 @pytest.mark.asyncio
 async def test_reminders_are_published_and_custody_commands_answered(tmp_path: Path, mosquitto: Mosquitto,
                                                                      recorders: list[Recorder]) -> None:
-    rec = Recorder(mosquitto.port, [f"{BASE}/#"])
-    recorders.append(rec)
-    station = Station(mosquitto.port)
-    path = station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])
-    path.write_text(path.read_text() + FAST)
-    daemon = Daemon(cfg.load(path))
-    await daemon.start()
-    try:
-        await wait_for(rec, lambda r: len(r.on("/state/d01")) >= 1)  # the link is up and subscribed
+    async with station_daemon(tmp_path, mosquitto, recorders, FAST) as (daemon, station, rec):
         sent = [station.send("register-person", {"id": "p1", "name": "Officer One", "role": "officer"}),
                 station.send("register-person", {"id": "chief", "name": "Chief", "role": "supervisor"})]
         await wait_for(rec, lambda r: all(reply_for(r, c) for c in sent))
@@ -75,9 +66,6 @@ async def test_reminders_are_published_and_custody_commands_answered(tmp_path: P
                        and len(events(r, "command.failed")) == 3)
         assert {e["data"]["command_id"] for e in events(rec, "command.failed")} == {past, ghost, blank}
         assert "DOS-2" not in daemon.controller.registry.items
-    finally:
-        await daemon.stop()
-        station.close()
 
 
 CUSTODY_SAMPLES: list[tuple[str, dict[str, Any]]] = [

@@ -9,15 +9,14 @@ from pathlib import Path
 import jsonschema
 import pytest
 import pytest_asyncio
-from broker import Mosquitto, Recorder, station_config, wait_for
+from broker import Mosquitto, Recorder, wait_for
 from evidence_rig import deposit, evidence_rig
 from rig import close_rig, make_rig
-from test_station_commands import BASE, Station, reply_for
+from test_station_commands import reply_for
+from test_station_daemon import station_daemon
 
 from lockerd import cli
-from lockerd import config as cfg
 from lockerd.control import ControlServer
-from lockerd.daemon import Daemon
 from lockerd.errors import CommandError
 from lockerd.journal import verify
 from lockerd.station import contract
@@ -265,13 +264,7 @@ async def test_cli_reaches_the_overrides_through_the_control_socket(rig, capsys)
 @pytest.mark.asyncio
 async def test_emergency_open_as_a_station_command(tmp_path: Path, mosquitto: Mosquitto,
                                                    recorders: list[Recorder]) -> None:
-    rec = Recorder(mosquitto.port, [f"{BASE}/#"])
-    recorders.append(rec)
-    station = Station(mosquitto.port)
-    daemon = Daemon(cfg.load(station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])))
-    await daemon.start()
-    try:
-        await wait_for(rec, lambda r: len(r.on("/state/d01")) >= 1)
+    async with station_daemon(tmp_path, mosquitto, recorders) as (_, station, rec):
         people = [station.send("register-person", {"id": pid, "name": pid.title(), "role": role})
                   for pid, role in (("holm", "supervisor"), ("lind", "case_manager"))]
         one = station.send("emergency-open", {"compartment": "d02", "people": ["holm"], "reason": "fire"})
@@ -290,9 +283,6 @@ async def test_emergency_open_as_a_station_command(tmp_path: Path, mosquitto: Mo
         assert alarm["people"] == ["holm", "lind"] and alarm["data"]["command_id"] == two
         assert alarm["data"]["via"] == "station" and alarm["data"]["requested_by"] == "sgt-1"
         await wait_for(rec, lambda r: len([e for e in r.on("/events") if e["kind"] == "override.refused"]) == 2, 10)
-    finally:
-        await daemon.stop()
-        station.close()
 
 
 @pytest.mark.asyncio

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +14,31 @@ from lockerd import config as cfg
 from lockerd.daemon import Daemon
 
 
-@pytest.mark.asyncio
-async def test_station_commands_reach_the_real_handler(tmp_path: Path, mosquitto: Mosquitto,
-                                                       recorders: list[Recorder]) -> None:
+@contextlib.asynccontextmanager
+async def station_daemon(tmp_path: Path, mosquitto: Mosquitto, recorders: list[Recorder],
+                         extra: str = "") -> AsyncIterator[tuple[Daemon, Station, Recorder]]:
+    """The daemon linked to ``mosquitto`` (its station config plus ``extra``), a station sending commands and a
+    recorder on the node's topics; yields once the link is up and subscribed (d01's first state is out)."""
     rec = Recorder(mosquitto.port, [f"{BASE}/#"])
     recorders.append(rec)
     station = Station(mosquitto.port)
-    daemon = Daemon(cfg.load(station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])))
+    path = station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])
+    if extra:
+        path.write_text(path.read_text() + extra)
+    daemon = Daemon(cfg.load(path))
     await daemon.start()
     try:
         await wait_for(rec, lambda r: len(r.on("/state/d01")) >= 1)
+        yield daemon, station, rec
+    finally:
+        await daemon.stop()
+        station.close()
+
+
+@pytest.mark.asyncio
+async def test_station_commands_reach_the_real_handler(tmp_path: Path, mosquitto: Mosquitto,
+                                                       recorders: list[Recorder]) -> None:
+    async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
         person = station.send("register-person", {"id": "p1", "name": "Officer One", "role": "officer"})
         assign = station.send("assign", {"code": "DOS-1", "compartment": "d01", "officer": "p1",
                                          "case_name": "case 1", "category": "theft"})
@@ -37,6 +54,3 @@ async def test_station_commands_reach_the_real_handler(tmp_path: Path, mosquitto
         grants = [e for e in events if e["kind"] == "access.granted"]
         assert grants and grants[-1]["data"]["command_id"] == opened
         await wait_for(rec, lambda r: {e["seq"] for e in events} <= r.seqs_on("/events"), 10)
-    finally:
-        await daemon.stop()
-        station.close()
