@@ -17,6 +17,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -250,8 +251,8 @@ class Boards:
 @contextlib.asynccontextmanager
 async def door_boards(tmp_path: Path, pulse_ms: int = 100):
     a, b = DoorPeer([1], coils=8, inputs=8), DoorPeer([2], coils=8, inputs=8)
-    port_a, port_b = await a.start_tcp(), await b.start_tcp()
     try:
+        port_a, port_b = await a.start_tcp(), await b.start_tcp()
         yield Boards(a, b, write_config(tmp_path, MODBUS, port_a=port_a, port_b=port_b, pulse_ms=pulse_ms))
     finally:
         await a.stop()
@@ -364,44 +365,87 @@ async def test_sigint_of_the_command_mid_pulse_switches_every_relay_off(tmp_path
 # -- one at a time: the daemon and the bench -------------------------------------------------------------
 
 
-async def _start_daemon(cfg: Path) -> tuple[asyncio.subprocess.Process, str]:
-    """Start ``lockerd run``; return once it says ready, or has exited (with its stderr)."""
+class Daemon:
+    """``lockerd run`` as a subprocess; :func:`daemon` reaps it whatever the test did."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader: asyncio.Task | None = None
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    async def ready(self) -> bool:
+        """Read stderr until the daemon says it is ready (True) or has exited (False)."""
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(60):  # a safety net: a loaded machine starts Python slowly
+            while line := await self.proc.stderr.readline():
+                self.lines.append(line.decode())
+                if " ready in " in line.decode():
+                    # Keep reading: a full stderr pipe would block the daemon's logging.
+                    self._reader = asyncio.create_task(self._drain())
+                    return True
+            await self.proc.wait()
+        return False
+
+    async def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            self.lines.append(line.decode())
+
+    async def stop(self) -> int:
+        """SIGTERM and wait for the exit; the exit code."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(self.proc.wait(), 60)
+        if self._reader is not None:
+            await self._reader
+        return self.proc.returncode
+
+    async def reap(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+@contextlib.asynccontextmanager
+async def daemon(cfg: Path) -> AsyncIterator[Daemon]:
+    """Start ``lockerd run`` and wait until it is ready or has exited; killed afterwards if still running."""
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lockerd", "run", "-c", str(cfg),
                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    seen = []
-    async with asyncio.timeout(20):
-        while line := await proc.stderr.readline():
-            seen.append(line.decode())
-            if " ready in " in seen[-1]:
-                break
-        else:
-            await proc.wait()
-    return proc, "".join(seen)
-
-
-async def _stop_daemon(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 20)
-    return proc.returncode
+    d = Daemon(proc)
+    try:
+        await d.ready()
+        yield d
+    finally:
+        await d.reap()
 
 
 @pytest.mark.asyncio
 async def test_bench_refuses_to_run_while_the_daemon_runs(tmp_path):
     cfg = write_config(tmp_path, SIM)
-    proc, log = await _start_daemon(cfg.path)
-    try:
-        assert proc.returncode is None, log
+    async with daemon(cfg.path) as d:
+        assert d.proc.returncode is None, d.log
         with pytest.raises(HardwareBusy, match="lockerd daemon"):
             await Bench(cfg, SimTechnician(), BenchOptions(**QUICK)).run()
         cli = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "lockerd.hil.cli", "-c", str(cfg.path), "--non-interactive",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        _, err = await asyncio.wait_for(cli.communicate(), 20)
-        assert cli.returncode == 3
+        try:
+            _, err = await asyncio.wait_for(cli.communicate(), 60)
+        finally:
+            if cli.returncode is None:
+                cli.kill()
+                await cli.wait()
+        assert cli.returncode == 3, err.decode()
         assert "in use by the lockerd daemon" in err.decode() and "systemctl stop lockerd" in err.decode()
-    finally:
-        assert await _stop_daemon(proc) == 0
+        assert await d.stop() == 0, d.log
 
 
 @pytest.mark.asyncio
@@ -413,18 +457,18 @@ async def test_daemon_refuses_to_start_while_the_bench_runs(tmp_path):
     class Waits(SimTechnician):
         async def before_pulse(self, comp, manual):
             if not tried.is_set():  # the bench holds the hardware now: try to start the service
-                proc, log = await _start_daemon(cfg.path)
-                outcome.update(rc=await proc.wait(), log=log)
+                async with daemon(cfg.path) as d:
+                    outcome.update(rc=await asyncio.wait_for(d.proc.wait(), 60), log=d.log)
                 tried.set()
             await super().before_pulse(comp, manual)
 
     r = await Bench(cfg, Waits(), BenchOptions(**(QUICK | {"compartments": ("d01",)}))).run()
-    assert outcome["rc"] == 1
+    assert outcome["rc"] == 1, outcome["log"]
     assert "not starting" in outcome["log"] and "in use by the bench harness" in outcome["log"]
     assert next(c for c in r.compartments if c.id == "d01").status == PASS
-    proc, log = await _start_daemon(cfg.path)  # the bench is done: the service starts
-    assert proc.returncode is None, log
-    assert await _stop_daemon(proc) == 0
+    async with daemon(cfg.path) as d:  # the bench is done: the service starts
+        assert d.proc.returncode is None, d.log
+        assert await d.stop() == 0, d.log
 
 
 # -- the station broker ------------------------------------------------------------------------------------
@@ -515,7 +559,12 @@ async def test_command_asks_the_technician_whether_a_silent_door_opened(tmp_path
             sys.executable, "-m", "lockerd.hil.cli", "-c", str(boards.cfg.path), "--doors", "spring",
             "--only", "m01", "m03", "m07", "--requests", "5", "--close-timeout", "2", "-o", str(tmp_path / "out"),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(b"y\nn\n"), 60)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(b"y\nn\n"), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
         text = out.decode()
         assert proc.returncode == 1, text + err.decode()
         assert "Compartment m03: no door sensor changed. Did its door open? [y/n]" in text
