@@ -43,14 +43,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 5.0) -> None:
-    """Wait until something accepts connections on the port."""
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until something accepts connections on the port (and ``proc``, the server meant to, still runs)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise TimeoutError(f"the server for 127.0.0.1:{port} exited with {proc.returncode}") from None
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s") from None
             time.sleep(0.02)
@@ -98,7 +100,7 @@ class Mosquitto:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         try:
-            wait_port(self.port)
+            wait_port(self.port, proc=self.proc)
         except TimeoutError:
             self.proc.kill()
             err = self.proc.communicate()[1].decode(errors="replace")

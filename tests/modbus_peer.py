@@ -326,7 +326,7 @@ class PtyPair:
         self.b = str(folder / "ttyB")  # the boards' end
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 5.0) -> PtyPair:
+    def start(self, timeout: float = 30.0) -> PtyPair:
         socat = shutil.which("socat") or "/usr/bin/socat"
         self.proc = subprocess.Popen(
             [socat, f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
@@ -335,6 +335,7 @@ class PtyPair:
         deadline = time.monotonic() + timeout
         while not (os.path.exists(self.a) and os.path.exists(self.b)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()  # never leave socat running behind a failed test
                 raise RuntimeError("socat did not create the pty pair")
             time.sleep(0.01)  # socat is another process: nothing to wait on but the links
         return self

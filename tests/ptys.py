@@ -29,7 +29,7 @@ class SocatPair:
         self.proc: subprocess.Popen | None = None
         self._fd: int | None = None
 
-    def start(self, timeout: float = 5.0) -> SocatPair:
+    def start(self, timeout: float = 30.0) -> SocatPair:
         """Start socat and wait until both links exist."""
         self.proc = subprocess.Popen(
             [SOCAT, "-d", "-d", f"pty,raw,echo=0,link={self.device}", f"pty,raw,echo=0,link={self.peer}"],
@@ -42,8 +42,10 @@ class SocatPair:
         while not (self.device.exists() and self.peer.exists()):
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                self.stop()
                 raise RuntimeError(f"socat exited early: {err}")
             if time.monotonic() > deadline:
+                self.stop()  # never leave socat running behind a failed test
                 raise TimeoutError("socat did not create its pty links")
             time.sleep(0.005)
         return self
