@@ -339,6 +339,13 @@ async def test_cancelled_mid_pulse_switches_every_relay_off(tmp_path):
         assert await boards.coils() == [False] * 16
 
 
+async def reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc`` if it still runs and wait for it: nothing outlives the test that started it."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+
+
 @pytest.mark.asyncio
 async def test_sigint_of_the_command_mid_pulse_switches_every_relay_off(tmp_path):
     async with door_boards(tmp_path, pulse_ms=5000) as boards:
@@ -352,9 +359,7 @@ async def test_sigint_of_the_command_mid_pulse_switches_every_relay_off(tmp_path
             proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not cut the switch-off short
             out, err = await asyncio.wait_for(proc.communicate(), 15)
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await reap(proc)
         assert proc.returncode == 130, err.decode()
         assert "every relay was switched off" in err.decode()
         assert await boards.coils() == [False] * 16
@@ -405,9 +410,7 @@ class Daemon:
         return self.proc.returncode
 
     async def reap(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+        await reap(self.proc)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -440,9 +443,7 @@ async def test_bench_refuses_to_run_while_the_daemon_runs(tmp_path):
         try:
             _, err = await asyncio.wait_for(cli.communicate(), 60)
         finally:
-            if cli.returncode is None:
-                cli.kill()
-                await cli.wait()
+            await reap(cli)
         assert cli.returncode == 3, err.decode()
         assert "in use by the lockerd daemon" in err.decode() and "systemctl stop lockerd" in err.decode()
         assert await d.stop() == 0, d.log
@@ -562,9 +563,7 @@ async def test_command_asks_the_technician_whether_a_silent_door_opened(tmp_path
         try:
             out, err = await asyncio.wait_for(proc.communicate(b"y\nn\n"), 60)
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await reap(proc)
         text = out.decode()
         assert proc.returncode == 1, text + err.decode()
         assert "Compartment m03: no door sensor changed. Did its door open? [y/n]" in text
