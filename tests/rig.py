@@ -118,7 +118,7 @@ class Rig:
             sc = self.hw.scanners[scanner]
             assert isinstance(sc, SimScanner)
             assert sc.inject(code)
-            return await asyncio.wait_for(fut, 5)
+            return await asyncio.wait_for(fut, 30)  # a safety net: the answer waits on an fsync
         finally:
             self.c.off_outcome(watch)
 
