@@ -46,6 +46,13 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 GENESIS = "0" * 64
 MAX_BATCH = 1000
+# Checkpoints (copying the WAL back into the database, with fsyncs of their
+# own) run while the writer is idle. SQLite's automatic one lands inside
+# whichever commit crosses its threshold, and that commit may be a grant with
+# a lock waiting on it (milliseconds here, far more on an SD card).
+CHECKPOINT_AFTER_COMMITS = 100  # about SQLite's 1000-page default at a few pages per commit
+CHECKPOINT_IDLE_S = 0.1  # this long without a request counts as idle
+CHECKPOINT_FORCED_COMMITS = 2000  # never idle (a long burst): checkpoint anyway, the WAL must not grow forever
 
 # Primary keys of the state tables, for upserts.
 STATE_TABLES = {
@@ -249,6 +256,7 @@ class Journal:
         self._reader: sqlite3.Connection | None = None
         self._last_attempt = -1e9
         self.commits = 0
+        self.checkpoints = 0
 
     # -- life ------------------------------------------------------------------
 
@@ -299,6 +307,7 @@ class Journal:
         except BaseException:
             conn.close()
             raise
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the writer checkpoints when idle (see _writer)
         self._reader = connect(self.path)
         self._thread = threading.Thread(target=self._writer, args=(conn,), name="journal-writer", daemon=True)
         self._thread.start()
@@ -412,9 +421,15 @@ class Journal:
             self._queue.put(items)
 
     def _writer(self, conn: sqlite3.Connection) -> None:
+        since = 0  # commits since the last checkpoint
         try:
             while True:
-                first = self._queue.get()
+                try:
+                    first = self._queue.get(timeout=CHECKPOINT_IDLE_S if since >= CHECKPOINT_AFTER_COMMITS else None)
+                except queue.Empty:
+                    self._checkpoint(conn)
+                    since = 0
+                    continue
                 if first is None:
                     return
                 batch = list(first)
@@ -429,6 +444,10 @@ class Journal:
                         break
                     batch.extend(items)
                 self._write_batch(conn, batch)
+                since += 1
+                if since >= CHECKPOINT_FORCED_COMMITS:
+                    self._checkpoint(conn)
+                    since = 0
                 if stop:
                     return
         finally:
@@ -482,6 +501,15 @@ class Journal:
             self._resolve(item.future, result=item.event if isinstance(item, _Pending) else None)
         if done and self._listeners and self._loop is not None:
             self._loop.call_soon_threadsafe(self._notify, done)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as e:
+            # Nothing is lost: the WAL keeps the rows, and the next idle spell tries again.
+            log.warning("journal: checkpoint failed: %s", e)
+            return
+        self.checkpoints += 1
 
     def _resolve(self, fut: asyncio.Future | None, result: Any = None, exc: Exception | None = None) -> None:
         if fut is None or self._loop is None:
