@@ -203,20 +203,26 @@ class Recorder:
             c.tls_set(ca_certs=str(auth["ca"]))
         c.on_connect = self._on_connect
         c.on_message = self._on_message
-        c.on_subscribe = lambda *a: self.subscribed.set()
+        self._sub_mid: int | None = None  # the SUBSCRIBE whose acknowledgement means "subscribed"
+        c.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         self._props = props
         self.client = c
         c.connect("127.0.0.1", port, 30, clean_start=False, properties=props)
         c.loop_start()
-        if not self.subscribed.wait(5):
+        if not self.subscribed.wait(30):  # a safety net: it is set as soon as the broker has acknowledged
+            self.close()
             raise TimeoutError("recorder did not subscribe")
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if not reason.is_failure:
-            for t in self.topics:
-                client.subscribe(t, qos=1)
+            # One SUBSCRIBE for every topic: "subscribed" means all of them, not the first one acknowledged.
+            self._sub_mid = client.subscribe([(t, 1) for t in self.topics])[1]
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, *rest: Any) -> None:
+        if mid == self._sub_mid:  # both run on paho's network thread, the acknowledgement after the send
+            self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         payload = bytes(msg.payload)

@@ -198,10 +198,12 @@ class RelayPeer:
                 r = await r
             return bool(r)
 
-        async with asyncio.timeout(timeout):
+        # The predicate is checked holding the condition's lock, which every
+        # notify takes too: a change between the check and the wait (an async
+        # predicate yields) is not missed.
+        async with asyncio.timeout(timeout), self._changed:
             while not await holds():
-                async with self._changed:
-                    await self._changed.wait()
+                await self._changed.wait()
 
     def count(self, unit: int, fc: int) -> int:
         return self.requests[(unit, fc)]
