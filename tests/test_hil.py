@@ -71,13 +71,13 @@ MODBUS = HEAD + """
 type = "tcp"
 host = "127.0.0.1"
 port = {port_a}
-timeout_ms = 100
+timeout_ms = {timeout_ms}
 retries = 1
 [buses.gw-b]
 type = "tcp"
 host = "127.0.0.1"
 port = {port_b}
-timeout_ms = 100
+timeout_ms = {timeout_b_ms}
 retries = 1
 [drivers.board-a]
 type = "modbus"
@@ -108,7 +108,9 @@ QUICK = {"settle_s": 0.1, "close_timeout_s": 2.0, "modbus_requests": 20, "scan_t
 
 def write_config(folder: Path, text: str, **fmt: object) -> config_mod.Config:
     path = folder / "lockerd.toml"
-    path.write_text(text.format(**({"pulse_ms": 20} | fmt)))
+    # A board counts as offline after one unanswered request: 100 ms (twice) was less than the pauses a loaded
+    # machine gives the peer in this process and the bench in another, and both boards were reported offline.
+    path.write_text(text.format(**({"pulse_ms": 20, "timeout_ms": 1000, "timeout_b_ms": 1000} | fmt)))
     return config_mod.load(path)
 
 
@@ -249,11 +251,13 @@ class Boards:
 
 
 @contextlib.asynccontextmanager
-async def door_boards(tmp_path: Path, pulse_ms: int = 100):
+async def door_boards(tmp_path: Path, pulse_ms: int = 100, timeout_b_ms: int = 1000):
+    """Two boards on two TCP gateways; ``timeout_b_ms`` shortens board-b's waits where a test kills it."""
     a, b = DoorPeer([1], coils=8, inputs=8), DoorPeer([2], coils=8, inputs=8)
     try:
         port_a, port_b = await a.start_tcp(), await b.start_tcp()
-        yield Boards(a, b, write_config(tmp_path, MODBUS, port_a=port_a, port_b=port_b, pulse_ms=pulse_ms))
+        yield Boards(a, b, write_config(tmp_path, MODBUS, port_a=port_a, port_b=port_b, pulse_ms=pulse_ms,
+                                        timeout_b_ms=timeout_b_ms))
     finally:
         await a.stop()
         await b.stop()
@@ -263,7 +267,7 @@ async def door_boards(tmp_path: Path, pulse_ms: int = 100):
 @pytest.mark.parametrize("attended", [True, False], ids=["technician", "unattended"])
 async def test_modbus_boards_find_crossed_dead_lock_dead_sensor_and_dropped_board_and_nothing_else(
         tmp_path, attended):
-    async with door_boards(tmp_path) as boards:
+    async with door_boards(tmp_path, timeout_b_ms=250) as boards:
         boards.a.crossed[1] = (1, 4)  # m02 and m05
         boards.a.dead_locks.add((1, 6))  # m07: the relay clicks, the door stays shut
         boards.a.dead_sensors.add((1, 2))  # m03: the door opens, its input stays 0
@@ -290,7 +294,7 @@ async def test_modbus_boards_find_crossed_dead_lock_dead_sensor_and_dropped_boar
 
 @pytest.mark.asyncio
 async def test_board_dead_from_the_start_is_one_finding_and_its_compartments_untested(tmp_path):
-    async with door_boards(tmp_path) as boards:
+    async with door_boards(tmp_path, timeout_b_ms=250) as boards:
         boards.b.dead.add(2)
         r = await Bench(boards.cfg, Unattended(), BenchOptions(**(QUICK | {"doors": "spring"}))).run()
         assert r.finding_keys() == {("board-offline", "board-b")}
