@@ -388,9 +388,17 @@ class Journal:
         return await self.append(kind, **kw)
 
     def _retry_open(self) -> bool:
+        now = self.clock.monotonic()
         if self._thread is not None:
-            return False  # open, but the writer reported a failure: it retries per batch
-        if self.clock.monotonic() - self._last_attempt < 5.0:
+            # Open, but the last commit failed (disk full, database locked).
+            # Nothing else would ever show that the cause has gone, so one
+            # write a second goes through as the probe; the rest are refused
+            # at once instead of each waiting out a failing commit.
+            if now - self._last_attempt < 1.0:
+                return False
+            self._last_attempt = now
+            return True
+        if now - self._last_attempt < 5.0:
             return False
         return self.open()
 

@@ -244,3 +244,31 @@ async def test_the_writer_checkpoints_once_idle(tmp_path, monkeypatch):
     finally:
         j.close()
     assert verify(tmp_path / "j.db").ok
+
+
+async def test_a_journal_whose_commit_failed_writes_again_once_the_cause_is_gone(tmp_path):
+    """A failed commit is not forever: with the cause gone, the next probe write lands, no restart, no other write."""
+    from lockerd.clock import ManualClock
+
+    clock = ManualClock()
+    j = Journal(tmp_path / "j.db", clock)
+    assert j.open()
+    try:
+        await j.record("daemon.ready")
+        await j.execute("PRAGMA busy_timeout = 100")  # fail fast while another writer holds the lock
+        other = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # e.g. an offline tool holding the write lock
+        with pytest.raises(JournalError, match="locked"):
+            await j.record("scan", code="D-1")
+        assert not j.healthy
+        other.execute("ROLLBACK")
+        other.close()
+        # The cause is gone, but within the probe interval writes are refused at once ...
+        with pytest.raises(JournalError):
+            await j.record("scan", code="D-1")
+        # ... and the first write after it is the probe that finds the journal healthy again.
+        await clock.advance(1.0)
+        ev = await j.record("scan", code="D-1")
+        assert j.healthy and ev.seq == 2
+    finally:
+        j.close()
