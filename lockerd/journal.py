@@ -50,9 +50,12 @@ MAX_BATCH = 1000
 # own) run while the writer is idle. SQLite's automatic one lands inside
 # whichever commit crosses its threshold, and that commit may be a grant with
 # a lock waiting on it (milliseconds here, far more on an SD card).
-CHECKPOINT_AFTER_COMMITS = 100  # about SQLite's 1000-page default at a few pages per commit
-CHECKPOINT_IDLE_S = 0.1  # this long without a request counts as idle
-CHECKPOINT_FORCED_COMMITS = 2000  # never idle (a long burst): checkpoint anyway, the WAL must not grow forever
+CHECKPOINT_AFTER_COMMITS = 50  # a few hundred pages: a short checkpoint
+CHECKPOINT_IDLE_S = 0.02  # this long without a request counts as idle
+# Never idle that long (a steady stream of scans): checkpoint anyway, before
+# the WAL grows past what SQLite itself would have let it (a checkpoint of
+# 2000 commits took 1.1 s here).
+CHECKPOINT_FORCED_COMMITS = 250
 
 # Primary keys of the state tables, for upserts.
 STATE_TABLES = {
