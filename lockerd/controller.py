@@ -666,7 +666,7 @@ class Controller:
                 self.journal.append("scan", compartment=cid, dossier=dossier, **origin)
             self.journal.append(grant_kind, compartment=cid, dossier=dossier, people=people,
                                 items=items, pulse=False,
-                                reason="repeat scan, door already open" if repeat else "door already open",
+                                no_pulse="repeat scan, door already open" if repeat else "door already open",
                                 **({} if scan else origin), **note)
             return Outcome(True, f"compartment {cid} is already open ({what})", cid)
 

@@ -292,3 +292,13 @@ async def test_stuck_relay_is_reported_and_the_compartment_faulted(rig):
     await rig.clock.advance(3)
     assert rig.c.states()["d02"]["faults"] == []
     assert 1 not in rig.d.energised
+
+
+async def test_a_station_open_of_a_compartment_already_open_joins_it_without_a_second_pulse(rig):
+    assert (await rig.scan("D-1")).pulsed
+    out = await rig.c.remote_open("d01", "nowak", "officer locked out", "cmd-2")
+    assert out.accepted and not out.pulsed
+    assert len(rig.d.pulse_log) == 1
+    last = [e for e in await rig.events() if e.kind == "access.granted" and e.compartment == "d01"][-1]
+    assert last.data["reason"] == "officer locked out" and last.data["command_id"] == "cmd-2"
+    assert last.data["pulse"] is False and last.data["no_pulse"] == "door already open"
