@@ -177,7 +177,7 @@ class Controller:
             if hasattr(d, "on_lock_fault"):
                 d.on_lock_fault(lambda ch, detail, name=d.name: self._lock_fault(name, ch, detail))
         for sc in self.hw.scanners.values():
-            sc.on_status(self._scanner_status)
+            sc.on_status(self._journal_status)
         await self.hw.start()  # every lock bank switches all outputs off first
         if any(cab.camera for cab in self.config.cabinets.values()):
             from lockerd.photos import Photographer  # an observer of the journal, off the safety path
@@ -218,6 +218,10 @@ class Controller:
         """Refuse every scan and station open from now on, saying ``reason``."""
         self._accepting = False
         self._refusing = reason
+
+    def not_now(self) -> str | None:
+        """Why nothing may open now (starting, reloading, stopping), or None."""
+        return None if self._accepting else f"not now: {self._refusing}; send it again in a moment"
 
     async def stop(self, final: bool = True) -> None:
         """Stop taking scans, finish what is in flight, de-energise every lock.
@@ -352,7 +356,7 @@ class Controller:
         while True:
             # An unusable journal answers at once: that is fail-secure mode, logged elsewhere, not a hang.
             with contextlib.suppress(JournalError):
-                await self.journal.execute("SELECT 1")
+                await self.journal.flush()
             self._beat("controller")  # type: ignore[misc]
             await self.clock.sleep(self.beat_s)
 
@@ -716,16 +720,16 @@ class Controller:
             raise CommandError(f"unknown compartment {compartment!r}")
         if not reason.strip():
             raise CommandError("a remote open needs a reason")
-        if not self._accepting:
-            raise CommandError(f"not now: {self._refusing}; send it again in a moment")
+        if (why := self.not_now()) is not None:
+            raise CommandError(why)
         src = {"source": "station", "command_id": command_id, "requested_by": person, "reason": reason}
         return await self._open(slot, {}, (person,), source=src)
 
     async def release_open(self, item: Item, person: str, reason: str, by: dict[str, Any]) -> Outcome:
         """Open a dossier's compartment so an authorised person removes it for good (checked by custody)."""
         slot = self.slots[item.compartment]  # type: ignore[index]
-        if not self._accepting:
-            raise CommandError(f"not now: {self._refusing}; send it again in a moment")
+        if (why := self.not_now()) is not None:
+            raise CommandError(why)
         src = {"source": "station", "requested_by": person} | by
         return await self._open(slot, {item.code: RELEASE}, (person,), source=src, note={"reason": reason})
 
@@ -921,11 +925,10 @@ class Controller:
                     self._clear_fault(slot, "lock")
                 else:
                     self._set_fault(slot, "lock", f"driver {st.driver} offline: {st.detail}")
-        self.journal.append("driver.online" if st.online else "driver.offline", driver=st.driver,
-                            detail=st.detail)
+        self._journal_status(st)
 
-    def _scanner_status(self, st: DriverStatus) -> None:
-        """A scanner unplugged, missing at start or back: journaled like a board, so the station sees it."""
+    def _journal_status(self, st: DriverStatus) -> None:
+        """A board or scanner gone, missing at start or back: journaled, so the station sees it."""
         self.journal.append("driver.online" if st.online else "driver.offline", driver=st.driver,
                             detail=st.detail)
 

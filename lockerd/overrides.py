@@ -123,10 +123,6 @@ class Overrides:
                     f"{a.id} is {a.role}, {b.id} is {b.role}")
         return None
 
-    def _not_now(self) -> str | None:
-        """Nothing opens while the controller is starting, reloading or stopping."""
-        return None if self.c._accepting else f"not now: {self.c._refusing}; send it again in a moment"
-
     def _technician(self, pid: Any) -> tuple[Person | None, str | None]:
         p, problem = self._person_problem(pid)
         if p is not None and p.role not in MAINTENANCE_ROLES:
@@ -157,7 +153,7 @@ class Overrides:
             if problem is None and self.running is not None and not self.running.done():
                 problem = "an emergency opening of all compartments is running already"
         problem = (problem or self._reason_problem(reason) or self._emergency_problem(people)
-                   or self._not_now())
+                   or self.c.not_now())
         if problem:
             await self._refuse(action, problem, people, reason, via, compartment)
         people = tuple(people)
@@ -195,7 +191,7 @@ class Overrides:
         failed: dict[str, str] = {}
         step = self.c.t.pulse_ms / 1000 + STEP_GAP_S
         for cid in targets:
-            if (busy := self._not_now()) is not None:  # the daemon is stopping or reloading
+            if (busy := self.c.not_now()) is not None:  # the daemon is stopping or reloading
                 failed[cid] = busy
                 continue
             try:
@@ -250,7 +246,7 @@ class Overrides:
             problem = "maintenance is not on: start it first (lockerd maintenance on --person ID --reason ...)"
         if problem is None and compartment not in self.c.slots:
             problem = f"unknown compartment {compartment!r}"
-        problem = problem or self._not_now()
+        problem = problem or self.c.not_now()
         if problem:
             await self._refuse("maintenance-open", problem, [person], None, via,
                                compartment if isinstance(compartment, str) else None)
