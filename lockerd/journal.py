@@ -416,6 +416,13 @@ class Journal:
             self._gather(loop, _Control(sql, params, fut))
         return fut
 
+    async def flush(self) -> None:
+        """Wait until everything appended so far is committed (the writer takes requests in order).
+
+        Raises JournalError when the journal is unusable, at once.
+        """
+        await self.execute("SELECT 1")
+
     def _gather(self, loop: asyncio.AbstractEventLoop, item: _Pending | _Control) -> None:
         # Handing each request over on its own let the writer wake for the
         # first one and commit it alone while the step that appended it went

@@ -136,7 +136,7 @@ class Rig:
         """Wait until everything queued to the journal is committed."""
         await self.clock.settle()
         if self.journal.healthy or self.journal._thread is not None:
-            await self.journal.execute("SELECT 1")
+            await self.journal.flush()
         await self.clock.settle()
 
     async def events(self, after: int = 0) -> list[Event]:

@@ -243,7 +243,7 @@ async def test_a_reminder_the_journal_could_not_take_is_sent_once_it_can(rig, ca
     await fill_disk(rig.journal)  # no commit can grow the database by a page
     await rig.clock.advance(HOUR + 1)
     with contextlib.suppress(JournalError):
-        await rig.journal.execute("SELECT 1")
+        await rig.journal.flush()
     await rig.clock.settle()
     assert "D-NEW:deposit not journaled (journal write failed: database or disk is full)" in caplog.text
     # Not on disk, so not sent: the deadline is still at level 0, in memory as on disk.
