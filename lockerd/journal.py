@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +77,7 @@ def canonical(obj: Any) -> str:
 
 
 def chain_hash(prev: str, record: dict[str, Any]) -> str:
-    return _hash_text(prev, canonical(record))
-
-
-def _hash_text(prev: str, record_json: str) -> str:
-    return hashlib.sha256((prev + "\n" + record_json).encode()).hexdigest()
-
-
-def _record_json(seq: int, f: dict[str, Any], kind: str, people_json: str, data_json: str) -> str:
-    """canonical(Event.record()), spelled out so the writer encodes data and people once.
-
-    The keys in sorted order, as canonical() writes them; a test holds the two equal.
-    """
-    enc = canonical_encoder.encode
-    return (f'{{"boot":{enc(f["boot"])},"compartment":{enc(f["compartment"])},"data":{data_json},'
-            f'"dossier":{enc(f["dossier"])},"id":{enc(f["id"])},"kind":{enc(kind)},"mono":{enc(f["mono"])},'
-            f'"people":{people_json},"seq":{enc(seq)},"ts":{enc(f["ts"])}}}')
+    return hashlib.sha256((prev + "\n" + canonical(record)).encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,22 +467,19 @@ class Journal:
                     continue
                 seq += 1
                 f = item.fields
-                # The grant waits on this thread: data and people are encoded
-                # once, for the hash and the row alike.
-                people_json, data_json = canonical(f["people"]), canonical(f["data"])
-                h = _hash_text(prev, _record_json(seq, f, item.kind, people_json, data_json))
                 ev = Event(seq, f["id"], f["ts"], f["mono"], f["boot"], item.kind, f["compartment"],
-                           f["dossier"], tuple(f["people"]), f["data"], prev, h)
+                           f["dossier"], tuple(f["people"]), f["data"], prev, "")
+                ev = replace(ev, hash=chain_hash(prev, ev.record()))
                 conn.execute(
                     f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (seq, ev.id, ev.ts, ev.mono, ev.boot, ev.kind, ev.compartment, ev.dossier,
-                     people_json, data_json, prev, h),
+                     canonical(list(ev.people)), canonical(ev.data), prev, ev.hash),
                 )
                 for op in item.state:
                     _apply_state(conn, op, seq)
                 item.event = ev
                 done.append(ev)
-                prev = h
+                prev = ev.hash
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError, ValueError, TypeError) as e:
             with contextlib.suppress(sqlite3.Error):

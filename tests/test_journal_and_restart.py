@@ -13,7 +13,7 @@ from rig import close_rig, fill_disk, make_rig
 from lockerd import importer
 from lockerd import journal as journal_module
 from lockerd.errors import CommandError, JournalError
-from lockerd.journal import Journal, _record_json, canonical, chain_hash, verify
+from lockerd.journal import Journal, chain_hash, verify
 
 pytestmark = pytest.mark.asyncio
 
@@ -191,7 +191,7 @@ async def test_rows_appended_in_one_step_share_a_commit(tmp_path):
 
 
 async def test_the_writer_hashes_each_row_as_verify_does(tmp_path):
-    """The writer spells the hashed record out itself; it must match canonical(record) byte for byte."""
+    """Awkward payloads (non-ASCII, nesting, floats, big ints) hash in the writer exactly as verify recomputes them."""
     j = Journal(tmp_path / "j.db")
     assert j.open()
     try:
@@ -204,8 +204,6 @@ async def test_the_writer_hashes_each_row_as_verify_does(tmp_path):
     finally:
         j.close()
     for ev in events:
-        assert _record_json(ev.seq, ev.as_dict(), ev.kind, canonical(list(ev.people)), canonical(ev.data)) \
-            == canonical(ev.record())
         assert chain_hash(ev.prev, ev.record()) == ev.hash
     assert verify(tmp_path / "j.db").ok
 
