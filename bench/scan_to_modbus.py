@@ -109,14 +109,15 @@ async def run(folder: Path, line: str, scanner: SocatPair, scans: int, spacing_s
     # Time each on-write's frame as it leaves for the line (function 5, value 0xFF00).
     client = bus._client
     sent: list[int] = []
-    start = client._start
+    write = client._write
 
-    def timed(request: bytes, *args: object) -> None:
-        start(request, *args)
+    def timed(item, now: float) -> None:
+        write(item, now)
+        request = item.request
         if request[1] == 5 and request[4:6] == b"\xff\x00":
             sent.append(time.monotonic_ns())
 
-    client._start = timed
+    client._write = timed
     outcomes: asyncio.Queue = asyncio.Queue()
     c.on_outcome(lambda _scan, outcome: outcomes.put_nowait(outcome))
     written: list[int] = []

@@ -2,11 +2,13 @@
 
 One :class:`ModbusBus` per ``[buses.NAME]`` section owns one client (the
 lean RTU client of :mod:`modbus_rtu` on a serial line, pymodbus's TCP client
-on a gateway) and one task. That task is the only thing that talks on the line: a queue of
-commands (lock on/off, all off), one request in flight, a gap between frames,
-a timeout and a bounded number of attempts per request. Commands always go
-before polls, so a scan is never stuck behind a poll cycle; polls are
-scheduled by the same task, board by board, at each board's ``poll_hz``.
+on a gateway) and one task. That task is the only thing that sends commands (lock
+on/off, all off): from a queue, one request in flight, a gap between frames, a
+timeout and a bounded number of attempts per request. Commands always go
+before polls, so a scan is never stuck behind a poll cycle. Polls run board by
+board at each board's ``poll_hz``: on a TCP gateway the task sends them too; on
+an RS-485 line the RTU client's line thread sends them and the bus judges only
+the polls with news (see "the poll path" below).
 
 One :class:`ModbusBoard` per ``[drivers.NAME]`` of type "modbus" is a lock
 bank and a door-sensor bank at one unit id. A board that stops answering is
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockerd.drivers.base import DoorSensors, DoorState, Driver, LockBank, PowerBudget
-from lockerd.drivers.modbus_rtu import BadFrame, LineLost, RtuClient
+from lockerd.drivers.modbus_rtu import BadFrame, LineLost, PollSlot, RtuClient, RtuReply, next_poll_at
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
@@ -122,7 +124,6 @@ class _Request:
     check: Callable[[Any], Any]  # validates the reply, returns the useful value or raises _BadReply
     attempts: int
     future: asyncio.Future | None = None  # commands: the caller waits on it; polls: None
-    checked: tuple[Any, Any] = (None, None)  # polls: (reply, value) last checked, if a client repeats replies
 
 
 # ---------------------------------------------------------------------------
@@ -141,9 +142,10 @@ class ModbusBus(Driver):
     # means a half-open connection: drop it and reconnect.
     tcp_silent_limit = 6
     # The service watchdog (see Driver.heartbeat_s): the task beats on each pass
-    # of its loop, the RTU poll callbacks on each poll, and an idle wait is cut
-    # into pieces this long so that a bus with nothing to do still beats. A task
-    # stuck in a request or dead stops beating; a silent board does not.
+    # of its loop, an RTU line thread this often while it cycles, and an idle
+    # wait is cut into pieces this long so that a bus with nothing to do still
+    # beats. A task stuck in a request or dead stops beating, and so does a
+    # stuck line thread; a silent board does not.
     beat_every_s = 0.5
     heartbeat_s = 1.0
 
@@ -162,7 +164,8 @@ class ModbusBus(Driver):
             else f"{options.get('host')}:{options.get('port', 502)}"
         )
         self.boards: list[ModbusBoard] = []
-        self.transactions = 0  # frames sent, retries included: benchmarks and tests count them
+        self.commands_sent = 0  # command frames, retries included (see transactions)
+        self._polls_sent_before = 0  # poll frames sent by the RTU clients dropped so far
         self.connected = False
         self._client: Any = None
         self._commands: deque[_Request] = deque()
@@ -172,13 +175,18 @@ class ModbusBus(Driver):
         self._last_end = 0.0  # loop time the last transaction ended
         self._silent_streak = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        # The poll path's state (RTU): see _run_polls.
-        self._cb_req: _Request | None = None
-        self._cb_attempt = 0
-        self._cb_busy = False  # a poll request is on the line
-        self._cb_timer: asyncio.TimerHandle | None = None
-        self._cb_deadline: asyncio.TimerHandle | None = None
-        self._cb_board: ModbusBoard | None = None
+        # RTU: a command is queued or being performed, so the line thread starts no poll.
+        self.line_held = False
+        # How long the task waits for a command's reply. The RTU line thread times a
+        # request from the moment it is sent, which may follow a poll in flight and the
+        # gap: the task's own bound only catches a client that never answers at all.
+        self._await_s = self.timeout_s if kind == "tcp" else 2 * self.timeout_s + self.gap_s + 0.25
+
+    @property
+    def transactions(self) -> int:
+        """Frames sent, retries included: benchmarks and tests count them."""
+        rtu = self._client.polls_sent if isinstance(self._client, RtuClient) else 0
+        return self.commands_sent + self._polls_sent_before + rtu
 
     # -- life ------------------------------------------------------------------
 
@@ -226,6 +234,7 @@ class ModbusBus(Driver):
         fut = self._loop.create_future()
         n = self.retries + 1 if attempts is None else max(1, attempts)
         self._commands.append(_Request(board, what, send, check, n, fut))
+        self.line_held = True  # no new poll on an RTU line from now: the command goes next
         self._wake()
         return await fut
 
@@ -233,7 +242,19 @@ class ModbusBus(Driver):
         """Make ``board`` due for a poll now (after start or recovery)."""
         if self._loop is not None:
             board._due = self._loop.time()
-            self._wake()
+            if isinstance(self._client, RtuClient):
+                self._client.resume(board._poll_slot(), board._due, None)
+            else:
+                self._wake()
+
+    def stop_polling(self, board: ModbusBoard) -> None:
+        if isinstance(self._client, RtuClient):
+            self._client.park(board._poll_slot())
+
+    def due_changed(self, board: ModbusBoard) -> None:
+        """``board._due`` was set outside a poll's judgement (a command's outcome): tell the line thread."""
+        if isinstance(self._client, RtuClient):
+            self._client.reschedule(board._poll_slot(), board._due)
 
     # -- the task ---------------------------------------------------------------
 
@@ -272,6 +293,9 @@ class ModbusBus(Driver):
                 parity=str(o.get("parity", "N")),
                 stopbits=int(o.get("stopbits", 1)),
                 name=self.name,
+                timeout_s=self.timeout_s,
+                gap_s=self.gap_s,
+                owner=self,
             )
         else:
             self._client = AsyncModbusTcpClient(
@@ -303,6 +327,11 @@ class ModbusBus(Driver):
         now = self._loop.time() if self._loop else 0.0
         for b in self.boards:
             b._due = now
+        if isinstance(self._client, RtuClient):
+            slots = [b._poll_slot() for b in self.boards if not b._misconfigured]
+            for slot in slots:
+                slot.due, slot.quiet_reply, slot.parked = now, None, not slot.owner._polling
+            self._client.set_polls(slots)
         return True
 
     def _client_connected(self) -> bool:
@@ -310,6 +339,8 @@ class ModbusBus(Driver):
 
     def _drop_client(self) -> None:
         client, self._client = self._client, None
+        if isinstance(client, RtuClient):
+            self._polls_sent_before += client.polls_sent
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
@@ -331,13 +362,7 @@ class ModbusBus(Driver):
                 req.future.set_exception(exc)
 
     def _wake(self) -> None:
-        if self._cb_busy:
-            return  # a poll is in flight: its end hands the line back (see _cb_next)
-        if self._cb_req is not None or self._cb_timer is not None:
-            self._cb_stop()
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        _resolve_if(self._waiter)
 
     async def _sleep_until_work(self, delay: float | None, commands_wake: bool = True) -> None:
         """Wait for a command (or close) or until ``delay`` seconds have passed, beating meanwhile."""
@@ -360,7 +385,7 @@ class ModbusBus(Driver):
                 return  # woken: a command, a schedule change or close
 
     async def _respect_gap(self) -> None:
-        if self.gap_s > 0:
+        if self.gap_s > 0 and not isinstance(self._client, RtuClient):  # an RTU client keeps the gap itself
             wait = self._last_end + self.gap_s - self._loop.time()  # type: ignore[union-attr]
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -375,9 +400,8 @@ class ModbusBus(Driver):
     async def _next_request(self) -> _Request | None:
         """The next transaction: a queued command first, else the most overdue poll.
 
-        On a line whose client can call back (the RTU client), polls are not
-        returned: they run as callbacks (see "the poll path" below) until a
-        command arrives, and this returns the command.
+        On an RTU line polls are not returned: the line thread runs them (see
+        "the poll path" below) while the task waits here for a command.
         """
         loop = self._loop
         while not self._closing:
@@ -389,7 +413,9 @@ class ModbusBus(Driver):
                     return self._commands.popleft()
                 continue
             if isinstance(self._client, RtuClient):
-                await self._run_polls()
+                self.line_held = False
+                self._client.wake()  # polls may start again
+                await self._wait_for_command()
                 if not self._client_connected():
                     return None
                 continue
@@ -424,11 +450,11 @@ class ModbusBus(Driver):
             if client is None or not client.connected:
                 error = DriverUnavailable(f"{req.board.name}: bus {self.name} is down")
                 break
-            self.transactions += 1
+            self.commands_sent += 1
             reply: Any = None
             exc: Exception | None = None
             try:
-                async with asyncio.timeout(self.timeout_s):
+                async with asyncio.timeout(self._await_s):
                     reply = await req.send(client)
             except (TimeoutError, ConnectionException, LineLost, ModbusIOException, BadFrame, ModbusException,
                     ValueError, struct.error) as e:
@@ -446,17 +472,11 @@ class ModbusBus(Driver):
 
     def _judge(self, req: _Request, reply: Any, exc: Exception | None) -> tuple[Any, DriverError | None, bool, bool]:
         """One attempt's outcome: (value, error, worth retrying, board silent)."""
-        if exc is None and reply is not None:
-            if reply is req.checked[0]:
-                return req.checked[1], None, False, False  # the same reply object as last poll: checked then
-            if not reply.isError():
-                try:
-                    value = req.check(reply)  # the usual case first: it is the hot path
-                except _BadReply as e:
-                    return None, self._bad_reply(req, e), True, True
-                if req.future is None:
-                    req.checked = (reply, value)
-                return value, None, False, False
+        if exc is None and reply is not None and not reply.isError():
+            try:
+                return req.check(reply), None, False, False
+            except _BadReply as e:
+                return None, self._bad_reply(req, e), True, True
         board = req.board
         who = f"{board.name} (unit {board.unit} on {self.name})"
         if isinstance(exc, TimeoutError):
@@ -511,130 +531,61 @@ class ModbusBus(Driver):
     # -- the poll path (RTU) ---------------------------------------------------------------
     #
     # Door polls are the line's steady load: 16 boards at 10 Hz is 160 polls a
-    # second, every hour of the day. Run as awaits, each poll costs the bus task
-    # two wake-ups through the event loop (the due time, the reply) on top of the
-    # I/O; run as callbacks (a timer sends the prepared request, the reader
-    # callback takes the reply and arms the next timer) it costs the I/O alone.
-    # The rules stay the task's: polls run only while no command is queued, one
-    # request in flight, the gap before each frame, a timeout and the same bounded
-    # attempts. The task waits in _run_polls meanwhile and takes the line back
-    # for a command as soon as no poll is in flight.
+    # second, every hour of the day. The RTU client's line thread sends them on
+    # each board's schedule and wakes the loop only for a poll with news: data
+    # unlike the last, no answer, a wrong or refused reply. Those are judged here
+    # as the task judges its own requests, with the same bounded attempts; the
+    # board's slot is then resumed with its next due time, and with the reply
+    # data as "quiet" when the board needs nothing more for the same data again.
+    # The thread starts no poll while a command is queued or being performed
+    # (line_held), and beats for the bus while it cycles.
 
-    async def _run_polls(self) -> None:
-        """Let polls run by callbacks until a command is queued, the line is lost or the bus closes."""
-        loop = self._loop
-        fut = loop.create_future()  # type: ignore[union-attr]
+    async def _wait_for_command(self) -> None:
+        """Wait for a command, close or a lost line; the line thread beats meanwhile."""
+        fut = self._loop.create_future()  # type: ignore[union-attr]
         self._waiter = fut
-        self._cb_next()
         try:
             await fut
         finally:
             self._waiter = None
-            self._cb_stop()
 
-    def _cb_stop(self) -> None:
-        """Hand the line back to the task: no timer armed, nothing in flight."""
-        for h in (self._cb_timer, self._cb_deadline):
-            if h is not None:
-                h.cancel()
-        self._cb_timer = self._cb_deadline = None
-        req, self._cb_req = self._cb_req, None
-        if req is not None:
-            if self._cb_busy and isinstance(self._client, RtuClient):
-                self._client.abandon()
-            req.board._due = self._loop.time()  # type: ignore[union-attr]  # its poll was cut short: again soon
-        self._cb_busy = False
+    def line_beat(self, client: RtuClient) -> None:
+        if client is self._client:
+            self.beat()
 
-    def _cb_handback(self) -> None:
-        self._cb_stop()
-        _resolve_if(self._waiter)
+    def line_lost(self, client: RtuClient, detail: str) -> None:
+        if client is self._client:
+            log.debug("%s: %s", self.name, detail)
+            self._wake()  # the task sees the line gone and reconnects
 
-    def _cb_next(self) -> None:
-        """Arm the timer for the next due poll (no poll in flight)."""
-        self._cb_req = None
-        if self._closing or self._commands or not self._client_connected():
-            self._cb_handback()
-            return
-        self.beat()  # the poll chain is alive: every poll and every idle tick passes here
-        board = self._next_poll()
-        now = self._loop.time()  # type: ignore[union-attr]
-        # Nothing to poll, or not for a while: tick back here meanwhile, for the beat.
-        at = now + self.beat_every_s if board is None else max(board._due, self._last_end + self.gap_s)
-        self._cb_board = board
-        self._cb_timer = self._loop.call_at(min(at, now + self.beat_every_s), self._cb_fire)  # type: ignore
-
-    def _cb_fire(self) -> None:
-        self._cb_timer = None
-        board = self._cb_board
-        # A schedule change (poll_soon, a board recovering) wakes the task, which
-        # re-arms this timer; here the board may only have been set back.
-        if board is None or not board._polling or board._due > self._loop.time():  # type: ignore[union-attr]
-            self._cb_next()
-            return
-        self._cb_req = board._poll_request()
-        self._cb_attempt = 0
-        self._cb_send()
-
-    def _cb_send(self) -> None:
-        self._cb_timer = None
-        req = self._cb_req
-        if req is None:
-            return
-        if self._commands or self._closing:
-            self._cb_handback()
-            return
-        client = self._client
-        if not isinstance(client, RtuClient) or not client.connected:
-            self._cb_result(None, LineLost(f"bus {self.name} is down"))
-            return
-        fc, first, n = req.board._poll_spec()
-        self.transactions += 1
-        self._cb_busy = True
-        try:
-            client.read(req.board.unit, fc, first, n, self._cb_result)
-        except (LineLost, ValueError) as e:
-            self._cb_result(None, e)
-            return
-        if self._cb_busy:
-            self._cb_deadline = self._loop.call_at(  # type: ignore[union-attr]
-                self._loop.time() + self.timeout_s, self._cb_expired)  # type: ignore[union-attr]
-
-    def _cb_expired(self) -> None:
-        self._cb_deadline = None
-        if isinstance(self._client, RtuClient):
-            self._client.abandon()
-        self._cb_result(None, TimeoutError())
-
-    def _cb_result(self, reply: Any, exc: Exception | None) -> None:
-        """The reader callback's answer (or a timeout, or a lost line) for the poll in flight."""
-        loop = self._loop
-        if self._cb_deadline is not None:
-            self._cb_deadline.cancel()
-            self._cb_deadline = None
-        self._cb_busy = False
-        self._last_end = loop.time()  # type: ignore[union-attr]
-        req = self._cb_req
-        if req is None:
-            return
+    def line_polled(self, client: RtuClient, slot: PollSlot, reply: RtuReply | None, exc: Exception | None) -> None:
+        """A poll with news from the line thread; the slot stays parked until resumed here."""
+        board = slot.owner
+        if client is not self._client or self._closing or not board._polling:
+            return  # from a line since replaced, or a board that stopped polling
+        board._due = slot.due
+        req = board._poll_request()
+        value: Any = None
+        error: DriverError | None = None
         try:
             value, error, retry, silent = self._judge(req, reply, exc)
             if error is None:
+                board._attempt = 0
                 self._succeeded(req, value)
             else:
-                self._cb_attempt += 1
-                if retry and self._cb_attempt < req.attempts:
-                    if self._commands:
-                        # A poll never delays a command with its retries: poll again
-                        # right after the command, without judging the board yet.
-                        self._cb_handback()
-                        return
-                    self._cb_timer = loop.call_at(self._last_end + self.gap_s, self._cb_send)  # type: ignore
+                board._attempt += 1
+                if retry and board._attempt < req.attempts:
+                    # Again after the gap, or after the commands queued: a poll never delays one.
+                    client.resume(slot, self._loop.time(), None)  # type: ignore[union-attr]
                     return
-                self._cb_req = None
+                board._attempt = 0
                 self._failed(req, error, silent)
-        except Exception:  # a callback must not die silently: the line would stop being polled
+        except Exception:  # the board's poll must not stop for good on a surprise here
             log.exception("%s: unexpected error handling a poll reply", self.name)
-        self._cb_next()
+            error = DriverError("unexpected error")
+        if client is self._client and board._polling:
+            quiet = error is None and board.quiet() and (board.inputs > 0 or not any(value))
+            client.resume(slot, board._due, reply.frame if quiet and reply is not None else None)
 
 
 _TICK = object()  # the result of a wait that only ran out of time
@@ -685,7 +636,7 @@ class ModbusBoard(LockBank, DoorSensors):
         poll_hz = float(options.get("poll_hz", 10.0))
         self.period_s = 1.0 / poll_hz
         self.sample_period_s = self.period_s  # the controller skips a settle window shorter than this
-        self.polls = 0  # successful polls, for benchmarks
+        self._polls = 0  # successful polls judged on the loop (see polls)
         self._misconfigured = ""
         if bus.kind == "rtu" and self.unit == 0:
             # 0 is the RTU broadcast address: boards act on it but never answer.
@@ -700,7 +651,24 @@ class ModbusBoard(LockBank, DoorSensors):
         self._starting = 0  # pulse-on writes in flight
         self._off_tasks: dict[int, asyncio.Task] = {}
         self._poll_req: _Request | None = None
+        self._slot: PollSlot | None = None  # the RTU line thread's view of this board's poll
+        self._attempt = 0  # RTU: attempts made so far at the poll being judged
         bus.attach(self)
+
+    @property
+    def polls(self) -> int:
+        """Successful polls, for benchmarks and tests."""
+        return self._polls + (self._slot.quiet_polls if self._slot is not None else 0)
+
+    def quiet(self) -> bool:
+        """A poll that reads as the last one needs nothing more from the loop.
+
+        Read from the RTU line thread. False while the board is failing, owes an
+        all-off, has its inputs refused or its door states unknown, or stopped
+        polling: then every poll is judged on the loop, which sorts it out.
+        """
+        return (self._polling and not self._failing and not self._all_off_pending and not self._inputs_refused
+                and (self.inputs == 0 or self._last_levels is not None))
 
     # -- what the controller sees ------------------------------------------------
 
@@ -733,6 +701,7 @@ class ModbusBoard(LockBank, DoorSensors):
     async def close(self) -> None:
         """Stop polling and switch every relay off (best effort: the board may be gone)."""
         self._polling = False
+        self.bus.stop_polling(self)
         if not self._misconfigured:
             try:
                 await self.all_off()
@@ -891,6 +860,12 @@ class ModbusBoard(LockBank, DoorSensors):
 
         return check
 
+    def _poll_slot(self) -> PollSlot:
+        if self._slot is None:
+            fc, first, n = self._poll_spec()
+            self._slot = PollSlot(self, self.unit, fc, first, n)
+        return self._slot
+
     def _poll_request(self) -> _Request:
         if self._poll_req is None:
             self._poll_req = _Request(self, self._poll_what(), self._poll_send(), self._poll_check(),
@@ -900,9 +875,9 @@ class ModbusBoard(LockBank, DoorSensors):
         return self._poll_req
 
     def _poll_done(self, levels: tuple[int, ...]) -> None:
-        self.polls += 1
+        self._polls += 1
         now = self.bus._loop.time()  # type: ignore[union-attr]
-        self._due = max(self._due + self.period_s, now)
+        self._due = next_poll_at(now, self.period_s)
         if self._inputs_refused:
             self._inputs_refused = False
             log.warning("%s: inputs readable again", self.name)
@@ -948,6 +923,7 @@ class ModbusBoard(LockBank, DoorSensors):
             self._backoff = self.offline_retry_first_s
             self.report_status(True, "")  # logs "recovered"
             self._due = self.bus._loop.time()  # type: ignore[union-attr]
+            self.bus.due_changed(self)
         if self._all_off_pending and not self.energised and not self._starting and self._polling:
             self._all_off_pending = False  # set again if this fails
             asyncio.get_running_loop().create_task(self._deferred_all_off(), name=f"{self.name}-all-off")
@@ -971,6 +947,7 @@ class ModbusBoard(LockBank, DoorSensors):
             log.debug("%s: still not answering: %s", self.name, error)
             self._backoff = min(self._backoff * 2, self.offline_retry_max_s)
         self._due = now + self._backoff
+        self.bus.due_changed(self)
 
     def _bus_down(self, detail: str) -> None:
         self._failing = True

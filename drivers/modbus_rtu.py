@@ -1,27 +1,39 @@
-"""A lean Modbus RTU client for the RS-485 line: the few requests relay boards need, framed by hand.
+"""A lean Modbus RTU master for the RS-485 line, framed by hand and run by a thread of its own.
 
-Door polling is the only thing the daemon does all day, 16 boards x 10 polls
-a second on a busy line, and pymodbus's general machinery (framer classes,
-PDU objects, transaction manager, its own timers) costs most of a core's
-2 % budget on every poll. The relay boards need five function codes, so
-this client frames them itself:
+Door polling is the only thing the daemon does all day: 16 boards x 10 polls a
+second on a busy line. Two choices keep it inside 2 % of a core:
 
-- requests are built once per (unit, function, address, count) and reused,
-  the CRC-16 comes from a 256-entry table;
-- the port is opened with pyserial (raw mode, line settings, an exclusive
-  lock) and read from its non-blocking descriptor through the event loop's
-  ``add_reader``: no thread, never a blocking read;
-- a reply is taken only when it is whole and right: CRC, unit id, function
-  code and length are checked; an exception reply comes back as an error
-  result naming its code; leading noise is skipped, bytes left over from an
-  earlier (late or timed-out) reply are dropped before each request.
+- Framing by hand. pymodbus's general machinery (framer classes, PDU objects,
+  transaction manager, its own timers) cost more than the whole budget. The
+  relay boards need five function codes, so this module frames them itself:
+  requests are built once and reused, the CRC-16 comes from a 256-entry table,
+  a reply is taken only when it is whole and right (CRC, unit id, function code,
+  length), an exception reply comes back as an error result naming its code,
+  leading noise is skipped and bytes left over from a late reply are dropped.
+- A thread for the line. On the event loop every poll costs two passes of
+  asyncio's machinery (a timer for its due time, a reader callback for its
+  reply): the bare I/O alone measured 1.9 % of a core. A thread blocked in
+  epoll does the same I/O for about half that. So the line thread sends the
+  polls itself, on each board's schedule, and wakes the event loop only when a
+  poll has news: a reply unlike the last one (a door moved), a board that does
+  not answer, a wrong or refused reply. A reply equal to the last one is
+  counted and nothing else happens; the board decided, on the loop, that it
+  needs nothing more (see ``PollSlot``).
 
-It speaks the subset of pymodbus's client API that :mod:`modbus` uses
-(``read_discrete_inputs(address, count=, device_id=)`` and friends, and
-``execute`` for a custom request), with replies that carry the same
-attributes, so the bus task drives either client alike. It does no timing
-of its own: the bus bounds every request with its timeout and retries, and
-keeps one request in flight and the gap between frames.
+Commands (lock on, off, flash, all off) come from the bus task on the loop
+through the subset of pymodbus's client API that :mod:`modbus` uses
+(``write_coil(address, value, device_id=)`` and friends, ``execute`` for a
+custom request), and return futures with replies that carry the same
+attributes as pymodbus's. A command goes on the wire at once from the loop
+when the line is free, or next, before any poll, when it is not. The thread
+keeps the line's rules for both: one request in flight, a gap between frames,
+a timeout from the moment a request is sent. Judging replies, retrying and
+board state stay on the loop, in the bus.
+
+The loop and the thread share the request in flight, the command queue and the
+poll schedule under one lock, held for microseconds and never across a wait.
+Results reach the loop with ``call_soon_threadsafe``; the thread never touches
+the loop's objects otherwise.
 """
 
 from __future__ import annotations
@@ -29,10 +41,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import select
 import struct
-from collections.abc import Callable
-from typing import Any
+import threading
+import time
+from collections import deque
+from typing import Any, Protocol
 
 from lockerd.drivers.tty import open_problem, read_ready
 
@@ -86,7 +102,7 @@ class RtuReply:
     """A decoded reply, with the attributes of the pymodbus reply objects the bus checks."""
 
     __slots__ = ("function_code", "dev_id", "address", "value", "count", "bits", "registers", "exception_code",
-                 "_raw")
+                 "raw", "frame")
 
     def __init__(self, function_code: int, dev_id: int) -> None:
         self.function_code = function_code
@@ -97,7 +113,8 @@ class RtuReply:
         self.bits: list[bool] = []
         self.registers: list[int] = []
         self.exception_code = 0
-        self._raw = b""
+        self.raw = b""  # the PDU data as received
+        self.frame = b""  # the whole reply frame: the bus hands it back as a poll's quiet reply
 
     def isError(self) -> bool:  # noqa: N802 (pymodbus's name)
         return self.exception_code != 0
@@ -105,7 +122,7 @@ class RtuReply:
     def __repr__(self) -> str:
         if self.exception_code:
             return f"RtuReply(unit {self.dev_id}, function {self.function_code}, exception {self.exception_code})"
-        return f"RtuReply(unit {self.dev_id}, function {self.function_code}, data {self._raw.hex()})"
+        return f"RtuReply(unit {self.dev_id}, function {self.function_code}, data {self.raw.hex()})"
 
 
 def reply_length(fc: int, count: int) -> int:
@@ -120,7 +137,7 @@ def reply_length(fc: int, count: int) -> int:
 def decode(fc: int, unit: int, data: bytes, count: int) -> RtuReply:
     """The PDU data of a whole, checked reply frame (unit, fc and CRC stripped)."""
     r = RtuReply(fc, unit)
-    r._raw = data
+    r.raw = data
     if fc in (1, 2):
         table = BYTE_BITS
         bits: tuple[bool, ...] = ()
@@ -138,63 +155,131 @@ def decode(fc: int, unit: int, data: bytes, count: int) -> RtuReply:
     return r
 
 
-Callback = Callable[[RtuReply | None, Exception | None], None]
+def read_frame(unit: int, fc: int, address: int, count: int) -> bytes:
+    """The request frame of a read (function 1, 2, 3 or 4), checked against the Modbus limits."""
+    limit = MAX_BITS if fc in (1, 2) else MAX_REGISTERS
+    if fc not in (1, 2, 3, 4) or not 1 <= count <= limit or not 0 <= address <= 0xFFFF or not 0 <= unit <= 247:
+        raise ValueError(f"cannot read {count} items of function {fc} at {address} from unit {unit}")
+    return frame(unit, struct.pack(">BHH", fc, address, count))
 
 
-class _Pending:
-    """The one request in flight: what a reply must look like, and who waits for it.
+def next_poll_at(now: float, period: float) -> float:
+    """The next multiple of ``period`` after ``now`` (monotonic seconds).
 
-    The waiter is a future (``await``-style requests) or a plain callback
-    (the bus's poll path: called from the reader callback itself, which saves
-    a pass of the event loop per poll).
+    Boards polled at the same rate fall due together, so each cycle's polls
+    run as one train on the line, frame after frame, and the line then rests
+    until the next cycle. The same polls spread evenly over the cycle cost
+    about twice the CPU: each one starts from an idle machine (measured by
+    ``bench/modbus_poll.py``). Every board still has its poll once a period.
+    """
+    return (now // period + 1) * period
+
+
+class LineOwner(Protocol):
+    """What the line thread needs from the bus that owns it (:class:`modbus.ModbusBus`)."""
+
+    beat_every_s: float  # while polls may run, the thread tells the loop this often that it is alive
+    line_held: bool  # a command is queued or being performed on the loop: no poll may start
+
+    def line_polled(self, client: RtuClient, slot: PollSlot, reply: RtuReply | None,
+                    exc: Exception | None) -> None:
+        """On the loop: a poll with news, or one that failed; ``slot`` stays parked until resumed."""
+
+    def line_beat(self, client: RtuClient) -> None:
+        """On the loop: the line thread is cycling."""
+
+    def line_lost(self, client: RtuClient, detail: str) -> None:
+        """On the loop: the port is gone and the line thread has stopped."""
+
+
+class PollSlot:
+    """One board's door poll, as the line thread runs it.
+
+    A slot is *parked* while the loop holds it: before its board starts, and
+    from a poll with news until the bus has judged it and resumed the slot
+    with its next due time. ``quiet_reply`` is the reply frame the board last
+    took in full; while the same frame comes back and the board's ``quiet()``
+    says it needs nothing more, the thread counts the poll, sets the next due
+    time and wakes nobody.
     """
 
-    __slots__ = ("unit", "fc", "length", "count", "future", "callback")
+    __slots__ = ("owner", "request", "unit", "fc", "count", "length", "due", "deadline", "parked", "quiet_reply",
+                 "quiet_polls")
 
-    def __init__(self, unit: int, fc: int, length: int, count: int, future: asyncio.Future | None,
-                 callback: Callback | None) -> None:
-        self.unit, self.fc, self.length, self.count = unit, fc, length, count
-        self.future, self.callback = future, callback
+    def __init__(self, owner: Any, unit: int, fc: int, address: int, count: int) -> None:
+        self.owner = owner  # the board: its period_s and quiet() are read from the line thread
+        self.request = read_frame(unit, fc, address, count)
+        self.unit, self.fc, self.count = unit, fc, count
+        self.length = reply_length(fc, count)
+        self.due = 0.0
+        self.deadline = 0.0
+        self.parked = True
+        self.quiet_reply: bytes | None = None
+        self.quiet_polls = 0  # polls answered as the last one, counted by the thread alone
 
-    @property
-    def done(self) -> bool:
-        return self.future is not None and self.future.done()
 
-    def deliver(self, reply: RtuReply | None, exc: Exception | None) -> None:
-        if self.callback is not None:
-            self.callback(reply, exc)
-        elif not self.future.done():  # type: ignore[union-attr]
-            if exc is not None:
-                self.future.set_exception(exc)  # type: ignore[union-attr]
-            else:
-                self.future.set_result(reply)  # type: ignore[union-attr]
+class _Command:
+    """A request from the loop, and the future its caller waits on."""
+
+    __slots__ = ("request", "unit", "fc", "count", "length", "future", "deadline")
+    quiet_reply = None  # a command's reply always goes to its caller
+
+    def __init__(self, request: bytes, unit: int, fc: int, count: int, future: asyncio.Future) -> None:
+        self.request, self.unit, self.fc, self.count = request, unit, fc, count
+        self.length = reply_length(fc, count)
+        self.future = future
+        self.deadline = 0.0
+
+
+def _settle(fut: asyncio.Future, reply: RtuReply | None, exc: Exception | None) -> None:
+    if fut.done():
+        return  # the caller gave up (its own bound, or cancelled)
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(reply)
+
+
+IDLE_WAIT_S = 1.0  # the longest the thread sleeps with nothing to do (beats and wake-ups cut it shorter)
+JOIN_S = 2.0
 
 
 class RtuClient:
-    """Modbus RTU master on one serial port; one request at a time (the bus task sees to that)."""
+    """Modbus RTU master on one serial port; its line thread runs while the port is open."""
 
     def __init__(self, device: str, *, baudrate: int = 9600, bytesize: int = 8, parity: str = "N",
-                 stopbits: int = 1, name: str = "rtu") -> None:
+                 stopbits: int = 1, name: str = "rtu", timeout_s: float = 0.2, gap_s: float = 0.004,
+                 owner: LineOwner) -> None:
         self.device = device
         self.baudrate, self.bytesize, self.parity, self.stopbits = baudrate, bytesize, parity, stopbits
         self.name = name
+        self.timeout_s, self.gap_s = timeout_s, gap_s
         self.last_error = ""
+        self.polls_sent = 0  # poll frames the thread sent (the bus counts the commands itself)
+        self._owner = owner
         self._serial: Any = None
         self._fd: int | None = None
+        self._wake_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._lost = ""  # why the line is gone, once it is
+        # Shared with the line thread, under the lock:
+        self._lock = threading.Lock()
+        self._inflight: _Command | PollSlot | None = None
+        self._queue: deque[_Command] = deque()
+        self._slots: list[PollSlot] = []
+        self._last_end = 0.0  # monotonic time the last request ended (reply, timeout or failure)
         self._buf = bytearray()
-        self._pending: _Pending | None = None
-        self._frames: dict[tuple[int, int, int, int], bytes] = {}  # prepared read requests
-        self._last_reads: dict[tuple[int, int, int], RtuReply] = {}  # (unit, fc, count): the last read reply
 
-    # -- the port -------------------------------------------------------------------
+    # -- the port and the thread (loop side) ----------------------------------------------
 
     @property
     def connected(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None and not self._lost
 
     async def connect(self) -> bool:
-        """Open the port; False (with ``last_error`` said) when it is missing, busy or not a tty."""
+        """Open the port and start the line thread; False (with ``last_error`` said) when it is missing or busy."""
         import serial  # pyserial: imported by the driver that needs it
 
         self.close()
@@ -205,54 +290,82 @@ class RtuClient:
         except (serial.SerialException, OSError, ValueError) as e:
             self.last_error = open_problem(self.device, e, f"[buses.{self.name}].device")
             return False
-        fd = ser.fileno()
-        try:
-            self._loop.add_reader(fd, self._on_readable)
-        except (OSError, ValueError) as e:
-            ser.close()
-            self.last_error = f"cannot watch {self.device}: {e}"
-            return False
-        self._serial, self._fd = ser, fd
+        self._serial, self._fd = ser, ser.fileno()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stopping, self._lost, self.last_error = False, "", ""
+        self._inflight, self._last_end = None, 0.0
         self._buf.clear()
-        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name=f"rtu-{self.name}", daemon=True)
+        self._thread.start()
         return True
 
     def close(self, reason: str = "") -> None:
-        """Release the port; a request in flight fails with ``reason``."""
-        fd, ser = self._fd, self._serial
-        self._fd, self._serial = None, None
-        if fd is not None and self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(fd)
+        """Stop the thread and release the port; commands not yet answered fail with ``reason``."""
+        thread, self._thread = self._thread, None
+        self._stopping = True
+        if thread is not None:
+            self.wake()
+            thread.join(JOIN_S)
+            if thread.is_alive():
+                log.error("%s: the line thread did not stop within %.0f s", self.name, JOIN_S)
+        with self._lock:
+            waiting = [c for c in (self._inflight, *self._queue) if isinstance(c, _Command)]
+            self._inflight = None
+            self._queue.clear()
+        fd, ser, self._fd, self._serial = self._wake_fd, self._serial, None, None
+        self._wake_fd = None
         if ser is not None:
             with contextlib.suppress(Exception):
                 ser.close()
-        self._fail(LineLost(reason or f"{self.device} closed"))
+        if fd is not None:
+            os.close(fd)
+        exc = LineLost(reason or self._lost or f"{self.device} closed")
+        for c in waiting:
+            _settle(c.future, None, exc)
 
-    def _lost(self, detail: str) -> None:
-        log.debug("%s: %s", self.name, detail)
-        self.last_error = detail
-        self.close(detail)
+    def wake(self) -> None:
+        """Have the line thread look again at once (a command, a schedule change, the hold lifted)."""
+        fd = self._wake_fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(fd, 1)
 
-    def _fail(self, exc: Exception) -> None:
-        p, self._pending = self._pending, None
-        if p is not None:
-            p.deliver(None, exc)
+    # -- the poll schedule (loop side) ------------------------------------------------------
 
-    def abandon(self) -> None:
-        """Forget the request in flight (its time is up); a late reply to it is dropped."""
-        self._pending = None
+    def set_polls(self, slots: list[PollSlot]) -> None:
+        with self._lock:
+            self._slots = list(slots)
+        self.wake()
 
-    # -- requests (the subset of pymodbus's client API the bus uses) ------------------------
+    def resume(self, slot: PollSlot, due: float, quiet_reply: bytes | None) -> None:
+        """Hand ``slot`` back to the thread, due at ``due``; the frame ``quiet_reply`` needs the loop no more."""
+        with self._lock:
+            slot.due, slot.quiet_reply, slot.parked = due, quiet_reply, False
+        self.wake()
+
+    def reschedule(self, slot: PollSlot, due: float) -> None:
+        """Move a running slot's next poll (a parked one gets its time when it is resumed)."""
+        with self._lock:
+            if slot.parked:
+                return
+            slot.due = due
+        self.wake()
+
+    def park(self, slot: PollSlot) -> None:
+        """No more polls for ``slot`` until it is resumed (a poll in flight still reports)."""
+        with self._lock:
+            slot.parked = True
+
+    # -- commands (loop side; the subset of pymodbus's client API the bus uses) -------------
 
     def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
-        return self._read(device_id, 1, address, count)
+        return self.send(read_frame(device_id, 1, address, count), device_id, 1, count)
 
     def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
-        return self._read(device_id, 2, address, count)
+        return self.send(read_frame(device_id, 2, address, count), device_id, 2, count)
 
     def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
-        return self._read(device_id, 4, address, count)
+        return self.send(read_frame(device_id, 4, address, count), device_id, 4, count)
 
     def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> asyncio.Future:
         pdu = struct.pack(">BHH", 5, address, 0xFF00 if value else 0x0000)
@@ -277,81 +390,181 @@ class RtuClient:
         unit = int(request.dev_id)
         return self.send(frame(unit, bytes((fc,)) + request.encode()), unit, fc, 1)
 
-    def _read(self, unit: int, fc: int, address: int, count: int) -> asyncio.Future:
-        return self.send(self._read_frame(unit, fc, address, count), unit, fc, count)
-
-    def _read_frame(self, unit: int, fc: int, address: int, count: int) -> bytes:
-        key = (unit, fc, address, count)
-        req = self._frames.get(key)
-        if req is None:
-            limit = MAX_BITS if fc in (1, 2) else MAX_REGISTERS
-            if fc not in (1, 2, 3, 4) or not 1 <= count <= limit or not 0 <= address <= 0xFFFF or not 0 <= unit <= 247:
-                raise ValueError(f"cannot read {count} items of function {fc} at {address} from unit {unit}")
-            req = self._frames[key] = frame(unit, struct.pack(">BHH", fc, address, count))
-        return req
-
-    def read(self, unit: int, fc: int, address: int, count: int, callback: Callback) -> None:
-        """Send a read (function 1, 2, 3 or 4) from its prepared frame; ``callback(reply, error)`` gets the answer.
-
-        The callback runs inside the reader callback (or at once, for a line
-        that is gone); the caller bounds the wait and calls :meth:`abandon`
-        when its time is up.
-        """
-        self._start(self._read_frame(unit, fc, address, count), unit, fc, count, None, callback)
-
     def send(self, request: bytes, unit: int, fc: int, count: int) -> asyncio.Future:
-        """Write one request frame and return a future for its reply (the caller bounds the wait)."""
-        if self._loop is None:
-            raise LineLost(f"{self.device} is not open ({self.last_error or 'not connected'})")
-        fut = self._loop.create_future()
-        self._start(request, unit, fc, count, fut, None)
-        return fut
+        """Send one request frame, now if the line is free, else next; a future for its reply.
 
-    def _start(self, request: bytes, unit: int, fc: int, count: int, fut: asyncio.Future | None,
-               callback: Callback | None) -> None:
-        fd = self._fd
-        if fd is None:
+        The thread fails the future with TimeoutError ``timeout_s`` after the
+        frame went out; the caller may bound its own wait too.
+        """
+        if not self.connected or self._loop is None:
             raise LineLost(f"{self.device} is not open ({self.last_error or 'not connected'})")
-        if self._pending is not None and not self._pending.done:
-            raise RuntimeError(f"{self.name}: a request is already in flight")
-        # Whatever is buffered now answers nothing we will ask: a late or mangled reply.
-        # (A late reply still in the kernel passes only if it is from the same unit and
-        # function; the bus's checks of the echoed address catch a stale write echo.)
-        self._buf.clear()
+        c = _Command(request, unit, fc, count, self._loop.create_future())
         try:
-            n = os.write(fd, request)
+            with self._lock:
+                now = time.monotonic()
+                if self._inflight is None and not self._queue and now >= self._last_end + self.gap_s:
+                    self._write(c, now)  # the usual case: no hop through the thread on the way out
+                else:
+                    self._queue.append(c)
+        finally:
+            self.wake()  # the thread keeps the deadline, or sends it when the line is free
+        return c.future
+
+    # -- the line thread ---------------------------------------------------------------------
+
+    def _write(self, item: _Command | PollSlot, now: float) -> None:
+        """Put one request on the wire (lock held) and make it the one in flight."""
+        request = item.request
+        try:
+            n = os.write(self._fd, request)  # type: ignore[arg-type]
         except BlockingIOError:
             n = 0
         except OSError as e:
-            self._lost(f"{self.device}: write failed ({e.strerror or e})")
+            self._lost = self.last_error = f"{self.device}: write failed ({e.strerror or e})"
             raise LineLost(self.last_error) from e
         if n != len(request):
             # A request is a few bytes: a full transmit buffer means the line is stuck.
             raise LineLost(f"{self.device}: could not write a {len(request)}-byte request ({n} written)")
-        # Set only once written: a failed write has no waiter to tell twice.
-        self._pending = _Pending(unit, fc, reply_length(fc, count), count, fut, callback)
+        # Whatever is buffered now answers nothing we asked: a late or mangled reply.
+        self._buf.clear()
+        item.deadline = now + self.timeout_s
+        self._inflight = item
 
-    # -- replies ------------------------------------------------------------------------
+    def _run(self) -> None:
+        # This loop runs twice per poll, all day: what it touches is kept in locals.
+        owner, fd, wake_fd, lock, step = self._owner, self._fd, self._wake_fd, self._lock, self._step
+        monotonic, readable, post = time.monotonic, self._readable, self._post
+        news: list[tuple] = []  # calls for the loop, made once the lock is released
+        ep = select.epoll(2)
+        try:
+            ep.register(fd, select.EPOLLIN)  # type: ignore[arg-type]
+            ep.register(wake_fd, select.EPOLLIN)  # type: ignore[arg-type]
+            wait_on = ep.poll
+            next_beat = 0.0
+            while not self._stopping and not self._lost:
+                now = monotonic()
+                with lock:
+                    wait = step(now, news)
+                if now >= next_beat:
+                    # A held line (a command on the loop) does not beat: the bus task does,
+                    # once its command is done, so a task stuck in one stops the beats.
+                    if not owner.line_held:
+                        news.append((owner.line_beat, self))
+                    next_beat = now + owner.beat_every_s
+                if news:
+                    post(news)
+                until_beat = next_beat - now
+                for ready, _ in wait_on(wait if wait < until_beat else until_beat):
+                    if ready == fd:
+                        readable(news)
+                    else:
+                        with contextlib.suppress(BlockingIOError):
+                            os.eventfd_read(wake_fd)  # type: ignore[arg-type]
+                if news:
+                    post(news)
+        except Exception as e:  # a bug here must not leave the line silently unpolled: the bus reconnects
+            log.exception("%s: the line thread failed", self.name)
+            self._lost = self._lost or f"{self.device}: line thread failed ({e})"
+        finally:
+            ep.close()
+            if self._lost and not self._stopping:
+                self._give_up()
 
-    def _on_readable(self) -> None:
-        fd = self._fd
-        if fd is None:
-            return
-        data, gone = read_ready(fd, READ_SIZE)
+    def _give_up(self) -> None:
+        """The line is gone: fail what waits and tell the bus (thread side)."""
+        with self._lock:
+            waiting = [c for c in (self._inflight, *self._queue) if isinstance(c, _Command)]
+            self._inflight = None
+            self._queue.clear()
+        exc = LineLost(self._lost)
+        news: list[tuple] = [(_settle, c.future, None, exc) for c in waiting]
+        news.append((self._owner.line_lost, self, self._lost))
+        self._post(news)
+
+    def _post(self, news: list[tuple]) -> None:
+        try:
+            for call in news:
+                self._loop.call_soon_threadsafe(*call)  # type: ignore[union-attr]
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            self._stopping = True
+        news.clear()
+
+    def _step(self, now: float, news: list[tuple]) -> float:
+        """Do what is due on the line (lock held); how long the thread may sleep."""
+        p = self._inflight
+        if p is not None:
+            if now < p.deadline:
+                return p.deadline - now
+            self._finish(p, None, TimeoutError(f"no reply within {self.timeout_s * 1000:.0f} ms"), now, news)
+        gap_end = self._last_end + self.gap_s
+        queue = self._queue
+        while queue and queue[0].future.done():
+            queue.popleft()  # its caller gave up before it was sent
+        if queue:
+            if now < gap_end:
+                return gap_end - now
+            return self._send(queue.popleft(), now, news)
+        if self._owner.line_held:
+            return IDLE_WAIT_S  # a command is on its way: polls wait for it (the bus wakes us after)
+        best: PollSlot | None = None
+        best_due = math.inf
+        for s in self._slots:
+            if s.due < best_due and not s.parked:
+                best, best_due = s, s.due
+        if best is None:
+            return IDLE_WAIT_S
+        at = best_due if best_due > gap_end else gap_end
+        if at > now:
+            return at - now
+        self.polls_sent += 1
+        return self._send(best, now, news)
+
+    def _send(self, item: _Command | PollSlot, now: float, news: list[tuple]) -> float:
+        """Write ``item``; how long until its reply is late (0 when it failed: the next may go)."""
+        try:
+            self._write(item, now)
+        except LineLost as e:
+            self._finish(item, None, e, now, news)
+            return 0.0
+        return self.timeout_s
+
+    def _finish(self, item: _Command | PollSlot, reply: RtuReply | None, exc: Exception | None, now: float,
+                news: list[tuple]) -> None:
+        """``item`` is over (lock held): its reply or error goes to the loop."""
+        if self._inflight is item:
+            self._inflight = None
+        self._last_end = now
+        if isinstance(item, _Command):
+            news.append((_settle, item.future, reply, exc))
+        else:
+            item.parked = True
+            news.append((self._owner.line_polled, self, item, reply, exc))
+
+    def _readable(self, news: list[tuple]) -> None:
+        data, gone = read_ready(self._fd, READ_SIZE)  # type: ignore[arg-type]
         if gone:
-            self._lost(f"{self.device}: {gone}")
+            self._lost = self.last_error = f"{self.device}: {gone}"
             return
         if not data:
             return
-        p = self._pending
-        if p is None or p.done:
-            self._pending = None
-            return  # nobody is waiting: noise, or a reply the bus gave up on; dropped
-        buf = self._buf
-        buf += data
-        self._match(p, buf)
+        with self._lock:
+            p = self._inflight
+            if p is None:
+                return  # nobody is waiting: noise, or a reply given up on; dropped
+            if data == p.quiet_reply and not self._buf and p.owner.quiet():  # type: ignore[union-attr]
+                self._quiet_poll(p, time.monotonic())  # type: ignore[arg-type]  # the usual poll: one read, one compare
+                return
+            self._buf += data
+            self._match(p, self._buf, time.monotonic(), news)
 
-    def _match(self, p: _Pending, buf: bytearray) -> None:
+    def _quiet_poll(self, p: PollSlot, now: float) -> None:
+        """The same reply as last time, and the board needs nothing more (lock held): counted, nobody woken."""
+        self._inflight = None
+        self._last_end = now
+        p.quiet_polls += 1
+        p.due = next_poll_at(now, p.owner.period_s)
+
+    def _match(self, p: _Command | PollSlot, buf: bytearray, now: float, news: list[tuple]) -> None:
         """Take a whole reply for ``p`` from the front of ``buf``, or fail it, or wait for more bytes."""
         unit, fc = p.unit, p.fc
         while len(buf) >= 3:
@@ -370,36 +583,29 @@ class RtuClient:
                 if buf[0] != unit:
                     del buf[0]  # noise that looked like a header
                     continue
-                self._reject(f"CRC error in the reply ({bytes(buf[:length]).hex()})")
+                self._reject(p, f"CRC error in the reply ({bytes(buf[:length]).hex()})", now, news)
                 return
             if buf[0] != unit:
-                self._reject(f"reply from unit {buf[0]} to a request for unit {unit}")
+                self._reject(p, f"reply from unit {buf[0]} to a request for unit {unit}", now, news)
                 return
-            body = bytes(buf[2 : length - 2])
+            whole = bytes(buf[:length])
             del buf[:length]
-            self._pending = None
             if head_fc != fc:
                 r = RtuReply(fc, unit)
-                r.exception_code = body[0] or 0xFF
-                r._raw = body
+                r.exception_code = whole[2] or 0xFF
+                r.raw = whole[2:3]
+                self._finish(p, r, None, now, news)
             elif length != p.length:
-                p.deliver(None, BadFrame(f"{length}-byte reply to function {fc}, expected {p.length} bytes"))
-                return
-            elif fc <= 4:
-                # Door polls mostly read what they read last time: the same reply
-                # object again lets the bus skip decoding and checking it.
-                key = (unit, fc, p.count)
-                last = self._last_reads.get(key)
-                if last is not None and last._raw == body:
-                    r = last
-                else:
-                    r = self._last_reads[key] = decode(fc, unit, body, p.count)
+                self._finish(p, None, BadFrame(f"{length}-byte reply to function {fc}, expected {p.length} bytes"),
+                             now, news)
+            elif whole == p.quiet_reply and p.owner.quiet():  # type: ignore[union-attr]
+                self._quiet_poll(p, now)  # type: ignore[arg-type]
             else:
-                r = decode(fc, unit, body, p.count)
-            p.deliver(r, None)
+                r = decode(fc, unit, whole[2:-2], p.count)
+                r.frame = whole
+                self._finish(p, r, None, now, news)
             return
 
-    def _reject(self, detail: str) -> None:
+    def _reject(self, p: _Command | PollSlot, detail: str, now: float, news: list[tuple]) -> None:
         self._buf.clear()
-        self._fail(BadFrame(detail))
-
+        self._finish(p, None, BadFrame(detail), now, news)
