@@ -159,7 +159,8 @@ def main() -> None:
             print(f"  (other processes, not ours in production: the simulated boards "
                   f"{peer_cpu / wall * 100:.1f} %, socat {socat_cpu / wall * 100:.1f} %)")
             polls, wall, cpu = floor(pty.a, a.seconds, a.gap_ms / 1000)
-            print(f"floor, a bare thread with the same pty I/O and schedule, no Modbus logic, {polls / wall:.1f} polls/s: "
+            print(f"floor, a bare thread with the same pty I/O and schedule, no Modbus logic, "
+                  f"{polls / wall:.1f} polls/s: "
                   f"CPU {cpu / wall * 100:.2f} % of one core ({cpu / max(polls, 1) * 1e6:.0f} us per poll)")
         finally:
             peer.terminate()

@@ -265,7 +265,8 @@ class ModbusBus(Driver):
             try:
                 if not self._client_connected():
                     if self.connected:
-                        self._went_down(f"connection to {self.where} lost")
+                        why = getattr(self._client, "last_error", "")
+                        self._went_down(f"connection to {self.where} lost" + (f" ({why})" if why else ""))
                     if not await self._connect():
                         await self._sleep_until_work(delay, commands_wake=False)
                         delay = min(delay * 2, self.reconnect_max_s)
@@ -565,27 +566,26 @@ class ModbusBus(Driver):
             return  # from a line since replaced, or a board that stopped polling
         board._due = slot.due
         req = board._poll_request()
-        value: Any = None
-        error: DriverError | None = None
+        quiet_reply: bytes | None = None
         try:
             value, error, retry, silent = self._judge(req, reply, exc)
             if error is None:
                 board._attempt = 0
                 self._succeeded(req, value)
+                if board.quiet() and (board.inputs > 0 or not any(value)) and reply is not None:
+                    quiet_reply = reply.frame  # the same again needs nothing from here
             else:
                 board._attempt += 1
                 if retry and board._attempt < req.attempts:
                     # Again after the gap, or after the commands queued: a poll never delays one.
-                    client.resume(slot, self._loop.time(), None)  # type: ignore[union-attr]
-                    return
-                board._attempt = 0
-                self._failed(req, error, silent)
-        except Exception:  # the board's poll must not stop for good on a surprise here
+                    board._due = self._loop.time()  # type: ignore[union-attr]
+                else:
+                    board._attempt = 0
+                    self._failed(req, error, silent)
+        except Exception:  # whatever happens, the board's polls must go on: resumed below
             log.exception("%s: unexpected error handling a poll reply", self.name)
-            error = DriverError("unexpected error")
         if client is self._client and board._polling:
-            quiet = error is None and board.quiet() and (board.inputs > 0 or not any(value))
-            client.resume(slot, board._due, reply.frame if quiet and reply is not None else None)
+            client.resume(slot, board._due, quiet_reply)
 
 
 _TICK = object()  # the result of a wait that only ran out of time

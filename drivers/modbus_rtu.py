@@ -472,6 +472,7 @@ class RtuClient:
 
     def _give_up(self) -> None:
         """The line is gone: fail what waits and tell the bus (thread side)."""
+        self.last_error = self._lost
         with self._lock:
             waiting = [c for c in (self._inflight, *self._queue) if isinstance(c, _Command)]
             self._inflight = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from lockerd.drivers.modbus import (
     WaveshareFlashRequest,
     waveshare_flash_units,
 )
+from lockerd.drivers.modbus_rtu import next_poll_at
 from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import DecodePDU
@@ -311,14 +314,14 @@ async def test_offline_board_is_polled_slowly_and_logged_once(tcp, caplog):
     assert len(offline_logs) == 1
 
 
-async def test_lost_reply_to_a_pulse_never_leaves_the_relay_on(tcp):
-    peer, b = tcp.peer, tcp.boards[1]
+async def test_lost_reply_to_a_pulse_never_leaves_the_relay_on(rig):
+    peer, b = rig.peer, rig.boards[1]
     faults: list = []
     b.on_lock_fault(lambda ch, detail: faults.append((ch, detail)))
     peer.lose_replies.add(1)  # the board acts, but nothing comes back
     with pytest.raises(DriverTimeout):
         await b.pulse(4, 100)
-    assert tcp.budget.in_use == 0
+    assert rig.budget.in_use == 0
     assert any(e[1:] == (1, 5, 4, 0xFF00) for e in peer.log)  # it did switch on
     assert faults and faults[0][0] == 4  # we cannot know it went off: the lock is in fault
     peer.lose_replies.discard(1)
@@ -330,12 +333,12 @@ async def test_lost_reply_to_a_pulse_never_leaves_the_relay_on(tcp):
     assert faults[0][0] == 4 and "may still be on" in faults[0][1]
 
 
-async def test_a_slow_board_hits_the_timeout_and_no_relay_stays_on(tcp):
-    peer, b = tcp.peer, tcp.boards[1]
+async def test_a_slow_board_hits_the_timeout_and_no_relay_stays_on(rig):
+    peer, b = rig.peer, rig.boards[1]
     peer.delay[1] = 0.25  # longer than the 100 ms timeout
     with pytest.raises(DriverTimeout, match="within 100 ms"):
         await b.pulse(6, 100)
-    assert tcp.budget.in_use == 0
+    assert rig.budget.in_use == 0
     peer.delay.pop(1)
     # The late on-writes land at the board after our timeout; the offs come after them.
     await peer.wait_for(lambda: _settled_off(peer, 1, 6), timeout=5.0)
@@ -601,3 +604,102 @@ async def test_a_bus_task_stuck_in_a_request_stops_beating(rig):
     release.set()
     assert await asyncio.wait_for(call, 3) == "done"
     await beats.more(3)  # unstuck: beating again
+
+
+# -- the RTU line thread ------------------------------------------------------------------------
+
+
+def _count_calls(obj, name: str) -> list:
+    """Record each call of ``obj.name`` (an instance attribute shadows the method) and pass it on."""
+    calls: list = []
+    method = getattr(obj, name)
+
+    def counted(*args):
+        calls.append(args)
+        return method(*args)
+
+    setattr(obj, name, counted)
+    return calls
+
+
+async def test_polls_that_read_as_before_never_wake_the_loop(rtu):
+    """The line thread counts a poll that reads as the last one; only news reaches the bus."""
+    peer, bus, b = rtu.peer, rtu.bus, rtu.boards[2]
+    judged = _count_calls(bus, "line_polled")
+    await peer.wait_for(lambda: all(peer.count(u, 2) >= 3 for u in UNITS))  # each board's first poll is news
+    judged.clear()
+    polls, sent = b.polls, peer.count(2, 2)
+    await peer.wait_for(lambda: peer.count(2, 2) >= sent + 20, timeout=5.0)  # a second at 20 Hz
+    assert judged == []
+    assert b.polls >= polls + 19  # counted all the same
+    await peer.set_input(2, 5, True)
+    await wait_door(b, 5, DoorState.OPEN)  # news: judged on the loop
+    assert [args[1].owner for args in judged] == [b]
+
+
+async def test_boards_of_one_rate_are_polled_together_each_cycle(rtu):
+    """A board polled out of step (here: asked for a poll mid-cycle) rejoins the others' train."""
+    peer, bus, late = rtu.peer, rtu.bus, rtu.boards[2]
+    period = late.period_s
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(next_poll_at(loop.time(), period) - loop.time() + period / 2)  # mid-cycle
+    bus.poll_soon(late)
+    since = time.monotonic_ns()
+    await peer.wait_for(lambda: sum(1 for e in peer.log if e[0] > since and e[1:3] == (2, 2)) >= 6, timeout=5.0)
+    polls = [e for e in peer.log if e[0] > since and e[2] == 2]
+    late_polls = [e[0] for e in polls if e[1] == 2][1:]  # after the mid-cycle one
+    other_polls = [e[0] for e in polls if e[1] == 1]
+    # Each of its later polls comes within a few frames of board 1's poll of the same cycle,
+    # not half a period (25 ms) away.
+    gaps_ms = [min(abs(t - o) for o in other_polls) / 1e6 for t in late_polls]
+    assert max(gaps_ms) < period * 1000 / 4, gaps_ms
+
+
+async def test_a_line_thread_that_fails_is_replaced_and_polling_resumes(rtu, caplog):
+    bus, b, peer = rtu.bus, rtu.boards[1], rtu.peer
+    bus.reconnect_first_s = 0.05
+    watch, board_watch = StatusWatch(bus), StatusWatch(b)
+    quiet = b.quiet
+
+    def broken() -> bool:  # a bug in code the line thread runs, once
+        if threading.current_thread() is threading.main_thread():
+            return quiet()  # the loop asks too
+        b.quiet = quiet
+        raise RuntimeError("injected")
+
+    b.quiet = broken
+    st = await watch.wait(online=False)
+    assert "line thread failed (injected)" in st.detail
+    assert any("the line thread failed" in r.getMessage() for r in caplog.records)
+    await watch.wait(online=True, timeout=5)
+    await board_watch.wait(online=True, timeout=5)
+    await peer.set_input(1, 2, True)
+    await wait_door(b, 2, DoorState.OPEN)  # polled again by the new thread
+
+
+async def test_a_stalled_line_thread_stops_the_bus_beats(rtu):
+    """The bus beats for its line thread: a thread stuck mid-poll silences it, for the service watchdog."""
+    bus, b = rtu.bus, rtu.boards[1]
+    bus.beat_every_s = 0.05
+    beats = Beats(bus)
+    await beats.more(3)
+    stalled, release = threading.Event(), threading.Event()
+    quiet = b.quiet
+
+    def stall() -> bool:  # in the line thread, once, for 3 s at most
+        if threading.current_thread() is threading.main_thread():
+            return quiet()  # the loop asks too
+        b.quiet = quiet
+        stalled.set()
+        release.wait(3.0)
+        return quiet()
+
+    b.quiet = stall
+    async with asyncio.timeout(3):
+        while not stalled.is_set():
+            await asyncio.sleep(0.01)
+    stuck_at = beats.count
+    await asyncio.sleep(10 * bus.beat_every_s)
+    assert beats.count == stuck_at
+    release.set()
+    await beats.more(3)  # going again
