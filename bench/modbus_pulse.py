@@ -54,32 +54,28 @@ def stop_peer(proc: subprocess.Popen) -> None:
     proc.wait(10)
 
 
-async def run(kind: str, opts: dict, pulses: int, ms: int) -> tuple[list[int], list[int]]:
-    """Pulse ``pulses`` times; returns the call times (ns) and the transactions each pulse-on cost."""
+async def run(kind: str, opts: dict, pulses: int, ms: int) -> list[int]:
+    """Pulse ``pulses`` times; returns the call times (ns)."""
     clock = Clock()
     bus = ModbusBus(f"bench-{kind}", clock, kind, opts)
     board = ModbusBoard("bench", clock, PowerBudget(2), {"unit": 1, "coils": 16, "inputs": 16, "poll_hz": 0.1}, bus)
     await bus.start()
     await board.start()
     calls: list[int] = []
-    per_pulse: list[int] = []
     try:
         for i in range(pulses):
-            before, polls = bus.transactions, board.polls
             calls.append(time.monotonic_ns())
             await board.pulse(i % 16, ms)
-            # A door poll (0.1 Hz) may complete while pulse() waits: it is not the pulse's.
-            per_pulse.append(bus.transactions - before - (board.polls - polls))
             await board.wait_pulses()
             # Let the off's reply settle so the next pulse finds the bus idle.
             await asyncio.sleep(0.002)
     finally:
         await board.close()
         await bus.close()
-    return calls, per_pulse
+    return calls
 
 
-def report(name: str, calls: list[int], per_pulse: list[int], log: Path) -> None:
+def report(name: str, calls: list[int], log: Path) -> None:
     entries = json.loads(log.read_text())
     ons = [e[0] for e in entries if e[2] == 5 and e[4] == 0xFF00]
     reads_between = sum(1 for e in entries if e[2] == 1)
@@ -90,11 +86,9 @@ def report(name: str, calls: list[int], per_pulse: list[int], log: Path) -> None
     print(f"{name}: pulse() -> on-write decoded at the board, n={len(lat_ms)}: "
           f"p50 {pct(lat_ms, 50):.3f} ms, p99 {pct(lat_ms, 99):.3f} ms, max {max(lat_ms):.3f} ms, "
           f"mean {statistics.fmean(lat_ms):.3f} ms")
-    # Counted at the board: a retried on-write would show as a second one. The bus-side count
-    # also catches a door poll that starts while pulse() is returning, so its max can read 2.
+    # Counted at the board: a retried on-write would show as a second one.
     print(f"{name}: Modbus transactions per pulse-on: {len(ons) / len(calls):.2f} on-writes per pulse at the "
-          f"board; bus side min {min(per_pulse)}, max {max(per_pulse)} "
-          f"(coil reads at the board during the run: {reads_between})")
+          f"board (coil reads at the board during the run: {reads_between})")
 
 
 def main() -> None:
@@ -108,22 +102,22 @@ def main() -> None:
         log = folder / "tcp.json"
         proc, info = start_peer(["--units", "1"], log)
         try:
-            calls, per = asyncio.run(run("tcp", {"host": "127.0.0.1", "port": info["port"], "timeout_ms": 500,
+            calls = asyncio.run(run("tcp", {"host": "127.0.0.1", "port": info["port"], "timeout_ms": 500,
                                                  "retries": 1, "frame_gap_ms": 0.0}, a.pulses, a.ms))
         finally:
             stop_peer(proc)
-        report("TCP", calls, per, log)
+        report("TCP", calls, log)
         # RTU on a pty pair
         pty = PtyPair(folder).start()
         log = folder / "rtu.json"
         proc, _ = start_peer(["--units", "1", "--rtu", pty.b, "--baudrate", "115200"], log)
         try:
-            calls, per = asyncio.run(run("rtu", {"device": pty.a, "baudrate": 115200, "timeout_ms": 200,
+            calls = asyncio.run(run("rtu", {"device": pty.a, "baudrate": 115200, "timeout_ms": 200,
                                                  "retries": 1, "frame_gap_ms": 1.0}, a.pulses, a.ms))
         finally:
             stop_peer(proc)
             pty.stop()
-        report("RTU/pty", calls, per, log)
+        report("RTU/pty", calls, log)
     print(f"(machine: {os.cpu_count()} cores; the boards run in a separate process; a pty ignores the baud rate)")
 
 

@@ -164,7 +164,7 @@ class ModbusBus(Driver):
             else f"{options.get('host')}:{options.get('port', 502)}"
         )
         self.boards: list[ModbusBoard] = []
-        self.commands_sent = 0  # command frames, retries included (see transactions)
+        self._task_sent = 0  # frames the task sent: commands, and the polls of a TCP bus (see transactions)
         self._polls_sent_before = 0  # poll frames sent by the RTU clients dropped so far
         self.connected = False
         self._client: Any = None
@@ -186,7 +186,7 @@ class ModbusBus(Driver):
     def transactions(self) -> int:
         """Frames sent, retries included: benchmarks and tests count them."""
         rtu = self._client.polls_sent if isinstance(self._client, RtuClient) else 0
-        return self.commands_sent + self._polls_sent_before + rtu
+        return self._task_sent + self._polls_sent_before + rtu
 
     # -- life ------------------------------------------------------------------
 
@@ -451,7 +451,7 @@ class ModbusBus(Driver):
             if client is None or not client.connected:
                 error = DriverUnavailable(f"{req.board.name}: bus {self.name} is down")
                 break
-            self.commands_sent += 1
+            self._task_sent += 1
             reply: Any = None
             exc: Exception | None = None
             try:

@@ -490,6 +490,10 @@ def parse(data: bytes, file: Path) -> Config:
     for name, d in drivers.items():
         if d.type == "modbus" and d.options.get("bus") not in (_MISSING, None) and d["bus"] not in buses:
             c.problem(f"drivers.{name}.bus", d["bus"], f"one of the [buses] sections ({_names(buses)})")
+        registers = d.type == "modbus" and d.options.get("input_kind") == "input-register"
+        if registers and _int_over(d.options.get("inputs"), 125):
+            # Modbus reads at most 125 registers in one request; a poll is one request.
+            c.problem(f"drivers.{name}.inputs", d["inputs"], "at most 125 sensors read as input registers")
         if d.type == "sim" and d.options["crossed"] and len(d.options["crossed"]) != 2:
             c.problem(f"drivers.{name}.crossed", list(d["crossed"]), "exactly two channels")
         if d.type == "gpio":
@@ -761,6 +765,10 @@ def _evidence(c: _Checker, raw: Any) -> EvidenceRules:
                   "a card barcode not also in evidence.reasons (one card, one meaning)")
     may = opts["depositor_may_retrieve"]
     return EvidenceRules(may if isinstance(may, bool) else True, tables["reasons"], tables["release_reasons"])
+
+
+def _int_over(value: Any, limit: int) -> bool:
+    return isinstance(value, int) and value > limit
 
 
 def _channel_limit(d: Section, role: str) -> range | tuple[int, ...] | None:

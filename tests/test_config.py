@@ -95,3 +95,10 @@ def test_daemon_refuses_to_start_on_an_invalid_config(tmp_path):
                        timeout=30)
     assert r.returncode == 2 and "cabinets.d.kind = 'dosier'" in r.stderr
     assert not (tmp_path / "journal.db").exists()
+
+
+def test_more_input_registers_than_one_modbus_read_can_carry(tmp_path):
+    board = ('[buses.line]\ntype = "tcp"\nhost = "127.0.0.1"\n'
+             '[drivers.regs]\ntype = "modbus"\nbus = "line"\nunit = 1\ninput_kind = "input-register"\ninputs = 126\n')
+    text = "\n".join(problems(tmp_path, TOML + board))
+    assert "drivers.regs.inputs = 126: expected at most 125 sensors read as input registers" in text
