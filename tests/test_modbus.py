@@ -622,6 +622,19 @@ def _count_calls(obj, name: str) -> list:
     return calls
 
 
+def _once_in_the_line_thread(board, action) -> None:
+    """Run ``action()`` the next time the line thread asks ``board.quiet()`` (the loop asks it too)."""
+    quiet = board.quiet
+
+    def hooked() -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            board.quiet = quiet
+            action()
+        return quiet()
+
+    board.quiet = hooked
+
+
 async def test_polls_that_read_as_before_never_wake_the_loop(rtu):
     """The line thread counts a poll that reads as the last one; only news reaches the bus."""
     peer, bus, b = rtu.peer, rtu.bus, rtu.boards[2]
@@ -659,15 +672,11 @@ async def test_a_line_thread_that_fails_is_replaced_and_polling_resumes(rtu, cap
     bus, b, peer = rtu.bus, rtu.boards[1], rtu.peer
     bus.reconnect_first_s = 0.05
     watch, board_watch = StatusWatch(bus), StatusWatch(b)
-    quiet = b.quiet
 
-    def broken() -> bool:  # a bug in code the line thread runs, once
-        if threading.current_thread() is threading.main_thread():
-            return quiet()  # the loop asks too
-        b.quiet = quiet
+    def bug() -> None:  # in code the line thread runs
         raise RuntimeError("injected")
 
-    b.quiet = broken
+    _once_in_the_line_thread(b, bug)
     st = await watch.wait(online=False)
     assert "line thread failed (injected)" in st.detail
     assert any("the line thread failed" in r.getMessage() for r in caplog.records)
@@ -684,20 +693,13 @@ async def test_a_stalled_line_thread_stops_the_bus_beats(rtu):
     beats = Beats(bus)
     await beats.more(3)
     stalled, release = threading.Event(), threading.Event()
-    quiet = b.quiet
 
-    def stall() -> bool:  # in the line thread, once, for 3 s at most
-        if threading.current_thread() is threading.main_thread():
-            return quiet()  # the loop asks too
-        b.quiet = quiet
+    def stall() -> None:  # 3 s at most
         stalled.set()
         release.wait(3.0)
-        return quiet()
 
-    b.quiet = stall
-    async with asyncio.timeout(3):
-        while not stalled.is_set():
-            await asyncio.sleep(0.01)
+    _once_in_the_line_thread(b, stall)
+    assert await asyncio.to_thread(stalled.wait, 3.0)
     stuck_at = beats.count
     await asyncio.sleep(10 * bus.beat_every_s)
     assert beats.count == stuck_at
