@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 from pathlib import Path
 
@@ -11,6 +12,20 @@ from lockerd import config, importer
 from lockerd.clock import Clock
 from lockerd.controller import Controller
 from lockerd.journal import Journal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compile_like_an_install() -> None:
+    """Byte-compile the daemon's sources, as pip does when it installs them.
+
+    A start -> ready figure is about the installed daemon, which finds its
+    bytecode ready. From a source tree under PYTHONDONTWRITEBYTECODE (set on
+    some machines) every start would compile every module again: about
+    40 ms more per start on the development VM.
+    """
+    for folder in ("lockerd", "drivers", "hil"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
 
 
 def pct(values: list[float], p: float) -> float:

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchstats import pct, start_controller
+from benchstats import compile_like_an_install, pct, start_controller
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=1000)
     ap.add_argument("--idle", type=float, default=60.0)
     a = ap.parse_args()
+    compile_like_an_install()
     asyncio.run(scan_to_pulse(a.scans))
     daemon_numbers(a.idle)
 

@@ -26,7 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
-from benchstats import pct
+from benchstats import compile_like_an_install, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--reloads", type=int, default=10)
     ap.add_argument("--idle", type=float, default=30.0)
     a = ap.parse_args()
+    compile_like_an_install()
     with tempfile.TemporaryDirectory() as tmp:
         demo = (ROOT / "config" / "demo.toml").read_text().replace("../var/demo/", "")
         cfg = Path(tmp) / "demo.toml"

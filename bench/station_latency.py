@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchstats import pct
+from benchstats import compile_like_an_install, pct
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -436,6 +436,7 @@ def main() -> None:
         asyncio.run(serve_board())
         return
     where = "Modbus TCP board on loopback, serial scanner on a pty, Mosquitto on loopback"
+    compile_like_an_install()
     with tempfile.TemporaryDirectory() as tmp:
         for i, hz in enumerate(a.poll_hz):
             r = run(hz, a.cycles, Path(tmp) / f"run{i}")
