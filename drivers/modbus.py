@@ -355,6 +355,9 @@ class ModbusBus(Driver):
         if was or any(b.online for b in self.boards):
             for b in self.boards:
                 b._bus_down(detail)
+        # Found outside the task (a poll judged on the loop): the task may be waiting
+        # for a command and must reconnect now.
+        self._wake()
 
     def _fail_pending(self, exc: DriverError) -> None:
         while self._commands:

@@ -96,7 +96,7 @@ class RelayPeer:
         self.waveshare = set(waveshare)
         self.dead: set[int] = set()  # acts on nothing, answers nothing
         self.lose_replies: set[int] = set()  # acts, but its replies are lost
-        self.delay: dict[int, float] = {}  # seconds before answering
+        self.delay: dict[int | tuple[int, int], float] = {}  # seconds before answering: per unit, or (unit, fc)
         self.mangle: dict[int, list[Callable[[bytes], bytes]]] = {}  # per unit, applied to the next replies
         self.refuse: dict[tuple[int, int], ExcCodes] = {}  # (unit, function code) -> exception reply
         # Doors that a person opens as soon as the latch is released (the coil switched on) and
@@ -248,7 +248,7 @@ class RelayPeer:
         refused = self.refuse.get((unit, fc))
         if refused is not None:
             return refused  # nothing is applied; the board answers with this exception
-        d = self.delay.get(unit, 0.0)
+        d = self.delay.get((unit, fc), self.delay.get(unit, 0.0))
         if d > 0:
             await asyncio.sleep(d)
         return None

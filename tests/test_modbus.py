@@ -19,7 +19,7 @@ from lockerd.drivers.modbus import (
     WaveshareFlashRequest,
     waveshare_flash_units,
 )
-from lockerd.drivers.modbus_rtu import next_poll_at
+from lockerd.drivers.modbus_rtu import LineLost, next_poll_at
 from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import DecodePDU
@@ -335,11 +335,14 @@ async def test_lost_reply_to_a_pulse_never_leaves_the_relay_on(rig):
 
 async def test_a_slow_board_hits_the_timeout_and_no_relay_stays_on(rig):
     peer, b = rig.peer, rig.boards[1]
-    peer.delay[1] = 0.25  # longer than the 100 ms timeout
+    # Slow to answer a coil write, longer than the 100 ms timeout. (Door polls stay quick:
+    # pymodbus's server, answering several delayed requests at once, can put one request's
+    # transaction id on another's reply.)
+    peer.delay[(1, 5)] = 0.25
     with pytest.raises(DriverTimeout, match="within 100 ms"):
         await b.pulse(6, 100)
     assert rig.budget.in_use == 0
-    peer.delay.pop(1)
+    peer.delay.pop((1, 5))
     # The late on-writes land at the board after our timeout; the offs come after them.
     await peer.wait_for(lambda: _settled_off(peer, 1, 6), timeout=5.0)
 
@@ -705,3 +708,16 @@ async def test_a_stalled_line_thread_stops_the_bus_beats(rtu):
     assert beats.count == stuck_at
     release.set()
     await beats.more(3)  # going again
+
+
+async def test_a_lost_line_reported_first_by_a_poll_still_brings_the_bus_back(rtu):
+    """The line thread reports a lost port twice (the poll in flight, then the line); whichever
+    reaches the loop first, the bus reconnects. Here the poll's report comes alone."""
+    bus, b, peer = rtu.bus, rtu.boards[1], rtu.peer
+    bus.reconnect_first_s = 0.05
+    watch = StatusWatch(bus)
+    bus.line_polled(bus._client, b._poll_slot(), None, LineLost("gone"))
+    await watch.wait(online=False)
+    await watch.wait(online=True, timeout=5)
+    await peer.set_input(1, 7, True)
+    await wait_door(b, 7, DoorState.OPEN)
