@@ -308,10 +308,7 @@ class RtuClient:
             thread.join(JOIN_S)
             if thread.is_alive():
                 log.error("%s: the line thread did not stop within %.0f s", self.name, JOIN_S)
-        with self._lock:
-            waiting = [c for c in (self._inflight, *self._queue) if isinstance(c, _Command)]
-            self._inflight = None
-            self._queue.clear()
+        waiting = self._take_commands()
         fd, ser, self._fd, self._serial = self._wake_fd, self._serial, None, None
         self._wake_fd = None
         if ser is not None:
@@ -322,6 +319,14 @@ class RtuClient:
         exc = LineLost(reason or self._lost or f"{self.device} closed")
         for c in waiting:
             _settle(c.future, None, exc)
+
+    def _take_commands(self) -> list[_Command]:
+        """Clear the line of commands, the one in flight and those queued: none will be answered."""
+        with self._lock:
+            commands = [c for c in (self._inflight, *self._queue) if isinstance(c, _Command)]
+            self._inflight = None
+            self._queue.clear()
+        return commands
 
     def wake(self) -> None:
         """Have the line thread look again at once (a command, a schedule change, the hold lifted)."""
@@ -473,12 +478,8 @@ class RtuClient:
     def _give_up(self) -> None:
         """The line is gone: fail what waits and tell the bus (thread side)."""
         self.last_error = self._lost
-        with self._lock:
-            waiting = [c for c in (self._inflight, *self._queue) if isinstance(c, _Command)]
-            self._inflight = None
-            self._queue.clear()
         exc = LineLost(self._lost)
-        news: list[tuple] = [(_settle, c.future, None, exc) for c in waiting]
+        news: list[tuple] = [(_settle, c.future, None, exc) for c in self._take_commands()]
         news.append((self._owner.line_lost, self, self._lost))
         self._post(news)
 
