@@ -838,7 +838,7 @@ class ModbusBoard(LockBank, DoorSensors):
         return lambda c: c.read_input_registers(first, count=n, device_id=unit)
 
     def _poll_spec(self) -> tuple[int, int, int]:
-        """The poll as (function code, first address, count), for the RTU client's prepared frames."""
+        """The poll as (function code, first address, count), for the RTU line thread's poll slot."""
         if self.inputs == 0:
             return 1, self.first_coil, self.coils
         return (2 if self.input_kind == "discrete" else 4), self.first_input, self.inputs

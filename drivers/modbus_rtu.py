@@ -13,12 +13,17 @@ second on a busy line. Two choices keep it inside 2 % of a core:
 - A thread for the line. On the event loop every poll costs two passes of
   asyncio's machinery (a timer for its due time, a reader callback for its
   reply): the bare I/O alone measured 1.9 % of a core. A thread blocked in
-  epoll does the same I/O for about half that. So the line thread sends the
-  polls itself, on each board's schedule, and wakes the event loop only when a
+  epoll did the same I/O for 0.9 %. So the line thread sends the polls
+  itself, on each board's schedule (polls of one rate go as one train per
+  cycle: see ``next_poll_at``), and wakes the event loop only when a
   poll has news: a reply unlike the last one (a door moved), a board that does
   not answer, a wrong or refused reply. A reply equal to the last one is
   counted and nothing else happens; the board decided, on the loop, that it
   needs nothing more (see ``PollSlot``).
+
+The port is opened with pyserial (raw mode, the line settings, an exclusive
+lock) and the thread waits in epoll on its non-blocking descriptor and on an
+eventfd the loop writes to wake it: it never blocks in a read.
 
 Commands (lock on, off, flash, all off) come from the bus task on the loop
 through the subset of pymodbus's client API that :mod:`modbus` uses
@@ -32,8 +37,8 @@ board state stay on the loop, in the bus.
 
 The loop and the thread share the request in flight, the command queue and the
 poll schedule under one lock, held for microseconds and never across a wait.
-Results reach the loop with ``call_soon_threadsafe``; the thread never touches
-the loop's objects otherwise.
+Results reach the loop with ``call_soon_threadsafe``; otherwise the thread
+only reads a few flags of the bus (``LineOwner``) and of the boards.
 """
 
 from __future__ import annotations
