@@ -75,6 +75,12 @@ WAVESHARE_FLASH_OFF = 0x0400
 WAVESHARE_FLASH_UNIT_MS = 100
 
 
+def rtu_frame_gap_ms(baudrate: int) -> float:
+    """The silence that ends an RTU frame: 3.5 characters of 11 bits at ``baudrate``, and a fixed
+    1.75 ms above 19200 baud (Modbus over Serial Line V1.02, section 2.5.1.1)."""
+    return 1.75 if baudrate > 19200 else 3.5 * 11 * 1000 / baudrate
+
+
 def waveshare_flash_units(ms: int) -> int:
     """The flash time field for a pulse of ``ms``: whole 100 ms units, rounded up, at least one."""
     return min(0xFFFF, max(1, math.ceil(ms / WAVESHARE_FLASH_UNIT_MS)))
@@ -157,7 +163,10 @@ class ModbusBus(Driver):
         self.options = dict(options)
         self.timeout_s = float(options.get("timeout_ms", 200 if kind == "rtu" else 500)) / 1000
         self.retries = int(options.get("retries", 1))
-        self.gap_s = float(options.get("frame_gap_ms", 4.0 if kind == "rtu" else 0.0)) / 1000
+        gap_ms = options.get("frame_gap_ms")
+        if gap_ms is None:
+            gap_ms = rtu_frame_gap_ms(int(options.get("baudrate", 9600))) if kind == "rtu" else 0.0
+        self.gap_s = float(gap_ms) / 1000
         self.where = (
             str(options.get("device"))
             if kind == "rtu"

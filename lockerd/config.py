@@ -235,7 +235,8 @@ BUS_TYPES: dict[str, dict[str, Opt]] = {
         "bytesize": Opt("int", 8, choices=(7, 8)),
         "timeout_ms": Opt("int", 200, min=10, max=10000),
         "retries": Opt("int", 1, min=0, max=5),
-        "frame_gap_ms": Opt("float", 4.0, min=0, max=1000, doc="silence between frames"),
+        "frame_gap_ms": Opt("float", None, min=0, max=1000,
+                            doc="silence between frames; by default 3.5 characters (1.75 ms above 19200 baud)"),
     },
     "tcp": {
         "host": Opt("str"),

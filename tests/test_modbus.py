@@ -721,3 +721,11 @@ async def test_a_lost_line_reported_first_by_a_poll_still_brings_the_bus_back(rt
     await watch.wait(online=True, timeout=5)
     await peer.set_input(1, 7, True)
     await wait_door(b, 7, DoorState.OPEN)
+
+
+@pytest.mark.parametrize(("baudrate", "gap_ms"), [(9600, 4.01), (19200, 2.01), (115200, 1.75)])
+async def test_the_frame_gap_follows_the_baud_rate_unless_set(baudrate, gap_ms):
+    """3.5 characters of 11 bits, fixed at 1.75 ms above 19200 baud (Modbus over Serial Line, 2.5.1.1)."""
+    opts = {"device": "/dev/null", "baudrate": baudrate, "frame_gap_ms": None}  # as the config fills it in
+    assert ModbusBus("line", Clock(), "rtu", opts).gap_s * 1000 == pytest.approx(gap_ms, abs=0.005)
+    assert ModbusBus("line", Clock(), "rtu", opts | {"frame_gap_ms": 3.0}).gap_s == 0.003
