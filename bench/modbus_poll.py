@@ -140,7 +140,7 @@ def thread_cpu() -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--gap-ms", type=float, default=1.0, help="frame gap (3.5 characters at 115200 is 0.3 ms)")
+    p.add_argument("--gap-ms", type=float, default=1.0, help="frame gap (the daemon's default at 115200 baud: 1.75 ms)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         pty = PtyPair(Path(tmp)).start()

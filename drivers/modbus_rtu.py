@@ -107,7 +107,7 @@ class RtuReply:
     """A decoded reply, with the attributes of the pymodbus reply objects the bus checks."""
 
     __slots__ = ("function_code", "dev_id", "address", "value", "count", "bits", "registers", "exception_code",
-                 "raw", "frame")
+                 "frame")
 
     def __init__(self, function_code: int, dev_id: int) -> None:
         self.function_code = function_code
@@ -118,7 +118,6 @@ class RtuReply:
         self.bits: list[bool] = []
         self.registers: list[int] = []
         self.exception_code = 0
-        self.raw = b""  # the PDU data as received
         self.frame = b""  # the whole reply frame: the bus hands it back as a poll's quiet reply
 
     def isError(self) -> bool:  # noqa: N802 (pymodbus's name)
@@ -127,7 +126,7 @@ class RtuReply:
     def __repr__(self) -> str:
         if self.exception_code:
             return f"RtuReply(unit {self.dev_id}, function {self.function_code}, exception {self.exception_code})"
-        return f"RtuReply(unit {self.dev_id}, function {self.function_code}, data {self.raw.hex()})"
+        return f"RtuReply(unit {self.dev_id}, function {self.function_code}, data {self.frame[2:-2].hex()})"
 
 
 def reply_length(fc: int, count: int) -> int:
@@ -139,10 +138,11 @@ def reply_length(fc: int, count: int) -> int:
     return 8  # 5, 6, 15, 16: an echo of address and value or quantity
 
 
-def decode(fc: int, unit: int, data: bytes, count: int) -> RtuReply:
-    """The PDU data of a whole, checked reply frame (unit, fc and CRC stripped)."""
+def decode(fc: int, unit: int, whole: bytes, count: int) -> RtuReply:
+    """A whole, checked reply frame to a request of function ``fc`` for ``count`` items."""
     r = RtuReply(fc, unit)
-    r.raw = data
+    r.frame = whole
+    data = whole[2:-2]  # unit, function code and CRC stripped
     if fc in (1, 2):
         table = BYTE_BITS
         bits: tuple[bool, ...] = ()
@@ -600,7 +600,7 @@ class RtuClient:
             if head_fc != fc:
                 r = RtuReply(fc, unit)
                 r.exception_code = whole[2] or 0xFF
-                r.raw = whole[2:3]
+                r.frame = whole
                 self._finish(p, r, None, now, news)
             elif length != p.length:
                 self._finish(p, None, BadFrame(f"{length}-byte reply to function {fc}, expected {p.length} bytes"),
@@ -608,8 +608,7 @@ class RtuClient:
             elif whole == p.quiet_reply and p.owner.quiet():  # type: ignore[union-attr]
                 self._quiet_poll(p, now)  # type: ignore[arg-type]
             else:
-                r = decode(fc, unit, whole[2:-2], p.count)
-                r.frame = whole
+                r = decode(fc, unit, whole, p.count)
                 self._finish(p, r, None, now, news)
             return
 
