@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lockerd.clock import Clock, iso_utc
+from lockerd.clock import iso_utc
 from lockerd.config import Section
 from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
 
@@ -65,8 +65,8 @@ class CommandCamera(Camera):
     def __init__(self, name: str, options: dict[str, Any]):
         super().__init__(name)
         self.command: tuple[str, ...] = tuple(options["command"])
-        self.timeout_s = float(options.get("timeout_s", 10.0))
-        self.extension = str(options.get("extension", "jpg"))
+        self.timeout_s = float(options["timeout_s"])
+        self.extension = str(options["extension"])
 
     def argv(self, path: Path, shot: Shot) -> list[str]:
         values = {"path": str(path), "compartment": shot.compartment, "cabinet": shot.cabinet,
@@ -121,11 +121,6 @@ class SimCamera(Camera):
     extension = "png"
     width, height = 16, 8
 
-    def __init__(self, name: str, clock: Clock):
-        super().__init__(name)
-        self.clock = clock
-        self.taken: list[Shot] = []
-
     def image(self, shot: Shot) -> bytes:
         caption = (f"lockerd sim camera {self.name}: compartment {shot.compartment} {shot.step} "
                    f"seq {shot.seq} at {iso_utc(shot.wall)}")
@@ -145,17 +140,16 @@ class SimCamera(Camera):
                 f.write(data)
         except OSError as e:
             raise DriverError(f"camera {self.name}: cannot write {path}: {e.strerror or e}") from None
-        self.taken.append(shot)
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def create_camera(section: Section, clock: Clock) -> Camera:
+def create_camera(section: Section) -> Camera:
     """The camera a [cameras.NAME] section describes."""
     if section.type == "command":
         return CommandCamera(section.name, section.options)
     if section.type == "sim":
-        return SimCamera(section.name, clock)
+        return SimCamera(section.name)
     raise ValueError(f"unknown camera type {section.type!r}")  # config validation makes this unreachable

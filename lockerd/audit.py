@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 from lockerd.clock import iso_utc
 from lockerd.config import Config
-from lockerd.journal import EVENT_COLUMNS, GENESIS, Event, canonical, connect
+from lockerd.journal import EVENT_COLUMNS, GENESIS, Event, canonical, chain_hash, connect
 
 FORMAT = "lockerd-export"
 VERSION = 1
@@ -443,7 +443,7 @@ def _check_row(row: ExportRow, fmt: str, prev_seq: int | None, prev_hash: str | 
             return f"column {k} says {c[k]!r} but the hashed payload says {expected[k]!r} (edited)", seq
     if not isinstance(c["prev"], str) or not isinstance(c["hash"], str):
         return "prev and hash must be text", seq
-    if hashlib.sha256((c["prev"] + "\n" + payload).encode()).hexdigest() != c["hash"]:
+    if chain_hash(c["prev"], record) != c["hash"]:
         return "its hash is not sha256(prev + payload): the row was changed after it was exported", seq
     if prev_seq is not None:
         if seq <= prev_seq:

@@ -182,7 +182,7 @@ class Controller:
         if any(cab.camera for cab in self.config.cabinets.values()):
             from lockerd.photos import Photographer  # an observer of the journal, off the safety path
 
-            self.photos = Photographer(self.config, self.journal, self.clock, self._spawn)
+            self.photos = Photographer(self.config, self.journal, self._spawn)
         if not reloaded:
             self.journal.append("daemon.started", version=__version__, config=self.config.digest,
                                 boot=self.journal.boot, site=self.config.site, node=self.config.node)

@@ -24,9 +24,9 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from lockerd.clock import Clock, parse_time
+from lockerd.clock import parse_time
 from lockerd.config import Config
-from lockerd.drivers.camera import Camera, Shot, create_camera
+from lockerd.drivers.camera import Shot, create_camera
 from lockerd.errors import DriverError
 from lockerd.journal import Event, Journal
 
@@ -45,13 +45,11 @@ def photo_dir(config: Config) -> Path:
 class Photographer:
     """Takes a still for each grant and door close of a cabinet that has a camera."""
 
-    def __init__(self, config: Config, journal: Journal, clock: Clock,
-                 spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task],
-                 cameras: dict[str, Camera] | None = None):
+    def __init__(self, config: Config, journal: Journal,
+                 spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task]):
         self.journal = journal
         self.dir = photo_dir(config)
-        self.cameras = cameras if cameras is not None else {
-            name: create_camera(sec, clock) for name, sec in config.cameras.items()}
+        self.cameras = {name: create_camera(sec) for name, sec in config.cameras.items()}
         self._camera_of: dict[str, tuple[str, str]] = {}  # compartment -> (camera, cabinet)
         for cab in config.cabinets.values():
             if cab.camera:
