@@ -642,6 +642,8 @@ class Controller:
         ``note`` goes with the grant and the item events (an evidence reason);
         ``grant_kind`` names the grant event (a maintenance open is not an access);
         ``allow_faults`` are faults that do not stop this opening (a technician testing a jam)."""
+        if scan is None and (why := self.not_now()) is not None:
+            raise CommandError(why)  # a command while starting, reloading or stopping (a scan never gets here then)
         cid = slot.cfg.id
         dossier = next(iter(items), None)
         what = ", ".join(f"{a} {c}" for c, a in items.items()) or "open"
@@ -720,16 +722,12 @@ class Controller:
             raise CommandError(f"unknown compartment {compartment!r}")
         if not reason.strip():
             raise CommandError("a remote open needs a reason")
-        if (why := self.not_now()) is not None:
-            raise CommandError(why)
         src = {"source": "station", "command_id": command_id, "requested_by": person, "reason": reason}
         return await self._open(slot, {}, (person,), source=src)
 
     async def release_open(self, item: Item, person: str, reason: str, by: dict[str, Any]) -> Outcome:
         """Open a dossier's compartment so an authorised person removes it for good (checked by custody)."""
         slot = self.slots[item.compartment]  # type: ignore[index]
-        if (why := self.not_now()) is not None:
-            raise CommandError(why)
         src = {"source": "station", "requested_by": person} | by
         return await self._open(slot, {item.code: RELEASE}, (person,), source=src, note={"reason": reason})
 
