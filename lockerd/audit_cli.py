@@ -13,23 +13,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lockerd.cli import _load, existing_journal
+
 WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
-
-
-def _journal(a: argparse.Namespace) -> Path | None:
-    from lockerd.cli import _journal_path
-
-    path = _journal_path(a)
-    if not path.exists():
-        print(f"lockerd: {path}: no journal there", file=sys.stderr)
-        return None
-    return path
 
 
 def cmd_chain_of_custody(a: argparse.Namespace) -> int:
     from lockerd import audit
 
-    path = _journal(a)
+    path = existing_journal(a)
     if path is None:
         return 2
     with contextlib.closing(audit.open_journal(path)) as conn:
@@ -43,13 +35,12 @@ def cmd_chain_of_custody(a: argparse.Namespace) -> int:
 
 def cmd_occupancy(a: argparse.Namespace) -> int:
     from lockerd import audit
-    from lockerd.cli import _load
 
     cfg = _load(a.config)
     if a.cabinet is not None and a.cabinet not in cfg.cabinets:
         print(f"lockerd: no cabinet {a.cabinet!r} (known: {', '.join(cfg.cabinets)})", file=sys.stderr)
         return 2
-    path = _journal(a)
+    path = existing_journal(a, cfg)
     if path is None:
         return 2
     with contextlib.closing(audit.open_journal(path)) as conn:
@@ -73,15 +64,15 @@ def _wall(text: str | None, what: str) -> str | None:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from lockerd import audit
-    from lockerd.cli import _load
 
     since, until = _wall(a.since, "--since"), _wall(a.until, "--until")
     fmt = a.format or ("json" if a.output and a.output.lower().endswith(".json") else "csv")
     site = node = ""
+    cfg = None
     if not a.journal:
         cfg = _load(a.config)
         site, node = cfg.site, cfg.node
-    path = _journal(a)
+    path = existing_journal(a, cfg)
     if path is None:
         return 2
     with contextlib.closing(audit.open_journal(path)) as conn:
@@ -105,7 +96,7 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
 
     conn = None
     if not a.standalone:
-        path = _journal(a)
+        path = existing_journal(a)
         if path is None:
             print("lockerd: (use --standalone to check the export's own chain without the journal)",
                   file=sys.stderr)
@@ -123,7 +114,7 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
 def cmd_verify_photos(a: argparse.Namespace) -> int:
     from lockerd import audit
 
-    path = _journal(a)
+    path = existing_journal(a)
     if path is None:
         return 2
     folder = path.parent / "photos"

@@ -48,16 +48,26 @@ def cmd_check_config(a: argparse.Namespace) -> int:
     return 0
 
 
-def _journal_path(a: argparse.Namespace) -> Path:
-    return Path(a.journal) if getattr(a, "journal", None) else _load(a.config).journal_path
+def _journal_path(a: argparse.Namespace, cfg: Any = None) -> Path:
+    if getattr(a, "journal", None):
+        return Path(a.journal)
+    return (cfg or _load(a.config)).journal_path
+
+
+def existing_journal(a: argparse.Namespace, cfg: Any = None) -> Path | None:
+    """The journal ``--journal`` or the config names (``cfg`` if loaded already); None, said, if it is not there."""
+    path = _journal_path(a, cfg)
+    if not path.exists():
+        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+        return None
+    return path
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
     from lockerd.journal import verify
 
-    path = _journal_path(a)
-    if not path.exists():
-        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+    path = existing_journal(a)
+    if path is None:
         return 2
     r = verify(path)
     if r.ok:
@@ -73,9 +83,8 @@ def cmd_history(a: argparse.Namespace) -> int:
     from lockerd.clock import iso_utc, parse_time
     from lockerd.journal import connect
 
-    path = _journal_path(a)
-    if not path.exists():
-        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+    path = existing_journal(a)
+    if path is None:
         return 2
     where, params = [], []
     if a.dossier:
@@ -223,9 +232,8 @@ def _custody_db(a: argparse.Namespace):
     from lockerd.journal import connect
 
     cfg = _load(a.config)
-    path = Path(a.journal) if a.journal else cfg.journal_path
-    if not path.exists():
-        print(f"lockerd: {path}: no journal there", file=sys.stderr)
+    path = existing_journal(a, cfg)
+    if path is None:
         raise SystemExit(2)
     return cfg, connect(path, readonly=True)
 
