@@ -127,7 +127,6 @@ class SimTechnician(Technician):
     def __init__(self, fallback: Technician | None = None):
         self.fallback = fallback or Unattended()
         self.interactive = self.fallback.interactive
-        self._opened_at_pulse: dict[str, bool] = {}
 
     def attach(self, hw: Hardware) -> None:
         super().attach(hw)
