@@ -311,8 +311,8 @@ class Custody:
                                "expected an officer or supervisor")
         supervisor = args.get("supervisor")
         if supervisor is not None:
-            p = people.get(str(supervisor))
-            if p is None or not p.active:
+            p = self.c.registry.active_person(str(supervisor))
+            if p is None:
                 raise CommandError(f"item {item.code}: unknown or revoked supervisor {supervisor!r}")
             if p.role is not Role.SUPERVISOR:
                 raise CommandError(f"item {item.code}: {supervisor} is a {p.role}, not a supervisor")
@@ -391,8 +391,8 @@ class Custody:
     async def acknowledge(self, code: str, kind: str | None, person: str, note: str,
                           by: dict[str, Any]) -> Event:
         """The station acknowledges a reminder: escalation pauses for the ladder's ack_pause_s."""
-        p = self.c.registry.people.get(person)
-        if p is None or not p.active:
+        p = self.c.registry.active_person(person)
+        if p is None:
             raise CommandError(f"acknowledge {code}: unknown or revoked person {person!r}")
         running = [d for d in self.deadlines.values() if d.code == code and (kind is None or d.kind == kind)]
         sent = [d for d in running if d.level > 0]
@@ -426,8 +426,8 @@ class Custody:
         """Who may release a dossier, and with what: raises CommandError, changes nothing."""
         if not reason.strip():
             raise CommandError(f"release {code}: a reason is required")
-        p = self.c.registry.people.get(person)
-        if p is None or not p.active:
+        p = self.c.registry.active_person(person)
+        if p is None:
             raise CommandError(f"release {code}: unknown or revoked person {person!r}")
         if str(p.role) not in self.rules.release_roles:
             raise CommandError(f"release {code}: {person} is a {p.role}; a release needs one of "

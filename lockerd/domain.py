@@ -89,7 +89,11 @@ class Registry:
 
     def person_of_badge(self, code: str) -> Person | None:
         pid = self.badges.get(code)
-        p = self.people.get(pid) if pid else None
+        return self.active_person(pid) if pid else None
+
+    def active_person(self, pid: str) -> Person | None:
+        """The person with this id, unless unknown or revoked."""
+        p = self.people.get(pid)
         return p if p and p.active else None
 
     def in_compartment(self, compartment: str) -> list[str]:
