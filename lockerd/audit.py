@@ -18,7 +18,6 @@ against it, naming the first bad row.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import sqlite3
@@ -31,6 +30,7 @@ from typing import Any, TextIO
 from lockerd.clock import iso_utc
 from lockerd.config import Config
 from lockerd.journal import EVENT_COLUMNS, GENESIS, Event, canonical, chain_hash, connect
+from lockerd.photos import sha256_of
 
 FORMAT = "lockerd-export"
 VERSION = 1
@@ -515,13 +515,11 @@ def verify_photos(conn: sqlite3.Connection, folder: Path) -> PhotoCheck:
         path = folder / Path(name).name  # a name only: never a path out of the folder
         r.checked += 1
         try:
-            h = hashlib.sha256()
             with open(path, "rb") as f:
-                while chunk := f.read(1 << 16):
-                    h.update(chunk)
+                digest, _ = sha256_of(f)
         except FileNotFoundError:
             r.missing.append((e.seq, name))
             continue
-        if h.hexdigest() != e.data.get("sha256"):
+        if digest != e.data.get("sha256"):
             r.altered.append((e.seq, name))
     return r

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lockerd.cli import _load, existing_journal
+from lockerd.photos import photo_dir
 
 WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
@@ -117,7 +118,7 @@ def cmd_verify_photos(a: argparse.Namespace) -> int:
     path = existing_journal(a)
     if path is None:
         return 2
-    folder = path.parent / "photos"
+    folder = photo_dir(path)
     with contextlib.closing(audit.open_journal(path)) as conn:
         r = audit.verify_photos(conn, folder)
     for seq, name in r.missing:

@@ -22,7 +22,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lockerd.clock import parse_time
 from lockerd.config import Config
@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 MAX_WAITING = 8
 
 
-def photo_dir(config: Config) -> Path:
+def photo_dir(journal_path: Path) -> Path:
     """Where the stills of this controller are kept: photos/ beside the journal."""
-    return config.journal_path.parent / "photos"
+    return journal_path.parent / "photos"
 
 
 class Photographer:
@@ -48,7 +48,7 @@ class Photographer:
     def __init__(self, config: Config, journal: Journal,
                  spawn: Callable[[Coroutine[Any, Any, None], str], asyncio.Task]):
         self.journal = journal
-        self.dir = photo_dir(config)
+        self.dir = photo_dir(config.journal_path)
         self.cameras = {name: create_camera(sec) for name, sec in config.cameras.items()}
         self._camera_of: dict[str, tuple[str, str]] = {}  # compartment -> (camera, cabinet)
         for cab in config.cabinets.values():
@@ -126,14 +126,20 @@ class Photographer:
         self.journal.append("camera.failed", compartment=shot.compartment, **where, error=error)
 
 
-def _hash_and_sync(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of a still, after making it durable (file and folder)."""
+def sha256_of(f: BinaryIO) -> tuple[str, int]:
+    """SHA-256 (hex) and size of what is left to read in ``f``."""
     h = hashlib.sha256()
     size = 0
+    while chunk := f.read(1 << 16):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _hash_and_sync(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a still, after making it durable (file and folder)."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 16):
-            h.update(chunk)
-            size += len(chunk)
+        digest, size = sha256_of(f)
         os.fsync(f.fileno())
     fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -142,4 +148,4 @@ def _hash_and_sync(path: Path) -> tuple[str, int]:
         os.close(fd)
     if size == 0:
         raise OSError(f"{path.name}: the still is empty")
-    return h.hexdigest(), size
+    return digest, size
