@@ -512,19 +512,10 @@ def probe_broker(settings: Any, host: str, port: int, timeout: float) -> BrokerR
     """
     import ssl
 
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+    from lockerd.station.mqtt import new_client
 
     res = BrokerResult(f"{host}:{port}")
-    v5 = settings.protocol == "5"
-    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{settings.client_id}-bench",
-                    protocol=paho.MQTTv5 if v5 else paho.MQTTv311, **({} if v5 else {"clean_session": True}))
-    c.connect_timeout = timeout
-    if settings.username:
-        c.username_pw_set(settings.username, settings.password)
-    if settings.tls:
-        c.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
-                  keyfile=settings.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+    c = new_client(settings, f"{settings.client_id}-bench", clean=True, connect_timeout=timeout)
     answer: list[Any] = []
     c.on_connect = lambda _c, _u, _f, reason, _p: answer.append((reason, time.perf_counter()))
     t0 = time.perf_counter()

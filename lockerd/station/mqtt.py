@@ -174,17 +174,7 @@ class Connection:
 
     def _make_client(self) -> paho.Client:
         s = self.settings
-        v5 = s.protocol == "5"
-        kw: dict[str, Any] = {"client_id": s.client_id, "protocol": paho.MQTTv5 if v5 else paho.MQTTv311}
-        if not v5:
-            kw["clean_session"] = False
-        c = paho.Client(CallbackAPIVersion.VERSION2, **kw)
-        c.connect_timeout = s.connect_timeout_s
-        if s.username:
-            c.username_pw_set(s.username, s.password)
-        if s.tls:
-            c.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None,
-                      cert_reqs=ssl.CERT_REQUIRED)
+        c = new_client(s, s.client_id, clean=False, connect_timeout=s.connect_timeout_s)
         if self.will is not None:
             topic, payload = self.will
             c.will_set(topic, payload(), qos=1, retain=True)
@@ -395,6 +385,22 @@ class Connection:
         else:
             client.subscribe(topic, qos=qos)
 
+
+
+def new_client(s: Settings, client_id: str, *, clean: bool, connect_timeout: float) -> paho.Client:
+    """A paho client with the station's protocol, credentials and TLS (MQTT 3.1.1: ``clean`` session or not)."""
+    v5 = s.protocol == "5"
+    kw: dict[str, Any] = {"client_id": client_id, "protocol": paho.MQTTv5 if v5 else paho.MQTTv311}
+    if not v5:
+        kw["clean_session"] = clean
+    c = paho.Client(CallbackAPIVersion.VERSION2, **kw)
+    c.connect_timeout = connect_timeout
+    if s.username:
+        c.username_pw_set(s.username, s.password)
+    if s.tls:
+        c.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None,
+                  cert_reqs=ssl.CERT_REQUIRED)
+    return c
 
 
 def _close_quietly(client: paho.Client) -> None:
