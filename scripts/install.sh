@@ -4,10 +4,11 @@
 #
 #   sudo scripts/install.sh
 #
-# It creates /opt/lockerd/venv and installs the checkout with every hardware
-# extra, installs the unit and the udev rules, copies an example config to
-# /etc/lockerd/lockerd.toml only if there is none yet, checks the config,
-# reloads systemd and udev and enables the service. Safe to run again: that is
+# It creates /opt/lockerd/venv and installs the checkout into it with the
+# locked versions of every library (requirements/runtime.lock), installs the
+# unit and the udev rules, copies an example config to /etc/lockerd/lockerd.toml
+# only if there is none yet, checks the config, reloads systemd and udev and
+# enables the service. Safe to run again: that is
 # also how an update is installed (see docs/install.md).
 #
 # Options:
@@ -57,17 +58,8 @@ VENV=/opt/lockerd/venv
 
 # --- System packages and groups --------------------------------------------
 if [ "$SKIP_PIP" -eq 0 ]; then
-    need=()
-    python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
-    # lgpio drives GPIO on every Pi (the only way on a Pi 5); Raspberry Pi OS
-    # ships it as a system package, which the venv sees through
-    # --system-site-packages below.
-    if [ "$LIVE" -eq 1 ] && ! python3 -c 'import lgpio' 2>/dev/null \
-            && apt-cache show python3-lgpio >/dev/null 2>&1; then
-        need+=(python3-lgpio)
-    fi
-    if [ ${#need[@]} -gt 0 ]; then
-        live apt-get install -y "${need[@]}"
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        live apt-get install -y python3-venv
     fi
 fi
 # The unit runs in these groups; systemd refuses to start it if one is
@@ -85,19 +77,23 @@ if [ "$SKIP_PIP" -eq 0 ]; then
     if [ ! -x "$R$VENV/bin/python" ]; then
         say "creating $VENV"
         mkdir -p "$R/opt/lockerd"
-        # System site packages make Raspberry Pi OS's lgpio visible; pip still
-        # installs our pinned versions into the venv, which take precedence.
-        python3 -m venv --system-site-packages "$R$VENV"
+        # A venv of its own: the host's Python packages never leak in.
+        python3 -m venv "$R$VENV"
     fi
-    say "installing lockerd and its hardware extras into $VENV"
-    "$R$VENV/bin/python" -m pip install --quiet --upgrade pip
+    say "installing lockerd and the locked versions of its libraries into $VENV"
+    # Exactly the versions (and file hashes) of requirements/runtime.lock: two
+    # boards installed a month apart run the same set. lgpio comes from there
+    # too on a Pi, so no system package is needed.
+    "$R$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps -r "$SRC/requirements/runtime.lock"
     # Build from a clean copy: setuptools reuses a build/ folder in the
     # checkout, which would carry modules deleted upstream into the update.
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' EXIT
     tar -C "$SRC" --exclude=./.git --exclude=./.venv --exclude=./build --exclude=./var \
         --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$tmp" -xf -
-    "$R$VENV/bin/python" -m pip install --quiet --upgrade "$tmp[all]"
+    # No dependency resolution and no build downloads: the lock has them all,
+    # the locked setuptools included.
+    "$R$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation --force-reinstall "$tmp"
 else
     say "--skip-pip: keeping $VENV as it is"
 fi
