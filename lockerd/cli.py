@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -27,14 +28,28 @@ def _load(path: str):
         raise SystemExit(2) from None
 
 
+def _load_runnable(path: str):
+    """A config whose every needed module imports: the daemon never passes its check and then dies on import."""
+    from lockerd.needs import missing
+
+    cfg = _load(path)
+    problems = missing(cfg)
+    for p in problems:
+        print(f"lockerd: {p}", file=sys.stderr)
+    if problems:
+        raise SystemExit(2)
+    return cfg
+
+
 def cmd_run(a: argparse.Namespace) -> int:
+    cfg = _load_runnable(a.config)
     from lockerd.daemon import run
 
-    return run(_load(a.config))
+    return run(cfg)
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:
-    cfg = _load(a.file)
+    cfg = _load_runnable(a.file)
     kinds = {}
     for c in cfg.compartments.values():
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
@@ -396,7 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`lockerd history | head`): stop quietly, as Unix tools do on SIGPIPE. The
+        # interpreter's own flush at exit would hit the closed pipe again, so stdout now points nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
 
 
 if __name__ == "__main__":
