@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from installed import RUNTIME_LOCK, check_modules, daemon_comes_online, outside_env
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install.sh"
@@ -20,9 +21,8 @@ RULES = REPO / "systemd" / "99-lockerd.rules"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 
 
-def run(*cmd: str | Path, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DESTDIR"}
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60, env=env)
+def run(*cmd: str | Path, ok: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=outside_env())
     if ok:
         assert r.returncode == 0, f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
     return r
@@ -104,6 +104,26 @@ def test_install_stops_on_a_bad_config(root):
     assert r.returncode == 1
     assert "fix /etc/lockerd/lockerd.toml" in r.stderr
     assert "not run) systemctl restart" not in r.stdout
+
+
+@pytest.mark.slow
+def test_install_with_pip_builds_a_venv_of_its_own_that_runs_a_station_daemon(root, tmp_path, mosquitto, recorders):
+    # The real pip step: a fresh venv (no host packages), the locked versions, the package from a clean copy.
+    shutil.rmtree(root / "opt/lockerd/venv")
+    r = run(INSTALL, "--root", root, "--no-start", timeout=300)
+    assert "installing lockerd and the locked versions" in r.stdout
+    venv_dir = root / "opt/lockerd/venv"
+    assert "include-system-site-packages = false" in (venv_dir / "pyvenv.cfg").read_text()
+    python = venv_dir / "bin/python"
+    frozen = subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
+                            check=True).stdout.lower().split()
+    # Every pin of the lock that applies here (lgpio's marker limits it to a Pi).
+    locked = [line.split(" ")[0].lower() for line in RUNTIME_LOCK.read_text().splitlines()
+              if "==" in line and ";" not in line]
+    assert [p for p in locked if p not in frozen] == [], "the venv does not hold the locked versions"
+    where = check_modules(python, tmp_path)
+    assert where.is_relative_to(venv_dir)
+    daemon_comes_online(venv_dir / "bin/lockerd", tmp_path / "station", mosquitto, recorders)
 
 
 def test_install_refuses_without_a_venv_when_skipping_pip(tmp_path):
