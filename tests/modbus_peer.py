@@ -97,7 +97,10 @@ class RelayPeer:
         self.dead: set[int] = set()  # acts on nothing, answers nothing
         self.lose_replies: set[int] = set()  # acts, but its replies are lost
         self.delay: dict[int | tuple[int, int], float] = {}  # seconds before answering: per unit, or (unit, fc)
-        self.mangle: dict[int, list[Callable[[bytes], bytes]]] = {}  # per unit, applied to the next replies
+        # (unit, function code) -> manglers applied to that unit's next replies to that function. Keyed by
+        # function, not by unit alone: a unit is polled many times a second, and a mangle meant for a
+        # coil write must not land on a poll reply that happens to go out first.
+        self.mangle: dict[tuple[int, int], list[Callable[[bytes], bytes]]] = {}
         self.refuse: dict[tuple[int, int], ExcCodes] = {}  # (unit, function code) -> exception reply
         # Doors that a person opens as soon as the latch is released (the coil switched on) and
         # shuts this many seconds after it locks again (the coil off); None: doors move only by pull()/shut().
@@ -272,13 +275,18 @@ class RelayPeer:
             return frame[0] if frame else None
         return frame[6] if len(frame) > 6 else None
 
+    def _function_of(self, frame: bytes) -> int | None:
+        """The reply's function code, exception bit cleared: the request it answers."""
+        at = 1 if self.framer == FramerType.RTU else 7
+        return frame[at] & 0x7F if len(frame) > at else None
+
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             return data
         unit = self._unit_of(data)
         if unit in self.dead or unit in self.lose_replies:
             return b""
-        queue = self.mangle.get(unit) if unit is not None else None
+        queue = self.mangle.get((unit, self._function_of(data))) if unit is not None else None
         if queue:
             return queue.pop(0)(data)
         return data

@@ -359,7 +359,7 @@ async def _settled_off(peer: RelayPeer, unit: int, coil: int) -> bool:
 async def test_a_mangled_reply_is_retried(rtu, mangle):
     peer, b = rtu.peer, rtu.boards[1]
     before = peer.count(1, 5)
-    peer.mangle[1] = [mangle]
+    peer.mangle[(1, 5)] = [mangle]
     await b.pulse(2, 50)  # the first reply is garbage: the second attempt succeeds
     assert peer.count(1, 5) == before + 2
     assert b.online
@@ -370,7 +370,7 @@ async def test_a_mangled_reply_is_retried(rtu, mangle):
 async def test_noise_ahead_of_a_reply_is_skipped_without_a_retry(rtu):
     peer, b = rtu.peer, rtu.boards[1]
     before = peer.count(1, 5)
-    peer.mangle[1] = [leading_noise]
+    peer.mangle[(1, 5)] = [leading_noise]
     await b.pulse(4, 50)
     assert peer.count(1, 5) == before + 1  # the reply behind the noise was taken: no second attempt
     await b.wait_pulses()
@@ -379,7 +379,7 @@ async def test_noise_ahead_of_a_reply_is_skipped_without_a_retry(rtu):
 
 async def test_mangled_replies_on_every_attempt_fail_cleanly(rtu):
     peer, b = rtu.peer, rtu.boards[1]
-    peer.mangle[1] = [bad_crc, truncated]
+    peer.mangle[(1, 5)] = [bad_crc, truncated]
     with pytest.raises(DriverError):
         await b.pulse(2, 50)
     assert rtu.budget.in_use == 0
@@ -411,8 +411,8 @@ async def test_a_mangled_poll_reply_is_retried_without_the_board_going_offline(r
     peer, b = rtu.peer, rtu.boards[2]
     watch = StatusWatch(b)
     before = peer.count(2, 2)
-    peer.mangle[2] = [bad_crc]
-    await peer.wait_for(lambda: not peer.mangle[2] and peer.count(2, 2) >= before + 2)
+    peer.mangle[(2, 2)] = [bad_crc]
+    await peer.wait_for(lambda: not peer.mangle[(2, 2)] and peer.count(2, 2) >= before + 2)
     await peer.set_input(2, 3, True)
     await wait_door(b, 3, DoorState.OPEN)  # the retry and the polls after it came through whole
     assert b.online and not [st for st in watch.seen if not st.online]
