@@ -58,19 +58,25 @@ def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, no
         raise Refused(cmd, f"payload of {len(payload)} bytes exceeds the {contract.MAX_COMMAND_BYTES}-byte limit")
     try:
         body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise Refused(cmd, f"payload is not JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        # ValueError covers bad UTF-8, bad JSON and integers past Python's
+        # 4300-digit limit; RecursionError, nesting a few thousand deep.
+        raise Refused(cmd, f"payload is not JSON this controller reads: {type(e).__name__}: {str(e)[:120]}") from None
     if not isinstance(body, dict):
         raise Refused(cmd, "payload must be a JSON object")
-    # Take what we can for the reply and the journal before judging the rest.
+    # Take what we can for the reply and the journal before judging the rest:
+    # only text that is text (a lone surrogate, valid JSON, is not).
     cid = body.get("id")
-    if isinstance(cid, str) and len(cid) <= 64:
+    if _text(cid) and len(cid) <= 64:
         cmd.id = cid
     by = body.get("requested_by")
-    if isinstance(by, str) and len(by) <= 64:
+    if _text(by) and len(by) <= 64:
         cmd.requested_by = by
-    if isinstance(body.get("ts"), str):
+    if _text(body.get("ts")):
         cmd.ts = body["ts"][:40]
+    where = _not_text(body)
+    if where is not None:
+        raise Refused(cmd, f"{where}: holds a lone UTF-16 surrogate, which is not text")
     if name not in contract.COMMAND_ARGS:
         raise Refused(cmd, f"unknown command {name!r} (known: {', '.join(contract.COMMAND_ARGS)})")
     problems = errors(body, _schema(name))
@@ -91,6 +97,35 @@ def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, no
     if age < -max_age_s:
         raise Refused(cmd, f"command ts is {-age:.0f} s in the future: check the clocks")
     return cmd
+
+
+def _text(value: Any) -> bool:
+    """A string that encodes as UTF-8 (json.loads lets lone surrogates through)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_text(body: Any) -> str | None:
+    """The path of the first key or string in ``body`` that is not UTF-8 text; None when all are."""
+    stack: list[tuple[str, Any]] = [("payload", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not _text(value):
+                return path
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if not _text(k):
+                    return f"{path} (a key)"
+                stack.append((f"{path}.{k}" if path != "payload" else k, v))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+    return None
 
 
 @cache

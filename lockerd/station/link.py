@@ -207,6 +207,10 @@ class StationLink:
             item = ("run", cmd, "")
         except Refused as r:
             item = ("refuse", r.command, r.message)
+        except Exception as e:
+            # Whatever the bytes do to the parser, the station gets a reply and the journal a record.
+            log.exception("station: reading a %s command failed", name)
+            item = ("refuse", Command(name), f"command could not be read: {type(e).__name__}")
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
