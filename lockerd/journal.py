@@ -459,27 +459,24 @@ class Journal:
     def _write_batch(self, conn: sqlite3.Connection, batch: list[_Pending | _Control]) -> None:
         seq, prev = self.last_seq, self.last_hash
         done: list[Event] = []
+        refused: list[tuple[_Pending, str]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 if isinstance(item, _Control):
                     conn.execute(item.sql, item.params)
                     continue
-                seq += 1
-                f = item.fields
-                ev = Event(seq, f["id"], f["ts"], f["mono"], f["boot"], item.kind, f["compartment"],
-                           f["dossier"], tuple(f["people"]), f["data"], prev, "")
-                ev = replace(ev, hash=chain_hash(prev, ev.record()))
-                conn.execute(
-                    f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (seq, ev.id, ev.ts, ev.mono, ev.boot, ev.kind, ev.compartment, ev.dossier,
-                     canonical(list(ev.people)), canonical(ev.data), prev, ev.hash),
-                )
-                for op in item.state:
-                    _apply_state(conn, op, seq)
-                item.event = ev
+                ev = self._write_row(conn, item, seq + 1, prev)
+                if isinstance(ev, str):
+                    # One bad row never costs the others: it is left out, and
+                    # the journal says so in its place (the same seq).
+                    refused.append((item, ev))
+                    ev = self._write_row(conn, _refusal(item, ev), seq + 1, prev)
+                    assert isinstance(ev, Event), ev
+                else:
+                    item.event = ev
+                seq, prev = ev.seq, ev.hash
                 done.append(ev)
-                prev = ev.hash
             conn.execute("COMMIT")
         except (sqlite3.Error, OSError, ValueError, TypeError) as e:
             with contextlib.suppress(sqlite3.Error):
@@ -497,10 +494,45 @@ class Journal:
         self.error = None
         self.commits += 1
         self.last_seq, self.last_hash = seq, prev
+        bad = {id(item): reason for item, reason in refused}
         for item in batch:
-            self._resolve(item.future, result=item.event if isinstance(item, _Pending) else None)
+            if id(item) in bad:
+                log.error("journal: refused a %s row: %s", getattr(item, "kind", "?"), bad[id(item)])
+                self._resolve(item.future, exc=JournalError(f"journal refused the row: {bad[id(item)]}"))
+            else:
+                self._resolve(item.future, result=item.event if isinstance(item, _Pending) else None)
         if done and self._listeners and self._loop is not None:
             self._loop.call_soon_threadsafe(self._notify, done)
+
+    @staticmethod
+    def _write_row(conn: sqlite3.Connection, item: _Pending, seq: int, prev: str) -> Event | str:
+        """Insert one event and its state changes; on a fault of this row alone, undo it and say why.
+
+        A savepoint per row keeps a row whose content cannot be encoded or
+        whose state change the database refuses from rolling back the rows
+        beside it. Faults of the file itself (disk full, I/O) still fail the
+        whole transaction: they would fail every row.
+        """
+        f = item.fields
+        conn.execute("SAVEPOINT row")
+        try:
+            ev = Event(seq, f["id"], f["ts"], f["mono"], f["boot"], item.kind, f["compartment"],
+                       f["dossier"], tuple(f["people"]), f["data"], prev, "")
+            ev = replace(ev, hash=chain_hash(prev, ev.record()))
+            conn.execute(
+                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (seq, ev.id, ev.ts, ev.mono, ev.boot, ev.kind, ev.compartment, ev.dossier,
+                 canonical(list(ev.people)), canonical(ev.data), prev, ev.hash),
+            )
+            for op in item.state:
+                _apply_state(conn, op, seq)
+        except (ValueError, TypeError, RecursionError, sqlite3.IntegrityError, sqlite3.InterfaceError,
+                sqlite3.ProgrammingError) as e:
+            conn.execute("ROLLBACK TO row")
+            conn.execute("RELEASE row")
+            return f"{type(e).__name__}: {e}"
+        conn.execute("RELEASE row")
+        return ev
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
@@ -565,6 +597,31 @@ def _apply_state(conn: sqlite3.Connection, op: StateOp, seq: int) -> None:
         f"ON CONFLICT({pk}) DO UPDATE SET {updates}",
         [canonical(v) if isinstance(v, list | dict) else v for v in row.values()],
     )
+
+
+def printable(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON that always encodes: lone surrogates escaped, other types by repr, deep nesting cut."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if value is None or isinstance(value, bool | int | float):
+        return value if not isinstance(value, int) or abs(value) < 10**18 else repr(value)[:40] + "..."
+    if depth > 8:
+        return "..."
+    if isinstance(value, dict):
+        return {printable(str(k)): printable(v, depth + 1) for k, v in list(value.items())[:50]}
+    if isinstance(value, list | tuple):
+        return [printable(v, depth + 1) for v in value[:50]]
+    return printable(repr(value)[:200])
+
+
+def _refusal(item: _Pending, reason: str) -> _Pending:
+    """The row written in place of one the journal could not take: what it was, made printable, and why."""
+    f = item.fields
+    fields = {**f, "compartment": printable(f["compartment"]), "dossier": printable(f["dossier"]),
+              "people": printable(list(f["people"])),
+              "data": {"refused_kind": printable(item.kind), "error": printable(reason),
+                       "content": printable(f["data"])}}
+    return _Pending("journal.row_refused", fields, (), None)
 
 
 def _log_unretrieved(fut: asyncio.Future) -> None:
