@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from broker import Mosquitto, Recorder, wait_for
-from test_station_commands import BASE, reply_for
+from test_station_commands import reply_for
 from test_station_daemon import station_daemon
 
 from lockerd.clock import iso_utc
@@ -52,7 +52,7 @@ async def test_malformed_commands_are_refused_and_no_alarm_or_move_is_lost(
         tmp_path: Path, mosquitto: Mosquitto, recorders: list[Recorder]) -> None:
     async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
         board = daemon.hw.drivers["sim"]
-        for name, payload in BAD.items():
+        for payload in BAD.values():
             station.send("open", raw=payload)
         # A door forced right after them: its alarm must be journaled and reach the station.
         board.force(2)

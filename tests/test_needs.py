@@ -48,8 +48,8 @@ def test_every_part_of_the_config_names_its_modules(config_file: Path) -> None:
 
     got = {(n.module, n.extra) for n in needs(config.load(config_file))}
     assert {("paho.mqtt.client", "mqtt"), ("lockerd.station.link", "mqtt"), ("pymodbus.client", "modbus"),
-            ("lockerd.drivers.modbus", "modbus"), ("serial", "modbus"), ("gpiozero", "gpio"), ("lockerd.drivers.gpio", "gpio"), ("serial", "serial"),
-            ("lockerd.drivers.serial_scanner", "serial")} <= got
+            ("lockerd.drivers.modbus", "modbus"), ("serial", "modbus"), ("gpiozero", "gpio"),
+            ("lockerd.drivers.gpio", "gpio"), ("serial", "serial"), ("lockerd.drivers.serial_scanner", "serial")} <= got
 
 
 def test_check_config_passes_when_everything_imports(config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
