@@ -682,13 +682,16 @@ class Controller:
         try:
             if journal_scan:
                 self.journal.append("scan", compartment=cid, dossier=dossier, **origin)
-            grant = await self.journal.append(
+            grant = await self.journal.record(
                 grant_kind, compartment=cid, dossier=dossier, people=people, items=items,
                 pulse=True, **({} if scan else origin), **note)
         except JournalError as e:
             slot.session = None
             msg = f"refused: cannot record the opening ({e}); nothing opened"
             log.error("%s: %s", cid, msg)
+            # Held and journaled late with the scan before it: the record says it was refused, and why.
+            self.journal.append("access.denied", compartment=cid, dossier=dossier, people=people,
+                                reason="journal unavailable", error=str(e), **({} if scan else origin))
             return Outcome(False, msg, cid, "journal unavailable")
         session.grant_seq = grant.seq
 

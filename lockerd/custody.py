@@ -260,8 +260,9 @@ class Custody:
         # Memory moves first so the next look does not send it again while
         # the writer works; a failed write puts the deadline back.
         self.deadlines[d.id] = sent
+        # keep=False: a reminder the journal cannot take is retried here, at its level, not journaled late.
         fut = self.journal.append(
-            "reminder.due" if level == 1 else "reminder.escalated",
+            "reminder.due" if level == 1 else "reminder.escalated", keep=False,
             compartment=item.compartment if item else None, dossier=d.code,
             people=(recipient,) if recipient else (),
             deadline=d.kind, due=d.due, level=level, levels=len(ladder.steps), to=step.to, recipient=recipient,
@@ -279,9 +280,9 @@ class Custody:
                               "deadline": d.kind, "due": d.due, "reason": reason,
                               "state": [("delete", "deadlines", {"id": d.id})]}
         if d.level > 0:
-            fut = self.journal.append("reminder.cleared", level=d.level, late_s=late_s, **kw)
+            fut = self.journal.append("reminder.cleared", keep=False, level=d.level, late_s=late_s, **kw)
         else:
-            fut = self.journal.append("deadline.closed", on_time=late_s <= 0, late_s=late_s, **kw)
+            fut = self.journal.append("deadline.closed", keep=False, on_time=late_s <= 0, late_s=late_s, **kw)
         fut.add_done_callback(lambda f: self._written(f, d, None))
 
     def _written(self, fut: asyncio.Future, before: Deadline, after: Deadline | None) -> None:

@@ -23,6 +23,7 @@ migrates the schema (imported only when a migration runs) and serves reads.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -46,6 +47,13 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 GENESIS = "0" * 64
 MAX_BATCH = 1000
+# Events that gate no lock (door changes, alarms, faults, refusals) are held in
+# memory while the journal cannot be written, and journaled late once it can.
+# At a few hundred bytes each this is a few MB; past it the oldest are dropped
+# and counted in the journal.outage event (a door burst of one event a second
+# takes nearly three hours to fill it).
+HELD_MAX = 10_000
+HELD_RETRY_S = 1.0
 # Checkpoints (copying the WAL back into the database, with fsyncs of their
 # own) run while the writer is idle. SQLite's automatic one lands inside
 # whichever commit crosses its threshold, and that commit may be a grant with
@@ -134,6 +142,19 @@ class _Pending:
     state: tuple[StateOp, ...]
     future: asyncio.Future | None
     event: Event | None = None
+    # Held through an outage instead of failed: see Journal.append.
+    keep: bool = False
+    order: int = 0
+
+
+@dataclass
+class _Outage:
+    """Since when the journal cannot be written, and what was kept or dropped meanwhile."""
+
+    since_ts: str
+    since_mono: float
+    reason: str
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -245,6 +266,10 @@ class Journal:
         self._last_attempt = -1e9
         self.commits = 0
         self.checkpoints = 0
+        self._appended = 0  # order of appends, so held events are journaled in the order they happened
+        self._held: list[_Pending] = []
+        self._outage: _Outage | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- life ------------------------------------------------------------------
 
@@ -319,7 +344,12 @@ class Journal:
             self._lockfile = None
 
     def close(self) -> None:
-        """Write what is queued, then stop the writer."""
+        """Write what is queued (and held, if the journal takes it now), then stop the writer."""
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+        self._drain()
+        if self._held:
+            log.error("journal: closing with %d events held that could not be written", len(self._held))
         if self._thread is not None:
             self._hand_over()
             self._queue.put(None)
@@ -344,20 +374,22 @@ class Journal:
         dossier: str | None = None,
         people: Iterable[str] = (),
         state: Iterable[StateOp] = (),
+        keep: bool = True,
         **data: Any,
     ) -> asyncio.Future[Event]:
         """Queue an event; the returned future resolves once it is durable.
 
-        Await it where the event must be on disk before acting (grants);
-        leave it where group commit is fine. A failure to write resolves the
-        future with JournalError (and is logged if nobody awaits it).
+        An event that gates nothing (``keep``, the default) is never lost to
+        a journal that cannot be written: it is held in memory and journaled
+        late, in order, once writing works again (its future resolves then).
+        Where the caller must act on the outcome now (a grant before the lock
+        moves, a command's acceptance), use :meth:`record` or ``keep=False``:
+        a failure to write then resolves the future with JournalError.
         """
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[Event] = loop.create_future()
         fut.add_done_callback(_log_unretrieved)
-        if self.error is not None and not self._retry_open():
-            fut.set_exception(JournalError(self.error))
-            return fut
+        self._appended += 1
         fields = {
             "id": uuid.uuid4().hex,
             "ts": iso_utc(self.clock.wall()),
@@ -368,12 +400,75 @@ class Journal:
             "people": list(people),
             "data": data,
         }
-        self._gather(loop, _Pending(kind, fields, tuple(state), fut))
+        item = _Pending(kind, fields, tuple(state), fut, keep=keep, order=self._appended)
+        if keep and (self.error is not None or self._held):
+            self._hold([item])  # behind those held before it
+            return fut
+        if not keep and self.error is not None and not self._retry_open():
+            fut.set_exception(JournalError(self.error))
+            return fut
+        self._gather(loop, item)
         return fut
 
     async def record(self, kind: str, **kw: Any) -> Event:
-        """Append and wait until durable."""
-        return await self.append(kind, **kw)
+        """Append and wait until durable; JournalError at once when it cannot be written (nothing is held)."""
+        return await self.append(kind, keep=False, **kw)
+
+    # -- an outage: events held in memory ------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """Events waiting in memory for the journal to be writable."""
+        return len(self._held)
+
+    def _hold(self, items: list[_Pending]) -> None:
+        """Keep events the journal cannot take now, in the order they happened (loop thread)."""
+        if self._outage is None:
+            first = min(items, key=lambda i: i.order)
+            self._outage = _Outage(first.fields["ts"], first.fields["mono"], self.error or "journal unusable")
+            log.error("journal: cannot write (%s); holding events in memory until it can", self._outage.reason)
+        for it in items:
+            bisect.insort(self._held, it, key=lambda i: i.order)
+        while len(self._held) > HELD_MAX:
+            lost = self._held.pop(0)
+            self._outage.dropped[lost.kind] = self._outage.dropped.get(lost.kind, 0) + 1
+            if sum(self._outage.dropped.values()) == 1:
+                log.error("journal: more than %d events held; dropping the oldest (counted in journal.outage)",
+                          HELD_MAX)
+            if lost.future is not None and not lost.future.done():
+                lost.future.set_exception(JournalError("dropped: too many events held while the journal was down"))
+        if self._drain_timer is None and self._loop is not None:
+            self._drain_timer = self._loop.call_later(HELD_RETRY_S, self._drain)
+
+    def _drain(self) -> None:
+        """Try to journal the held events, late and in order, closed by a journal.outage event."""
+        self._drain_timer = None
+        if not self._held or self._outage is None:
+            return
+        if self._thread is None and not self._retry_open():
+            self._drain_timer = self._loop.call_later(HELD_RETRY_S, self._drain) if self._loop else None
+            return
+        items, self._held = self._held, []
+        now, outage = self.clock.monotonic(), self._outage
+        for it in items:
+            it.fields["data"] = {**it.fields["data"], "journaled_late_s": round(now - it.fields["mono"], 3)}
+        marker = _Pending("journal.outage", {
+            "id": uuid.uuid4().hex, "ts": iso_utc(self.clock.wall()), "mono": round(now, 6), "boot": self.boot,
+            "compartment": None, "dossier": None, "people": [],
+            "data": {"since": outage.since_ts, "lasted_s": round(now - outage.since_mono, 3), "reason": outage.reason,
+                     "held": len(items), "dropped": dict(outage.dropped)}}, (), None, keep=False)
+        marker.future = self._loop.create_future() if self._loop else None
+        if marker.future is not None:
+            marker.future.add_done_callback(lambda f: self._outage_written(f, outage))
+        # Ahead of whatever this pass gathered: the held events happened first.
+        self._queue.put([*items, marker])
+
+    def _outage_written(self, fut: asyncio.Future, outage: _Outage) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the held events are held again; the next drain writes a new marker
+        if self._outage is outage:
+            self._outage = None
+            log.warning("journal: writing again; %d events journaled late", fut.result().data["held"])
 
     def _retry_open(self) -> bool:
         now = self.clock.monotonic()
@@ -486,8 +581,12 @@ class Journal:
                 log.error("%s", msg)
             self.error = msg
             err = JournalError(msg)
+            kept = [item for item in batch if isinstance(item, _Pending) and item.keep]
             for item in batch:
-                self._resolve(item.future, exc=err)
+                if not (isinstance(item, _Pending) and item.keep):
+                    self._resolve(item.future, exc=err)
+            if kept and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._hold, kept)
             return
         if self.error is not None:
             log.warning("journal: writing again")
@@ -503,6 +602,15 @@ class Journal:
                 self._resolve(item.future, result=item.event if isinstance(item, _Pending) else None)
         if done and self._listeners and self._loop is not None:
             self._loop.call_soon_threadsafe(self._notify, done)
+        if self._held and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drain_soon)
+
+    def _drain_soon(self) -> None:
+        # A commit went through: held events need not wait for their timer.
+        if self._held and self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+            self._drain()
 
     @staticmethod
     def _write_row(conn: sqlite3.Connection, item: _Pending, seq: int, prev: str) -> Event | str:

@@ -268,7 +268,7 @@ class StationLink:
         # The acceptance is queued, not awaited: the journal writes in order,
         # so the handler's own durable record (a grant, before any lock moves)
         # commits it too, and a remote open costs one commit instead of two.
-        accepted = self.journal.append("command.accepted", **self._cmd_fields(cmd), args=cmd.args)
+        accepted = self.journal.append("command.accepted", keep=False, **self._cmd_fields(cmd), args=cmd.args)
         if accepted.done() and accepted.exception() is not None:
             self._not_applied(cmd, accepted.exception())
             return

@@ -1,0 +1,141 @@
+"""While the journal cannot be written, nothing that happens is dropped: the real daemon on a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker import Mosquitto, Recorder, wait_for
+from lockerd.drivers.base import DoorState
+from rig import fill_disk
+from test_station_commands import reply_for
+from test_station_daemon import station_daemon
+
+from lockerd import journal as journal_mod
+from lockerd.errors import JournalError
+from lockerd.journal import Journal, verify
+
+
+async def until(pred: Any, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.01)
+
+
+async def free_space(j: Journal) -> None:
+    """Space comes back. The statement runs on the writer; in a batch that still fails it is rolled back too."""
+    for _ in range(50):
+        with contextlib.suppress(JournalError):
+            await j.execute("PRAGMA max_page_count = 1073741823")
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("could not free the journal")
+
+
+class DiskFault:
+    """Every row write fails as an I/O error of the file would (sqlite3.OperationalError), while on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.on = False
+        real = journal_mod.canonical
+
+        def canonical(obj: Any) -> str:
+            if self.on:
+                raise sqlite3.OperationalError("disk I/O error (injected by the test)")
+            return real(obj)
+
+        monkeypatch.setattr(journal_mod, "canonical", canonical)
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> DiskFault:
+    return DiskFault(monkeypatch)
+
+
+FORCED = ["door.opened", "alarm.forced", "door.closed", "alarm.cleared"]
+
+
+@pytest.mark.asyncio
+async def test_a_forced_door_while_the_journal_is_unwritable_is_journaled_late_and_reaches_the_station(
+        tmp_path: Path, mosquitto: Mosquitto, recorders: list[Recorder], disk: DiskFault) -> None:
+    async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
+        j, board = daemon.journal, daemon.hw.drivers["sim"]
+        disk.on = True
+        last = j.last_seq
+        board.force(2)  # d03 pried open while nothing can be written
+        await until(lambda: j.held == 2)  # the door reading settled (debounce): door.opened, alarm.forced
+        board.close_door(2)
+        await until(lambda: j.held == 4)
+        # A station open is refused meanwhile: its acceptance cannot be made durable, so nothing moves.
+        cid = station.send("open", {"compartment": "d02", "reason": "inspection"})
+        await wait_for(rec, lambda r: reply_for(r, cid), 10)
+        assert reply_for(rec, cid)[0]["ok"] is False and "not applied" in reply_for(rec, cid)[0]["error"]
+        assert board.released(1) is False
+        disk.on = False
+        await until(lambda: any(e.kind == "journal.outage" for e in j.read(last, 100)))
+        events = j.read(last, 100)
+        kinds = [e.kind for e in events]
+        outage = events[kinds.index("journal.outage")]
+        held = events[: kinds.index("journal.outage")]
+        # In the order they happened, each saying how late it was journaled.
+        assert [e.kind for e in held] == FORCED and all(e.compartment == "d03" for e in held)
+        assert [e.mono for e in held] == sorted(e.mono for e in held)
+        assert all(e.data["journaled_late_s"] > 0 for e in held)
+        assert outage.data["held"] == 4 and outage.data["dropped"] == {}
+        assert "disk I/O error" in outage.data["reason"] and outage.data["lasted_s"] > 0
+        await wait_for(rec, lambda r: {"alarm.forced", "journal.outage"} <= {e.get("kind") for e in r.on("/events")},
+                       10)
+        assert j.healthy and j.held == 0
+        assert (await j.record("test.after")).seq == j.last_seq
+    assert verify(daemon.config.journal_path).ok
+
+
+@pytest.mark.asyncio
+async def test_a_forced_door_during_a_full_disk_is_never_lost(tmp_path: Path, mosquitto: Mosquitto,
+                                                             recorders: list[Recorder]) -> None:
+    async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
+        j, board = daemon.journal, daemon.hw.drivers["sim"]
+        await fill_disk(j)
+        last = j.last_seq
+        board.force(2)
+        # Whichever of them still fit on a page and whichever were held: all four, once each, in order.
+        await until(lambda: j.held + len(j.read(last, 100)) >= 2)
+        board.close_door(2)
+        await until(lambda: j.held + len(j.read(last, 100)) >= 4)
+        await free_space(j)
+        await until(lambda: [e.kind for e in j.read(last, 100) if e.compartment == "d03"] == FORCED)
+        await until(lambda: j.held == 0)
+        assert [e.kind for e in j.read(last, 100) if e.compartment == "d03"] == FORCED
+        await wait_for(rec, lambda r: "alarm.forced" in {e.get("kind") for e in r.on("/events")}, 10)
+    assert verify(daemon.config.journal_path).ok
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_drops_the_oldest_and_the_outage_counts_them(
+        tmp_path: Path, mosquitto: Mosquitto, recorders: list[Recorder], monkeypatch: pytest.MonkeyPatch,
+        disk: DiskFault) -> None:
+    monkeypatch.setattr(journal_mod, "HELD_MAX", 6)
+    async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
+        j, board = daemon.journal, daemon.hw.drivers["sim"]
+        disk.on = True
+        last = j.last_seq
+        slot = daemon.controller.slots["d04"]
+        for _ in range(3):  # each round: door.opened, alarm.forced, door.closed, alarm.cleared
+            board.force(3)
+            await until(lambda: slot.door is DoorState.OPEN)  # the reading settled (debounce)
+            board.close_door(3)
+            await until(lambda: slot.door is DoorState.CLOSED)
+        assert j.held == 6
+        disk.on = False
+        await until(lambda: any(e.kind == "journal.outage" for e in j.read(last, 100)))
+        events = j.read(last, 100)
+        outage = next(e for e in events if e.kind == "journal.outage")
+        assert outage.data["held"] == 6 and outage.data["dropped"] == {"door.opened": 2, "alarm.forced": 2,
+                                                                        "door.closed": 1, "alarm.cleared": 1}
+        # The newest were kept: the last round whole.
+        assert [e.kind for e in events[2:6]] == FORCED
+    assert verify(daemon.config.journal_path).ok
