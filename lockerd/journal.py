@@ -270,6 +270,7 @@ class Journal:
         self._held: list[_Pending] = []
         self._outage: _Outage | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        self._outage_listeners: list[Callable[[], None]] = []
 
     # -- life ------------------------------------------------------------------
 
@@ -364,6 +365,17 @@ class Journal:
         """Call ``listener(events)`` on the loop after each commit."""
         self._listeners.append(listener)
 
+    def on_outage(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the loop when events start being held, and when they have been journaled."""
+        self._outage_listeners.append(listener)
+
+    def _outage_changed(self) -> None:
+        for listener in list(self._outage_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("journal outage listener failed")
+
     # -- writing -----------------------------------------------------------------
 
     def append(
@@ -427,6 +439,8 @@ class Journal:
             first = min(items, key=lambda i: i.order)
             self._outage = _Outage(first.fields["ts"], first.fields["mono"], self.error or "journal unusable")
             log.error("journal: cannot write (%s); holding events in memory until it can", self._outage.reason)
+            if self._loop is not None:
+                self._loop.call_soon(self._outage_changed)
         for it in items:
             bisect.insort(self._held, it, key=lambda i: i.order)
         while len(self._held) > HELD_MAX:
@@ -469,6 +483,7 @@ class Journal:
         if self._outage is outage:
             self._outage = None
             log.warning("journal: writing again; %d events journaled late", fut.result().data["held"])
+            self._outage_changed()
 
     def _retry_open(self) -> bool:
         now = self.clock.monotonic()

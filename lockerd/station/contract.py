@@ -190,6 +190,18 @@ INFO = {
         "boot": _s(64),
         "client_id": _s(128),
         "last_seq": {"type": "integer", "minimum": 0},
+        "journal": {
+            "type": "object",
+            "description": "whether the journal can be written; republished when that changes. While it cannot, "
+                           "every grant is refused, and events are held in memory and arrive late (journal.outage)",
+            "properties": {
+                "writable": {"type": "boolean"},
+                "error": {"type": ["string", "null"]},
+                "held": {"type": "integer", "minimum": 0, "description": "events waiting in memory"},
+            },
+            "required": ["writable", "error", "held"],
+            "additionalProperties": False,
+        },
     },
     "required": ["ts", "version", "config", "started_at", "site", "node", "boot", "client_id", "last_seq"],
     "additionalProperties": False,

@@ -103,6 +103,7 @@ class StationLink:
         except (JournalError, OSError) as e:
             log.warning("station: cannot reload recent command ids: %s", e)
         self.journal.subscribe(self._on_events)
+        self.journal.on_outage(self._on_journal_outage)
         if self.state_source is not None:
             self.state_source.on_state(self._on_state)
         self._worker = asyncio.get_running_loop().create_task(self._command_worker(), name="station-commands")
@@ -158,6 +159,12 @@ class StationLink:
         if not self._stopped and self.outbox is not None:
             self.outbox.on_events(events)
 
+    def _on_journal_outage(self) -> None:
+        # The station hears at once that the journal stopped (or started again) taking events: the events
+        # themselves cannot tell it, as they wait for the journal.
+        if not self._stopped and self.connected and self.conn is not None:
+            self.conn.publish(self.topics.info, _json(self._info()), qos=1, retain=True)
+
     def _on_state(self, state: dict[str, Any]) -> None:
         if not self._stopped and self.connected:
             self._publish_state(state)
@@ -181,7 +188,9 @@ class StationLink:
         return {"ts": self._now(), "version": __version__, "config": self.config.digest,
                 "started_at": self.started_at, "site": self.config.site, "node": self.config.node,
                 "boot": self.journal.boot, "client_id": self.conn.settings.client_id,
-                "last_seq": self.journal.last_seq}
+                "last_seq": self.journal.last_seq,
+                "journal": {"writable": self.journal.healthy and not self.journal.held,
+                            "error": self.journal.error, "held": self.journal.held}}
 
     def _publish_state(self, state: dict[str, Any]) -> None:
         assert self.conn is not None

@@ -128,6 +128,10 @@ class Outbox:
         return self._acks[i - 1][1] if i > 0 else self._ack_floor
 
     def on_events(self, events: list[Event]) -> None:
+        if not self.loaded and self.connected():
+            # The journal could not be read when the link connected (unusable at start): it can now.
+            self.on_connect()
+            return
         self.schedule()
 
     def on_publish(self, mid: int, refused: str | None) -> bool:
