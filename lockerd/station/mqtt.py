@@ -23,6 +23,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 log = logging.getLogger(__name__)
 
 CONNACK_TIMEOUT_S = 10.0
+# On a clean stop, how long to read what the broker still sends before closing (see _linger).
+STOP_LINGER_S = 2.0
 FIRST_RETRY_S = 0.25
 
 
@@ -304,6 +307,8 @@ class Connection:
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if client is self.client and self._on_thread():
             self._unwatch()
+            if self._stopping:
+                _linger(sock, STOP_LINGER_S)
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if client is self.client and self._on_thread() and self._sock is not None and not self._writing:
@@ -401,6 +406,23 @@ def new_client(s: Settings, client_id: str, *, clean: bool, connect_timeout: flo
         c.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None,
                   cert_reqs=ssl.CERT_REQUIRED)
     return c
+
+
+def _linger(sock: Any, timeout: float) -> None:
+    """After our DISCONNECT, before paho closes the socket: end our side and read until the broker ends its own.
+
+    Closing a socket with bytes unread (the PUBACK of the offline presence,
+    a command) makes the kernel answer with a reset, and a busy broker that
+    has not yet read the DISCONNECT may then lose it and publish the last
+    will: "offline, not clean" after a clean stop. Called only when stopping.
+    """
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(OSError, ValueError):
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return
 
 
 def _close_quietly(client: paho.Client) -> None:
