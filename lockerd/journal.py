@@ -39,12 +39,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lockerd import projection
 from lockerd.clock import Clock, iso_utc
 from lockerd.errors import JournalError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 GENESIS = "0" * 64
 MAX_BATCH = 1000
 # Events that gate no lock (door changes, alarms, faults, refusals) are held in
@@ -102,10 +103,14 @@ class Event:
     data: dict[str, Any]
     prev: str
     hash: str
+    # The state-table operations this event made, as [action, table, row]
+    # lists: part of the hashed record, so the tables are a projection of the
+    # chain (lockerd/projection.py). Absent from records that made none.
+    state: tuple[list[Any], ...] = ()
 
     def record(self) -> dict[str, Any]:
         """The hashed content of the row (everything but prev and hash)."""
-        return {
+        rec = {
             "seq": self.seq,
             "id": self.id,
             "ts": self.ts,
@@ -117,18 +122,21 @@ class Event:
             "people": list(self.people),
             "data": self.data,
         }
+        if self.state:
+            rec["state"] = list(self.state)
+        return rec
 
     def as_dict(self) -> dict[str, Any]:
         return self.record() | {"prev": self.prev, "hash": self.hash}
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Event:
-        seq, id_, ts, mono, boot, kind, comp, dossier, people, data, prev, h = row
+        seq, id_, ts, mono, boot, kind, comp, dossier, people, data, prev, h, state = row
         return cls(seq, id_, ts, mono, boot, kind, comp, dossier, tuple(json.loads(people)),
-                   json.loads(data), prev, h)
+                   json.loads(data), prev, h, tuple(json.loads(state)) if state else ())
 
 
-EVENT_COLUMNS = "seq, id, ts, mono, boot, kind, compartment, dossier, people, data, prev, hash"
+EVENT_COLUMNS = "seq, id, ts, mono, boot, kind, compartment, dossier, people, data, prev, hash, state"
 
 StateOp = tuple[str, str, dict[str, Any]]  # ("upsert" | "delete", table, row or key)
 
@@ -241,6 +249,17 @@ def migrate(path: Path) -> None:
             )
             db["deadlines"].create_index(["code"])
             db.execute("PRAGMA user_version=2")
+    if version < 3:
+        with db.conn:
+            # Each event's state operations join its hashed record, and the
+            # tables are snapshotted in the chain (lockerd/projection.py). A
+            # journal from before keeps its rows; its first snapshot, taken
+            # at the next open, is the baseline the checks start from.
+            if "state" not in db["events"].columns_dict:
+                db.execute("ALTER TABLE events ADD COLUMN state TEXT")
+            if not db["snapshots"].exists():
+                db["snapshots"].create({"seq": int, "digest": str, "body": str}, pk="seq")
+            db.execute("PRAGMA user_version=3")
     db.conn.close()
 
 
@@ -271,6 +290,8 @@ class Journal:
         self._outage: _Outage | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
         self._outage_listeners: list[Callable[[], None]] = []
+        self._snapshot_seq = 0
+        self.state_check: projection.Check | None = None
 
     # -- life ------------------------------------------------------------------
 
@@ -303,6 +324,7 @@ class Journal:
         conn = connect(self.path)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
+            upgraded = 0 < version < 3  # events from before state operations were chained
             if version != SCHEMA_VERSION:
                 conn.close()
                 migrate(self.path)
@@ -313,6 +335,10 @@ class Journal:
                 if chain_hash(last.prev, last.record()) != last.hash:
                     raise JournalError(f"last event (seq {last.seq}) fails its hash check")
                 self.last_seq, self.last_hash = last.seq, last.hash
+            if upgraded and self.last_seq > 0:
+                self._write_snapshot(conn, baseline=True)  # the tables as they stand are the base from here on
+            else:
+                self._check_state_tables(conn)
             # Prove we can write before claiming to be healthy (read-only
             # file, full disk): an empty transaction that touches the file.
             conn.execute("BEGIN IMMEDIATE")
@@ -325,6 +351,61 @@ class Journal:
         self._reader = connect(self.path)
         self._thread = threading.Thread(target=self._writer, args=(conn,), name="journal-writer", daemon=True)
         self._thread.start()
+
+    def _check_state_tables(self, conn: sqlite3.Connection) -> None:
+        """At open: the state tables against the chain; a difference is repaired and raised as an alarm."""
+        found = projection.check(conn, STATE_TABLES, _apply_state,
+                                 lambda after: _chain_problem(conn, after))
+        self.state_check = found
+        if not found.differences:
+            self._snapshot_seq = found.snapshot_seq
+            return
+        log.error("journal: ALARM: the state tables differ from the journal: %s", "; ".join(found.differences[:5]))
+        alarm = _Pending("alarm.journal_tampered", self._fields(
+            data={"differences": found.differences[:50], "count": len(found.differences),
+                  "snapshot_seq": found.snapshot_seq, "replayed": found.replayed,
+                  "repaired": bool(found.repair)}), tuple(found.repair), None)
+        self._commit_alone(conn, alarm)
+        self._write_snapshot(conn)
+
+    def _fields(self, **kw: Any) -> dict[str, Any]:
+        base = {"id": uuid.uuid4().hex, "ts": iso_utc(self.clock.wall()), "mono": round(self.clock.monotonic(), 6),
+                "boot": self.boot, "compartment": None, "dossier": None, "people": [], "data": {}}
+        return base | kw
+
+    def _commit_alone(self, conn: sqlite3.Connection, item: _Pending) -> Event:
+        """Write one event in a transaction of its own (the writer thread, or before it starts)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ev = self._write_row(conn, item, self.last_seq + 1, self.last_hash)
+            if isinstance(ev, str):
+                raise JournalError(f"cannot write {item.kind}: {ev}")
+            if item.kind == projection.SNAPSHOT_KIND:
+                conn.execute("INSERT INTO snapshots (seq, digest, body) VALUES (?, ?, ?)",
+                             (ev.seq, ev.data["digest"], item.fields["body"]))
+                # Only the newest two are kept (the events stay): a start needs the last.
+                conn.execute("DELETE FROM snapshots WHERE seq < (SELECT seq FROM snapshots ORDER BY seq DESC "
+                             "LIMIT 1 OFFSET 1)")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        self.last_seq, self.last_hash = ev.seq, ev.hash
+        return ev
+
+    def _write_snapshot(self, conn: sqlite3.Connection, baseline: bool = False) -> Event:
+        """Snapshot the state tables into the chain (see lockerd/projection.py)."""
+        tables = projection.dump(conn, STATE_TABLES)
+        body = canonical(tables)
+        data = {"digest": projection.digest_of(body), "rows": {t: len(r) for t, r in tables.items()}}
+        if baseline:
+            data["baseline"] = True
+        item = _Pending(projection.SNAPSHOT_KIND, self._fields(data=data), (), None)
+        item.fields["body"] = body  # stored beside the event, not in it: only its digest is chained
+        ev = self._commit_alone(conn, item)
+        self._snapshot_seq = ev.seq
+        return ev
 
     def _take_lock(self) -> None:
         # One writer per journal: a second daemon (or an offline import while
@@ -558,6 +639,8 @@ class Journal:
                     batch.extend(items)
                 self._write_batch(conn, batch)
                 since += 1
+                if self.last_seq - self._snapshot_seq >= projection.SNAPSHOT_EVERY and self._queue.empty():
+                    self._snapshot_now(conn)
                 if since >= CHECKPOINT_FORCED_COMMITS:
                     self._checkpoint(conn)
                     since = 0
@@ -639,13 +722,15 @@ class Journal:
         f = item.fields
         conn.execute("SAVEPOINT row")
         try:
+            ops = tuple([action, table, row] for action, table, row in item.state)
             ev = Event(seq, f["id"], f["ts"], f["mono"], f["boot"], item.kind, f["compartment"],
-                       f["dossier"], tuple(f["people"]), f["data"], prev, "")
+                       f["dossier"], tuple(f["people"]), f["data"], prev, "", ops)
             ev = replace(ev, hash=chain_hash(prev, ev.record()))
             conn.execute(
-                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (seq, ev.id, ev.ts, ev.mono, ev.boot, ev.kind, ev.compartment, ev.dossier,
-                 canonical(list(ev.people)), canonical(ev.data), prev, ev.hash),
+                 canonical(list(ev.people)), canonical(ev.data), prev, ev.hash,
+                 canonical(list(ops)) if ops else None),
             )
             for op in item.state:
                 _apply_state(conn, op, seq)
@@ -656,6 +741,16 @@ class Journal:
             return f"{type(e).__name__}: {e}"
         conn.execute("RELEASE row")
         return ev
+
+    def _snapshot_now(self, conn: sqlite3.Connection) -> None:
+        # While nothing waits: the dump is a few ms, and never inside a grant's commit.
+        try:
+            ev = self._write_snapshot(conn)
+        except (sqlite3.Error, OSError, JournalError) as e:
+            log.warning("journal: snapshot failed (tried again after the next commit): %s", e)
+            return
+        if self._listeners and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._notify, [ev])
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
@@ -754,6 +849,31 @@ def _log_unretrieved(fut: asyncio.Future) -> None:
         fut.exception()
 
 
+def _first_break(rows: Iterable[Sequence[Any]], prev: str, expected: int) -> tuple[int, int | None, str]:
+    """Walk rows in seq order from ``expected`` (linking to ``prev``): (rows intact, first bad seq, why)."""
+    count = 0
+    for row in rows:
+        ev = Event.from_row(row)
+        if ev.seq != expected:
+            return count, expected, f"seq {expected} is missing (next row is seq {ev.seq}): rows deleted"
+        if ev.prev != prev:
+            return count, ev.seq, f"seq {ev.seq} does not link to the hash of seq {ev.seq - 1}"
+        if chain_hash(prev, ev.record()) != ev.hash:
+            return count, ev.seq, f"seq {ev.seq} was changed after it was written"
+        prev, expected, count = ev.hash, expected + 1, count + 1
+    return count, None, ""
+
+
+def _chain_problem(conn: sqlite3.Connection, after: int) -> str | None:
+    """The chain from seq ``after`` (whose hash it starts from) to the end: None when intact."""
+    row = conn.execute("SELECT hash FROM events WHERE seq = ?", (after,)).fetchone() if after > 0 else (GENESIS,)
+    if row is None:
+        return f"seq {after} is missing"
+    rows = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (after,))
+    _, bad, why = _first_break(rows, row[0], after + 1)
+    return None if bad is None else why
+
+
 def verify(path: Path) -> VerifyResult:
     """Check the whole chain: gapless seqs, each row's hash, each link."""
     try:
@@ -761,21 +881,10 @@ def verify(path: Path) -> VerifyResult:
         cur = conn.execute(f"SELECT {EVENT_COLUMNS} FROM events ORDER BY seq")
     except sqlite3.Error as e:
         return VerifyResult(False, 0, None, f"cannot read the journal: {e}")
-    prev, expected, count = GENESIS, 1, 0
     try:
-        for row in cur:
-            ev = Event.from_row(row)
-            if ev.seq != expected:
-                return VerifyResult(False, count, expected,
-                                    f"seq {expected} is missing (next row is seq {ev.seq}): rows deleted")
-            if ev.prev != prev:
-                return VerifyResult(False, count, ev.seq,
-                                    f"seq {ev.seq} does not link to the hash of seq {ev.seq - 1}")
-            if chain_hash(prev, ev.record()) != ev.hash:
-                return VerifyResult(False, count, ev.seq, f"seq {ev.seq} was changed after it was written")
-            prev, expected, count = ev.hash, expected + 1, count + 1
+        count, bad, why = _first_break(cur, GENESIS, 1)
     except (sqlite3.Error, ValueError) as e:
-        return VerifyResult(False, count, expected, f"unreadable row near seq {expected}: {e}")
+        return VerifyResult(False, 0, None, f"unreadable row: {e}")
     finally:
         conn.close()
-    return VerifyResult(True, count)
+    return VerifyResult(True, count) if bad is None else VerifyResult(False, count, bad, why)

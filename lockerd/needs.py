@@ -23,7 +23,9 @@ class Need:
 
 def needs(config: Config) -> list[Need]:
     """Every module the daemon will import for this config, our own included."""
-    out = [Need("lockerd.daemon", "", "the daemon"), Need("sqlite_utils", "", "the journal")]
+    # sqlite-utils, a core dependency, is left out: it is imported only for a migration, and importing it at
+    # every start would cost about 100 ms.
+    out = [Need("lockerd.daemon", "", "the daemon")]
     if config.station is not None:
         out += [Need("paho.mqtt.client", "mqtt", "[station]"), Need("lockerd.station.link", "mqtt", "[station]")]
     for name, bus in config.buses.items():

@@ -157,6 +157,9 @@ EVENT = {
         "dossier": {"type": ["string", "null"], "description": "item barcode, when one is involved"},
         "people": {"type": "array", "items": {"type": "string"}},
         "data": {"type": "object"},
+        "state": {"type": "array", "items": {"type": "array"},
+                  "description": "the state-table changes this event made, as [action, table, row]; part of the "
+                                 "hashed record; absent when it made none"},
         "prev": {"type": "string", "pattern": HEX64, "description": "hash of seq - 1 (64 zeros for seq 1)"},
         "hash": {"type": "string", "pattern": HEX64, "description": "sha256 over prev + canonical JSON of the rest"},
     },

@@ -1,0 +1,140 @@
+"""The state tables as a projection of the hash chain: snapshots, and the check at start.
+
+People, badges, items, compartments and deadlines are changed only by the
+state operations an event carries, and those operations are part of the
+event's hashed record. So the tables are exactly the fold of the chain's
+operations. Replaying all of a long journal at every start would cost
+seconds; instead the writer snapshots the tables every ``SNAPSHOT_EVERY``
+events, in a ``journal.snapshot`` event whose hashed data holds the digest of
+the snapshot's body. At start, the tables are checked against the last
+snapshot with the operations of every event after it replayed (in temporary
+tables, through the same SQL the writer uses, so SQLite's typing is the
+same on both sides). Any difference, such as a row edited with sqlite3 under a
+stopped daemon, is named, and the rebuilt rows win.
+
+What this cannot see is a rewrite of the chain itself (events edited and
+every later hash recomputed): that is what ``verify`` against the station's
+anchors is for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+SNAPSHOT_EVERY = 500
+SNAPSHOT_KIND = "journal.snapshot"
+
+
+@dataclass
+class Check:
+    """What the start-time check found: differences (one sentence each) and the operations that repair them."""
+
+    snapshot_seq: int | None
+    replayed: int = 0
+    differences: list[str] = field(default_factory=list)
+    repair: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+
+
+def dump(conn: sqlite3.Connection, tables: dict[str, str], schema: str = "main") -> dict[str, list[dict[str, Any]]]:
+    """Every row of every state table, in primary-key order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for table, pk in tables.items():
+        cur = conn.execute(f"SELECT * FROM {schema}.{table} ORDER BY {pk}")
+        cols = [d[0] for d in cur.description]
+        out[table] = [dict(zip(cols, row, strict=True)) for row in cur]
+    return out
+
+
+def canonical_empty(tables: dict[str, str]) -> str:
+    return json.dumps({t: [] for t in tables})
+
+
+def digest_of(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def check(conn: sqlite3.Connection, tables: dict[str, str], apply_state: Any, verify_rows: Any) -> Check:
+    """Compare the state tables with the last snapshot plus the operations journaled after it.
+
+    ``apply_state(conn, op, seq)`` is the writer's own operation; ``verify_rows(after_seq)`` checks the hash
+    chain from a snapshot to the end and returns a problem sentence or None.
+    """
+    snap = conn.execute("SELECT seq, digest, body FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
+    last_event = conn.execute("SELECT seq FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1",
+                              (SNAPSHOT_KIND,)).fetchone()
+    if snap is None:
+        # A young journal: the base is the empty tables before seq 1.
+        seq, digest, body = 0, "", canonical_empty(tables)
+        result = Check(0)
+        if last_event is not None:
+            result.differences.append(f"the snapshot of seq {last_event[0]} is missing from the snapshots table")
+    else:
+        seq, digest, body = snap
+        result = Check(seq)
+        row = conn.execute("SELECT kind, data FROM events WHERE seq = ?", (seq,)).fetchone()
+        if row is None or row[0] != SNAPSHOT_KIND or json.loads(row[1]).get("digest") != digest:
+            result.differences.append(f"the snapshot at seq {seq} is not the one its journal.snapshot event names")
+        elif digest_of(body) != digest:
+            result.differences.append(f"the snapshot at seq {seq} was changed after it was taken")
+        elif last_event is not None and last_event[0] != seq:
+            result.differences.append(f"the snapshot of seq {last_event[0]} is missing from the snapshots table")
+    problem = verify_rows(max(seq - 1, 0))
+    if problem:
+        result.differences.append(problem)
+    if result.differences:
+        return result  # no trustworthy base to rebuild from: say so, change nothing
+    created = _shadow_tables(conn, tables)
+    try:
+        for table, rows in json.loads(body).items():
+            for r in rows:
+                cols = list(r)
+                conn.execute(f"INSERT INTO temp.{table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                             list(r.values()))
+        for s, ops in conn.execute("SELECT seq, state FROM events WHERE seq > ? AND state IS NOT NULL ORDER BY seq",
+                                   (seq,)).fetchall():
+            result.replayed += 1
+            for op in json.loads(ops):
+                apply_state(conn, tuple(op), s)  # unqualified names resolve to the temp tables first
+        _compare(conn, tables, result)
+    finally:
+        for table in created:
+            conn.execute(f"DROP TABLE IF EXISTS temp.{table}")
+    return result
+
+
+def _shadow_tables(conn: sqlite3.Connection, tables: dict[str, str]) -> list[str]:
+    """Empty temporary tables shaped like the state tables (same columns, types and keys)."""
+    created = []
+    for table in tables:
+        (sql,) = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                              (table,)).fetchone()
+        conn.execute(sql.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+        created.append(table)
+    return created
+
+
+def _compare(conn: sqlite3.Connection, tables: dict[str, str], result: Check) -> None:
+    main, rebuilt = dump(conn, tables, "main"), dump(conn, tables, "temp")
+    for table, pk in tables.items():
+        have = {r[pk]: r for r in main[table]}
+        want = {r[pk]: r for r in rebuilt[table]}
+        for key in sorted(have.keys() | want.keys(), key=str):
+            a, b = have.get(key), want.get(key)
+            if a == b:
+                continue
+            if b is None:
+                result.differences.append(f"{table} {key!r} is in the table but in no journaled event")
+                result.repair.append(("delete", table, {pk: key}))
+            else:
+                if a is None:
+                    result.differences.append(f"{table} {key!r} was deleted from the table")
+                else:
+                    changed = sorted(c for c in b if a.get(c) != b[c])
+                    result.differences.append(f"{table} {key!r} differs from the journal in "
+                                              + ", ".join(f"{c} ({a.get(c)!r}, journaled {b[c]!r})"
+                                                          for c in changed))
+                result.repair.append(("upsert", table, b))
