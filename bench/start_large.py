@@ -83,10 +83,12 @@ def main() -> None:
         cfg.write_text((ROOT / "config" / "demo.toml").read_text().replace("../var/demo/", ""))
         journal = folder / "journal.db"
         took = asyncio.run(build(journal, a.events))
-        print(f"journal of {a.events} events built in {took:.1f} s ({journal.stat().st_size / 1e6:.0f} MB)")
+        size = journal.stat().st_size / 1e6
+        print(f"journal of {a.events} events (built or topped up in {took:.1f} s), {size:.0f} MB")
         outside, inside = starts(cfg)
-        print(f"process start -> 'ready' logged, {a.events} events, 5 starts: median {statistics.median(outside):.0f} ms,"
-              f" max {max(outside):.0f} ms; the daemon's own figure: median {statistics.median(inside):.0f} ms")
+        print(f"process start -> 'ready' logged, {a.events} events, 5 starts: "
+              f"median {statistics.median(outside):.0f} ms, max {max(outside):.0f} ms; "
+              f"the daemon's own figure: median {statistics.median(inside):.0f} ms")
 
 
 if __name__ == "__main__":

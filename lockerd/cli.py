@@ -85,11 +85,25 @@ def cmd_verify(a: argparse.Namespace) -> int:
     if path is None:
         return 2
     r = verify(path)
-    if r.ok:
-        print(f"{path}: OK: {r.count} events, hash chain intact")
+    if not r.ok:
+        print(f"{path}: BROKEN at seq {r.first_bad}: {r.reason} ({r.count} events before it are intact)")
+        return 1
+    if not (a.anchor or a.anchors):
+        print(f"{path}: OK: {r.count} events, hash chain intact (no anchor given: a truncated or re-hashed "
+              f"journal passes this; give the station's checkpoints with --anchors)")
         return 0
-    print(f"{path}: BROKEN at seq {r.first_bad}: {r.reason} ({r.count} events before it are intact)")
-    return 1
+    from lockerd.checkpoints import check_anchors, read_anchors
+
+    anchors = read_anchors(a.anchor or [], [Path(f) for f in a.anchors or []])
+    problems = check_anchors(path, anchors, a.key)
+    for p in problems:
+        print(f"{path}: {p}")
+    if problems:
+        return 1
+    signed = " (signatures checked)" if a.key else ""
+    print(f"{path}: OK: {r.count} events, hash chain intact and matching {len(anchors)} anchor(s) up to seq "
+          f"{anchors[-1]['seq'] if anchors else 0}{signed}")
+    return 0
 
 
 def cmd_history(a: argparse.Namespace) -> int:
@@ -326,8 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file")
     sp.set_defaults(func=cmd_check_config)
 
-    sp = with_config(sub.add_parser("verify", help="check the journal's hash chain"))
+    sp = with_config(sub.add_parser("verify", help="check the journal's hash chain (against the station's anchors)"))
     sp.add_argument("--journal", help="journal file (default: from the config)")
+    sp.add_argument("--anchor", action="append", metavar="SEQ:HASH", help="an event hash the station holds")
+    sp.add_argument("--anchors", action="append", metavar="FILE",
+                    help="the station's checkpoints (JSON, one a line, as published) or SEQ:HASH lines")
+    sp.add_argument("--key", help="the controller's public key (hex): check each checkpoint's signature")
     sp.set_defaults(func=cmd_verify)
 
     sp = with_config(sub.add_parser("history", help="list journal events"))

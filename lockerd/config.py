@@ -158,6 +158,11 @@ CONTROLLER = {
 
 JOURNAL = {
     "path": Opt("path", doc="the SQLite journal file"),
+    "checkpoint_key": Opt("path", "", doc="the controller's Ed25519 signing key (default: checkpoint.key beside "
+                                          "the journal; made at first start, readable by the service only)"),
+    "checkpoint_every": Opt("int", 1000, min=10, max=1_000_000, doc="events between signed checkpoints"),
+    "checkpoint_interval_s": Opt("float", 300.0, min=1, max=86400,
+                                 doc="a checkpoint at least this often while events come"),
 }
 
 TIMING = {
@@ -432,6 +437,9 @@ class Config:
     cabinets: dict[str, Cabinet]
     compartments: dict[str, Compartment] = field(default_factory=dict)
     cameras: dict[str, Section] = field(default_factory=dict)
+    checkpoint_key: Path | None = None
+    checkpoint_every: int = 1000
+    checkpoint_interval_s: float = 300.0
     evidence: EvidenceRules = field(default_factory=EvidenceRules)
     calendar: Calendar = field(default_factory=Calendar)
     custody: Rules = field(default_factory=Rules)
@@ -529,6 +537,9 @@ def parse(data: bytes, file: Path) -> Config:
         control_socket=ctl["control_socket"],
         log_level=ctl["log_level"],
         journal_path=jnl["path"],
+        checkpoint_key=jnl["checkpoint_key"] or jnl["path"].with_name("checkpoint.key"),
+        checkpoint_every=jnl["checkpoint_every"],
+        checkpoint_interval_s=jnl["checkpoint_interval_s"],
         timing=Timing(**tim),
         max_energised=pwr["max_energised"],
         power_wait_s=pwr["max_wait_s"],

@@ -31,7 +31,7 @@ import signal
 import sys
 import time
 
-from lockerd import __version__, sdnotify
+from lockerd import __version__, checkpoints, sdnotify
 from lockerd import config as config_mod
 from lockerd.clock import Clock
 from lockerd.config import Config
@@ -93,6 +93,7 @@ class Daemon:
         self.controller: Controller
         self.control: ControlServer
         self.link = None
+        self.checkpointer: checkpoints.Checkpointer | None = None
         self._build(config)
 
     # -- the stack a reload replaces ------------------------------------------------
@@ -121,6 +122,8 @@ class Daemon:
         """Stop taking commands and scans, finish what is in flight, every lock off, offline on MQTT."""
         await self.control.stop()
         await self.controller.stop(final=final)  # final: daemon.stopped, which the link still delivers
+        if final and self.checkpointer is not None:
+            await self.checkpointer.stop()  # the last checkpoint signs daemon.stopped; the link delivers it
         if self.link is not None:
             with contextlib.suppress(Exception):
                 await self.link.stop()  # presence offline (clean, retained), then disconnect
@@ -193,6 +196,9 @@ class Daemon:
             # Fail secure: keep running (doors are still supervised where
             # possible) but every grant is refused until the journal works.
             log.error("journal unusable; every scan will be refused until it is fixed")
+        else:
+            self._check_anchor()
+        self._start_checkpoints()
         self.notifier.status("starting: every lock off, reading the doors")
         await self._start_stack(self.config, reloaded=False)
         await self._flush_journal()  # the doors as read at start are on disk before READY
@@ -203,6 +209,25 @@ class Daemon:
         self._ready = True
         # Only now: config loaded, journal open, every driver started with its locks off.
         self.notifier.ready("ready: " + self.status_line())
+
+    def _check_anchor(self) -> None:
+        """A journal that ends before, or differs at, its last signed checkpoint is an alarm before anything else."""
+        problem = checkpoints.check_at_start(self.journal)
+        if problem is not None:
+            log.error("ALARM: the journal was truncated or rewritten: %s", problem["reason"])
+            self.journal.append("alarm.journal_truncated", **problem)
+
+    def _start_checkpoints(self) -> None:
+        c = self.config
+        try:
+            key = checkpoints.load_or_create_key(c.checkpoint_key or c.journal_path.with_name("checkpoint.key"))
+        except OSError as e:
+            log.error("checkpoints: no signing key (%s): the journal runs unsigned", e)
+            self.checkpointer = None
+            return
+        self.checkpointer = checkpoints.Checkpointer(self.journal, self.clock, c.site, c.node, key,
+                                                     c.checkpoint_every, c.checkpoint_interval_s)
+        self.checkpointer.start()
 
     async def stop(self) -> None:
         log.info("stopping: no more scans, finishing what is in flight")

@@ -237,7 +237,7 @@ async def test_ready_after_drivers_then_pings_and_sigterm_mid_pulse_leaves_no_re
         writes = [(fc, addr, value) for _, unit, fc, addr, value in peer.log if unit == 1 and fc in (5, 15)]
         assert writes[-1][0] == 15  # all off at close, after the pulse's own off
         ks = kinds(tmp_path / "journal.db")
-        assert "lock.pulsed" in ks and ks[-1] == "daemon.stopped"
+        assert "lock.pulsed" in ks and ks[-2:] == ["daemon.stopped", "journal.checkpoint"]
         r = await asyncio.to_thread(cli, cfg, "verify")
         assert r.returncode == 0 and "hash chain intact" in r.stdout
         assert verify(tmp_path / "journal.db").ok

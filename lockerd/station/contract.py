@@ -210,6 +210,26 @@ INFO = {
     "additionalProperties": False,
 }
 
+CHECKPOINT = {
+    "type": "object",
+    "description": "the controller's signature (Ed25519, key: its public key, hex) over the canonical JSON of site, "
+                   "node, seq, hash, ts and key: the journal's newest event at that moment. Keep every one: "
+                   "`lockerd verify --anchors FILE --key KEY` finds a journal truncated, rewritten or renumbered "
+                   "since",
+    "properties": {
+        "site": {"type": "string", "pattern": ID_PATTERN},
+        "node": {"type": "string", "pattern": ID_PATTERN},
+        "seq": {"type": "integer", "minimum": 1},
+        "hash": {"type": "string", "pattern": HEX64},
+        "ts": TS,
+        "key": {"type": "string", "pattern": HEX64},
+        "sig": {"type": "string", "pattern": "^[0-9a-f]{128}$"},
+        "reason": {"type": "string", "enum": ["start", "stop", "every", "interval"]},
+    },
+    "required": ["site", "node", "seq", "hash", "ts", "key", "sig", "reason"],
+    "additionalProperties": False,
+}
+
 STATE = {
     "type": "object",
     "properties": {
@@ -312,6 +332,9 @@ def asyncapi() -> dict[str, Any]:
             1, True, "presence")},
         f"{base}/info": {"parameters": params, "subscribe": sub(
             "version, config hash, start time; published on every connect", 1, True, "info")},
+        f"{base}/checkpoint": {"parameters": params, "subscribe": sub(
+            "the newest signed checkpoint of the journal (also an event, journal.checkpoint)", 1, True,
+            "checkpoint")},
         f"{base}/events": {"parameters": params, "subscribe": sub(
             "the journal, every event in seq order, from the durable outbox; redeliveries keep id and seq",
             1, False, "event")},
@@ -333,7 +356,8 @@ def asyncapi() -> dict[str, Any]:
                             "payload": {"$ref": f"#/components/schemas/cmd-{name}"}},
             },
         }
-    schemas: dict[str, Any] = {"presence": PRESENCE, "info": INFO, "event": EVENT, "state": STATE, "reply": REPLY,
+    schemas: dict[str, Any] = {"presence": PRESENCE, "info": INFO, "checkpoint": CHECKPOINT, "event": EVENT,
+                               "state": STATE, "reply": REPLY,
                                "reminder": REMINDER,
                                "ping-result": PING_RESULT, "replay-result": REPLAY_RESULT}
     for name in COMMAND_ARGS:

@@ -97,7 +97,8 @@ class StationLink:
             log.info("station: link disabled")
             return
         self.started_at = iso_utc(self.clock.wall())
-        self.outbox.load()
+        if self.outbox.load() and self.outbox.delivered > self.journal.last_seq:
+            self._truncated(self.outbox.delivered)
         try:
             self.seen.load(self.journal)
         except (JournalError, OSError) as e:
@@ -108,6 +109,20 @@ class StationLink:
             self.state_source.on_state(self._on_state)
         self._worker = asyncio.get_running_loop().create_task(self._command_worker(), name="station-commands")
         self.conn.start()
+
+    def _truncated(self, delivered: int) -> None:
+        """The station was sent events the journal no longer has: say so, and send what comes from here on.
+
+        The events now taking those seqs are new ones; a station that keeps the hash of each seq (as
+        docs/station-server.md asks) sees their prev differ from what it holds.
+        """
+        assert self.outbox is not None
+        last = self.journal.last_seq
+        log.error("station: ALARM: the journal ends at seq %d, but seq %d was delivered: rows were deleted", last,
+                  delivered)
+        self.journal.append("alarm.journal_truncated", reason=f"the journal ends at seq {last}, but the station "
+                            f"acknowledged seq {delivered}", delivered_seq=delivered, last_seq=last)
+        self.outbox.rewind_to(last)
 
     async def stop(self, flush_s: float = 2.0) -> None:
         """Deliver what is pending (briefly), say offline (retained), disconnect."""
@@ -158,6 +173,9 @@ class StationLink:
     def _on_events(self, events: list[Any]) -> None:
         if not self._stopped and self.outbox is not None:
             self.outbox.on_events(events)
+        for ev in events:
+            if ev.kind == "journal.checkpoint" and self.connected and self.conn is not None:
+                self.conn.publish(self.topics.checkpoint, _json(ev.data), qos=1, retain=True)
 
     def _on_journal_outage(self) -> None:
         # The station hears at once that the journal stopped (or started again) taking events: the events

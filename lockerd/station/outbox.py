@@ -93,6 +93,13 @@ class Outbox:
         self.loaded = True
         return True
 
+    def rewind_to(self, seq: int) -> None:
+        """Deliver from ``seq + 1`` on (after the journal lost its tail) and save that as the cursor."""
+        self.delivered = self.acked = self._ack_floor = seq
+        self.next_seq = seq + 1
+        self._acks.clear()
+        self.journal.execute(CURSOR_SQL, seq)
+
     @property
     def inflight(self) -> int:
         return len(self._inflight)

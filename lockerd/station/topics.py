@@ -26,6 +26,10 @@ class Topics:
         return f"{self.base}/info"
 
     @property
+    def checkpoint(self) -> str:
+        return f"{self.base}/checkpoint"
+
+    @property
     def events(self) -> str:
         return f"{self.base}/events"
 
