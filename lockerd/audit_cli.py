@@ -109,7 +109,17 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
         if conn is not None:
             conn.close()
     print(r.describe(a.file))
-    return 0 if r.ok else 1
+    if not r.ok or not (a.anchor or a.anchors):
+        return 0 if r.ok else 1
+    from lockerd.checkpoints import check_export_anchors, read_anchors
+
+    problems = check_export_anchors(Path(a.file), read_anchors(a.anchor or [], [Path(f) for f in a.anchors]
+                                                               if a.anchors else []), a.key)
+    for p in problems:
+        print(f"{a.file}: {p}")
+    if not problems:
+        print(f"{a.file}: the station's anchors within its range match")
+    return 1 if problems else 0
 
 
 def cmd_verify_photos(a: argparse.Namespace) -> int:
@@ -160,6 +170,10 @@ def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> No
         "verify-export", help="check an export's hash chain and each row against the journal")))
     sp.add_argument("file")
     sp.add_argument("--standalone", action="store_true", help="check the export on its own, without the journal")
+    sp.add_argument("--anchor", action="append", metavar="SEQ:HASH", help="an event hash the station holds")
+    sp.add_argument("--anchors", action="append", metavar="FILE",
+                    help="the station's checkpoints (JSON, one a line, as published) or SEQ:HASH lines")
+    sp.add_argument("--key", help="the controller's public key (hex): check each checkpoint's signature")
     sp.set_defaults(func=cmd_verify_export)
 
     sp = journal_opt(with_config(sub.add_parser(

@@ -209,3 +209,32 @@ def check_anchors(path: Path, anchors: list[dict[str, Any]], key_hex: str | None
     finally:
         conn.close()
     return problems
+
+
+def check_export_anchors(path: Path, anchors: list[dict[str, Any]], key_hex: str | None) -> list[str]:
+    """The anchors within an export's range against its rows (a row dropped, renumbered or re-hashed shows)."""
+    from lockerd.audit import read_export
+
+    meta, _, rows = read_export(path)
+    first, last = meta.get("first_seq") or 0, meta.get("last_seq") or 0
+    hashes: dict[int, str] = {}
+    for r in rows:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            hashes[int(r.cells["seq"])] = str(r.cells["hash"])
+    problems = []
+    until = meta.get("until")
+    for a in anchors:
+        if a["seq"] > last and (until is None or str(a.get("ts", "")) <= until):
+            # The export covers up to its end (or a time after this checkpoint): the row should be in it.
+            problems.append(f"TRUNCATED: the export ends at seq {last}; the station holds seq {a['seq']}")
+            continue
+        if not first <= a["seq"] <= last:
+            continue
+        if key_hex is not None and "sig" in a and not signature_ok(a, key_hex):
+            problems.append(f"the checkpoint of seq {a['seq']} is not signed by key {key_hex[:16]}...")
+        elif a["seq"] not in hashes:
+            problems.append(f"MISSING: seq {a['seq']}, which the station holds, is not in the export")
+        elif hashes[a["seq"]] != a["hash"]:
+            problems.append(f"REWRITTEN: seq {a['seq']} does not have the hash the station holds "
+                            f"({a['hash'][:16]}...)")
+    return problems

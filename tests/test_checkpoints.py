@@ -103,6 +103,12 @@ def test_checkpoints_are_signed_published_and_catch_truncation_rewrite_and_renum
     r = verify_cli(cfg, journal, "--anchors", str(tmp_path / "forged.jsonl"), "--key", public)
     assert r.returncode == 1 and "not signed by key" in r.stdout
 
+    export = tmp_path / "whole.json"
+    assert cli(cfg, "export", "--format", "json", "-o", str(export)).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "lockerd", "verify-export", str(export), "-c", str(cfg),
+                        "--anchors", str(anchors), "--key", public], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "anchors within its range match" in r.stdout, r.stdout
+
     cases = {
         "truncated": [("DELETE FROM events WHERE seq > ?", (last - 5,))],
         "rewritten": [("UPDATE events SET data = json_set(data, '$.forged', 1) WHERE seq = ?", (last - 10,))],
@@ -120,6 +126,12 @@ def test_checkpoints_are_signed_published_and_catch_truncation_rewrite_and_renum
         assert ("TRUNCATED" if name == "truncated" else "REWRITTEN") in r.stdout, (name, r.stdout)
         r = verify_cli(cfg, copy, "--anchor", f"1:{first_hash}")
         assert r.returncode == 0  # an anchor before the change still matches: it is the later ones that tell
+        # An export of the doctored journal is as good as its anchors too.
+        export = tmp_path / f"{name}.json"
+        assert cli(cfg, "export", "--journal", str(copy), "--format", "json", "-o", str(export)).returncode == 0
+        r = subprocess.run([sys.executable, "-m", "lockerd", "verify-export", str(export), "--standalone",
+                            "--anchors", str(anchors), "--key", public], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1 and ("TRUNCATED" if name == "truncated" else "REWRITTEN") in r.stdout, r.stdout
 
     # The real journal loses its tail; the next start says so before anything else, and what it journals from
     # now on reaches the station (the outbox had delivered past the new end).
