@@ -48,6 +48,15 @@ def rehash(journal: Path) -> None:
     conn.close()
 
 
+def reference_checker(key: str):
+    """The Python block of docs/station-server.md, run as the station would."""
+    doc = (Path(__file__).parent.parent / "docs" / "station-server.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    space: dict = {}
+    exec(code, space)
+    return space["Controller"](key)
+
+
 def verify_cli(cfg: Path, journal: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lockerd", "verify", "-c", str(cfg), "--journal", str(journal),
                            *extra], capture_output=True, text=True, timeout=30)
@@ -93,6 +102,14 @@ def test_checkpoints_are_signed_published_and_catch_truncation_rewrite_and_renum
     conn = sqlite3.connect(journal)
     (first_hash,) = conn.execute("SELECT hash FROM events WHERE seq = 1").fetchone()
     conn.close()
+
+    # The station's reference checker (docs/station-server.md) accepts the stream and every checkpoint.
+    station = reference_checker(public)
+    before = [e for e in rec.on("/events") if "seq" in e]
+    for ev in before:
+        station.event(ev)
+    for cp in held:
+        station.checkpoint(cp)
 
     r = verify_cli(cfg, journal, "--anchors", str(anchors), "--key", public)
     assert r.returncode == 0 and "matching" in r.stdout and "signatures checked" in r.stdout, r.stdout
@@ -144,6 +161,10 @@ def test_checkpoints_are_signed_published_and_catch_truncation_rewrite_and_renum
         assert f"before the checkpoint of seq {last}" in reasons and "acknowledged seq" in reasons
         assert "open" in cli(cfg, "sim", "scan", "D-3").stdout
         rec.wait(lambda r: sum(e.get("kind") == "access.granted" for e in r.on("/events")) >= 4, 20)
+        # ... and the reference checker, fed what arrived since, names the rewrite.
+        with pytest.raises(ValueError, match="came again as another event"):
+            for ev in [e for e in rec.on("/events") if "seq" in e][len(before):]:
+                station.event(ev)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
