@@ -22,17 +22,17 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
-
-import nacl.encoding
-import nacl.exceptions
-import nacl.signing
+from typing import TYPE_CHECKING, Any
 
 from lockerd.clock import Clock, iso_utc
 from lockerd.errors import JournalError
 from lockerd.journal import Event, Journal, canonical
 
+if TYPE_CHECKING:
+    import nacl.signing
+
 log = logging.getLogger(__name__)
+# PyNaCl is imported where a key is used (about 20 ms): the daemon signs its first checkpoint after READY.
 
 KIND = "journal.checkpoint"
 SIGNED_FIELDS = ("site", "node", "seq", "hash", "ts", "key")
@@ -40,6 +40,8 @@ SIGNED_FIELDS = ("site", "node", "seq", "hash", "ts", "key")
 
 def load_or_create_key(path: Path) -> nacl.signing.SigningKey:
     """The controller's signing key; made (readable by this user only) when there is none."""
+    import nacl.signing
+
     try:
         seed = bytes.fromhex(path.read_text().strip())
         return nacl.signing.SigningKey(seed)
@@ -49,7 +51,7 @@ def load_or_create_key(path: Path) -> nacl.signing.SigningKey:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(key.encode(nacl.encoding.HexEncoder).decode() + "\n")
+        f.write(bytes(key).hex() + "\n")
         f.flush()
         os.fsync(f.fileno())
     log.warning("checkpoints: made a new signing key in %s; give its public key to the station: %s", path,
@@ -58,7 +60,7 @@ def load_or_create_key(path: Path) -> nacl.signing.SigningKey:
 
 
 def public_hex(key: nacl.signing.SigningKey) -> str:
-    return key.verify_key.encode(nacl.encoding.HexEncoder).decode()
+    return bytes(key.verify_key).hex()
 
 
 def signed_text(cp: dict[str, Any]) -> bytes:
@@ -67,6 +69,9 @@ def signed_text(cp: dict[str, Any]) -> bytes:
 
 
 def signature_ok(cp: dict[str, Any], key_hex: str) -> bool:
+    import nacl.exceptions
+    import nacl.signing
+
     try:
         nacl.signing.VerifyKey(bytes.fromhex(key_hex)).verify(signed_text(cp), bytes.fromhex(cp["sig"]))
     except (nacl.exceptions.BadSignatureError, ValueError, KeyError, TypeError):

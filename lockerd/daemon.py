@@ -198,7 +198,6 @@ class Daemon:
             log.error("journal unusable; every scan will be refused until it is fixed")
         else:
             self._check_anchor()
-        self._start_checkpoints()
         self.notifier.status("starting: every lock off, reading the doors")
         await self._start_stack(self.config, reloaded=False)
         await self._flush_journal()  # the doors as read at start are on disk before READY
@@ -209,6 +208,7 @@ class Daemon:
         self._ready = True
         # Only now: config loaded, journal open, every driver started with its locks off.
         self.notifier.ready("ready: " + self.status_line())
+        self._start_checkpoints()  # the first signature gates nothing: after READY
 
     def _check_anchor(self) -> None:
         """A journal that ends before, or differs at, its last signed checkpoint is an alarm before anything else."""
