@@ -29,6 +29,7 @@ async def station_daemon(tmp_path: Path, mosquitto: Mosquitto, recorders: list[R
     await daemon.start()
     try:
         await wait_for(rec, lambda r: len(r.on("/state/d01")) >= 1)
+        await daemon.journal.flush()  # the start's own records (its checkpoint, signed after READY) are in
         yield daemon, station, rec
     finally:
         await daemon.stop()
