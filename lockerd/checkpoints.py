@@ -97,7 +97,6 @@ class Checkpointer:
         self.interval_s = interval_s
         self.signed_seq = 0  # the seq the newest checkpoint covers
         self._task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
 
     def start(self) -> None:
         self.journal.subscribe(self._on_events)

@@ -291,7 +291,6 @@ class Journal:
         self._drain_timer: asyncio.TimerHandle | None = None
         self._outage_listeners: list[Callable[[], None]] = []
         self._snapshot_seq = 0
-        self.state_check: projection.Check | None = None
 
     # -- life ------------------------------------------------------------------
 
@@ -356,7 +355,6 @@ class Journal:
         """At open: the state tables against the chain; a difference is repaired and raised as an alarm."""
         found = projection.check(conn, STATE_TABLES, _apply_state,
                                  lambda after: _chain_problem(conn, after))
-        self.state_check = found
         if not found.differences:
             self._snapshot_seq = found.snapshot_seq
             return
