@@ -512,11 +512,16 @@ class Journal:
         """Events waiting in memory for the journal to be writable."""
         return len(self._held)
 
-    def _hold(self, items: list[_Pending]) -> None:
-        """Keep events the journal cannot take now, in the order they happened (loop thread)."""
+    def _hold(self, items: list[_Pending], reason: str | None = None) -> None:
+        """Keep events the journal cannot take now, in the order they happened (loop thread).
+
+        ``reason``: the writer's, for the rows of a batch that failed (by the time this runs on the loop, a
+        statement of a later batch may have gone through and cleared ``error``).
+        """
         if self._outage is None:
             first = min(items, key=lambda i: i.order)
-            self._outage = _Outage(first.fields["ts"], first.fields["mono"], self.error or "journal unusable")
+            self._outage = _Outage(first.fields["ts"], first.fields["mono"],
+                                   reason or self.error or "journal unusable")
             log.error("journal: cannot write (%s); holding events in memory until it can", self._outage.reason)
             if self._loop is not None:
                 self._loop.call_soon(self._outage_changed)
@@ -682,7 +687,7 @@ class Journal:
                 if not (isinstance(item, _Pending) and item.keep):
                     self._resolve(item.future, exc=err)
             if kept and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._hold, kept)
+                self._loop.call_soon_threadsafe(self._hold, kept, msg)
             return
         if self.error is not None:
             log.warning("journal: writing again")
