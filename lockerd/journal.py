@@ -32,6 +32,7 @@ import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lockerd import projection
-from lockerd.clock import Clock, iso_utc
+from lockerd.clock import Clock, iso_utc, parse_time
 from lockerd.errors import JournalError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,17 @@ MAX_BATCH = 1000
 # takes nearly three hours to fill it).
 HELD_MAX = 10_000
 HELD_RETRY_S = 1.0
+# Past HELD_MAX, the oldest held events go to a spill file outside the
+# journal's file system (the service's runtime directory, a tmpfs): a full
+# disk under the journal leaves it room. Only when that cannot be written
+# either are events dropped (and counted).
+
+
+def spill_path_for(journal_path: Path) -> Path:
+    """Where a journal's overflow goes: $RUNTIME_DIRECTORY (systemd's /run/lockerd), else the temp folder."""
+    folder = (os.environ.get("RUNTIME_DIRECTORY") or "").split(":")[0] or tempfile.gettempdir()
+    digest = hashlib.sha256(str(Path(journal_path).resolve()).encode()).hexdigest()[:16]
+    return Path(folder) / f"lockerd-journal-{digest}.spill"
 # Checkpoints (copying the WAL back into the database, with fsyncs of their
 # own) run while the writer is idle. SQLite's automatic one lands inside
 # whichever commit crosses its threshold, and that commit may be a grant with
@@ -163,6 +175,7 @@ class _Outage:
     since_mono: float
     reason: str
     dropped: dict[str, int] = field(default_factory=dict)
+    spilled: int = 0
 
 
 @dataclass
@@ -289,6 +302,7 @@ class Journal:
         self._held: list[_Pending] = []
         self._outage: _Outage | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
+        self.spill_path = spill_path_for(self.path)
         self._outage_listeners: list[Callable[[], None]] = []
         self._snapshot_seq = 0
 
@@ -315,6 +329,11 @@ class Journal:
             self._release_lock()
             return False
         self.error = None
+        if self.spill_path.exists() and self._outage is None:
+            # An earlier run stopped with events in the spill file: they are journaled now, late.
+            self._outage = _Outage(iso_utc(self.clock.wall()), self.clock.monotonic(),
+                                   "events spilled before the last stop")
+            self._loop.call_soon(self._drain)
         return True
 
     def _open(self) -> None:
@@ -429,7 +448,9 @@ class Journal:
             self._drain_timer.cancel()
         self._drain()
         if self._held:
-            log.error("journal: closing with %d events held that could not be written", len(self._held))
+            kept = sum(self._spill(it) for it in self._held)
+            log.error("journal: closing with %d events that could not be written; %d kept in %s for the next start",
+                      len(self._held), kept, self.spill_path)
         if self._thread is not None:
             self._hand_over()
             self._queue.put(None)
@@ -529,32 +550,74 @@ class Journal:
             bisect.insort(self._held, it, key=lambda i: i.order)
         while len(self._held) > HELD_MAX:
             lost = self._held.pop(0)
+            if self._spill(lost):
+                self._outage.spilled += 1
+                continue
             self._outage.dropped[lost.kind] = self._outage.dropped.get(lost.kind, 0) + 1
             if sum(self._outage.dropped.values()) == 1:
-                log.error("journal: more than %d events held; dropping the oldest (counted in journal.outage)",
-                          HELD_MAX)
+                log.error("journal: more than %d events held and no room in %s; dropping the oldest (counted in "
+                          "journal.outage)", HELD_MAX, self.spill_path)
             if lost.future is not None and not lost.future.done():
                 lost.future.set_exception(JournalError("dropped: too many events held while the journal was down"))
         if self._drain_timer is None and self._loop is not None:
             self._drain_timer = self._loop.call_later(HELD_RETRY_S, self._drain)
 
+    def _spill(self, item: _Pending) -> bool:
+        """Write one held event (the oldest) to the spill file; False when that fails too."""
+        # Plain JSON, ASCII: the file is read back by json.loads only, whatever the strings hold.
+        line = json.dumps({"kind": item.kind, "fields": item.fields, "state": [list(op) for op in item.state]},
+                          default=repr)
+        try:
+            with self.spill_path.open("a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except (OSError, ValueError):
+            return False
+        if self._outage is not None and self._outage.spilled == 0:
+            log.error("journal: more than %d events held; the oldest go to %s", HELD_MAX, self.spill_path)
+        return True
+
+    def _unspill(self) -> list[_Pending]:
+        """The spilled events, oldest first (the file is emptied: they are held in memory again)."""
+        try:
+            lines = self.spill_path.read_text(encoding="utf-8").splitlines()
+            self.spill_path.unlink()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            log.error("journal: cannot read the spill file %s: %s", self.spill_path, e)
+            return []
+        out = []
+        for i, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+                out.append(_Pending(rec["kind"], rec["fields"], tuple(tuple(op) for op in rec["state"]), None,
+                                    keep=True, order=-len(lines) + i))
+            except (ValueError, KeyError, TypeError):
+                log.error("journal: an unreadable line in the spill file was left out: %r", line[:200])
+        return out
+
     def _drain(self) -> None:
         """Try to journal the held events, late and in order, closed by a journal.outage event."""
         self._drain_timer = None
-        if not self._held or self._outage is None:
+        if not (self._held or self.spill_path.exists()) or self._outage is None:
             return
         if self._thread is None and not self._retry_open():
             self._drain_timer = self._loop.call_later(HELD_RETRY_S, self._drain) if self._loop else None
             return
-        items, self._held = self._held, []
+        spilled = self._unspill()
+        items, self._held = [*spilled, *self._held], []
         now, outage = self.clock.monotonic(), self._outage
+        wall = self.clock.wall()
         for it in items:
-            it.fields["data"] = {**it.fields["data"], "journaled_late_s": round(now - it.fields["mono"], 3)}
+            # Spilled by an earlier run, its monotonic time is another boot's: measure on the wall clock then.
+            late = now - it.fields["mono"] if it.fields["boot"] == self.boot else wall - parse_time(it.fields["ts"])
+            it.fields["data"] = {**it.fields["data"], "journaled_late_s": round(late, 3)}
         marker = _Pending("journal.outage", {
             "id": uuid.uuid4().hex, "ts": iso_utc(self.clock.wall()), "mono": round(now, 6), "boot": self.boot,
             "compartment": None, "dossier": None, "people": [],
             "data": {"since": outage.since_ts, "lasted_s": round(now - outage.since_mono, 3), "reason": outage.reason,
-                     "held": len(items), "dropped": dict(outage.dropped)}}, (), None, keep=False)
+                     "held": len(items), "spilled": len(spilled), "dropped": dict(outage.dropped)}},
+            (), None, keep=False)
         marker.future = self._loop.create_future() if self._loop else None
         if marker.future is not None:
             marker.future.add_done_callback(lambda f: self._outage_written(f, outage))

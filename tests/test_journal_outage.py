@@ -114,22 +114,51 @@ async def test_a_forced_door_during_a_full_disk_is_never_lost(tmp_path: Path, mo
     assert verify(daemon.config.journal_path).ok
 
 
+async def overflow(daemon, disk: DiskFault) -> int:
+    """Three forced openings of d04 while nothing can be written: twelve events, six held in memory."""
+    j, board = daemon.journal, daemon.hw.drivers["sim"]
+    disk.on = True
+    last = j.last_seq
+    slot = daemon.controller.slots["d04"]
+    for _ in range(3):  # each round: door.opened, alarm.forced, door.closed, alarm.cleared
+        board.force(3)
+        await until(lambda: slot.door is DoorState.OPEN)  # the reading settled (debounce)
+        board.close_door(3)
+        await until(lambda: slot.door is DoorState.CLOSED)
+    assert j.held == 6
+    return last
+
+
 @pytest.mark.asyncio
-async def test_a_full_queue_drops_the_oldest_and_the_outage_counts_them(
+async def test_past_the_memory_bound_the_oldest_go_to_the_spill_file_and_nothing_is_lost(
         tmp_path: Path, mosquitto: Mosquitto, recorders: list[Recorder], monkeypatch: pytest.MonkeyPatch,
         disk: DiskFault) -> None:
     monkeypatch.setattr(journal_mod, "HELD_MAX", 6)
     async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
-        j, board = daemon.journal, daemon.hw.drivers["sim"]
-        disk.on = True
-        last = j.last_seq
-        slot = daemon.controller.slots["d04"]
-        for _ in range(3):  # each round: door.opened, alarm.forced, door.closed, alarm.cleared
-            board.force(3)
-            await until(lambda: slot.door is DoorState.OPEN)  # the reading settled (debounce)
-            board.close_door(3)
-            await until(lambda: slot.door is DoorState.CLOSED)
-        assert j.held == 6
+        j = daemon.journal
+        last = await overflow(daemon, disk)
+        assert len(j.spill_path.read_text().splitlines()) == 6  # outside the journal's file system
+        disk.on = False
+        await until(lambda: any(e.kind == "journal.outage" for e in j.read(last, 100)))
+        events = j.read(last, 100)
+        outage = next(e for e in events if e.kind == "journal.outage")
+        assert outage.data["held"] == 12 and outage.data["spilled"] == 6 and outage.data["dropped"] == {}
+        assert [e.kind for e in events[:12]] == FORCED * 3
+        assert [e.mono for e in events[:12]] == sorted(e.mono for e in events[:12])
+        assert not j.spill_path.exists()
+    assert verify(daemon.config.journal_path).ok
+
+
+@pytest.mark.asyncio
+async def test_with_no_room_to_spill_the_oldest_are_dropped_and_counted(
+        tmp_path: Path, mosquitto: Mosquitto, recorders: list[Recorder], monkeypatch: pytest.MonkeyPatch,
+        disk: DiskFault) -> None:
+    monkeypatch.setattr(journal_mod, "HELD_MAX", 6)
+    (tmp_path / "no-room").write_text("a file where the spill folder should be")
+    monkeypatch.setattr(journal_mod, "spill_path_for", lambda p: tmp_path / "no-room" / "spill")
+    async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
+        j = daemon.journal
+        last = await overflow(daemon, disk)
         disk.on = False
         await until(lambda: any(e.kind == "journal.outage" for e in j.read(last, 100)))
         events = j.read(last, 100)
@@ -139,3 +168,22 @@ async def test_a_full_queue_drops_the_oldest_and_the_outage_counts_them(
         # The newest were kept: the last round whole.
         assert [e.kind for e in events[2:6]] == FORCED
     assert verify(daemon.config.journal_path).ok
+
+
+@pytest.mark.asyncio
+async def test_events_spilled_by_a_run_that_stopped_are_journaled_by_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    first = Journal(path, boot="first")
+    assert first.open()
+    await first.record("test.before")
+    first._spill(journal_mod._Pending("alarm.forced", first._fields(compartment="d01", data={"reason": "x"}), (),
+                                      None, keep=True))
+    first.close()
+    again = Journal(path, boot="again")
+    assert again.open()
+    await until(lambda: any(e.kind == "journal.outage" for e in again.read(0, 100)))
+    kinds = [e.kind for e in again.read(0, 100)]
+    assert kinds[-2:] == ["alarm.forced", "journal.outage"] and not again.spill_path.exists()
+    assert again.read(0, 100)[-2].data["journaled_late_s"] >= 0
+    again.close()
+    assert verify(path).ok
