@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -665,10 +666,12 @@ async def test_boards_of_one_rate_are_polled_together_each_cycle(rtu):
     polls = [e for e in peer.log if e[0] > since and e[2] == 2]
     late_polls = [e[0] for e in polls if e[1] == 2][1:]  # after the mid-cycle one
     other_polls = [e[0] for e in polls if e[1] == 1]
-    # Each of its later polls comes within a few frames of board 1's poll of the same cycle,
-    # not half a period (25 ms) away.
+    # Its later polls come within a few frames of board 1's poll of the same cycle, not half a period
+    # (25 ms) away. Judged on the median: the times are taken where the peer (in this process's event
+    # loop) handles each request, and beside a CPU hog one cycle's request can wait there 10 ms and more;
+    # polled out of step, every gap is about 25 ms.
     gaps_ms = [min(abs(t - o) for o in other_polls) / 1e6 for t in late_polls]
-    assert max(gaps_ms) < period * 1000 / 4, gaps_ms
+    assert statistics.median(gaps_ms) < period * 1000 / 4, gaps_ms
 
 
 async def test_a_line_thread_that_fails_is_replaced_and_polling_resumes(rtu, caplog):
