@@ -612,12 +612,9 @@ class Journal:
             # Spilled by an earlier run, its monotonic time is another boot's: measure on the wall clock then.
             late = now - it.fields["mono"] if it.fields["boot"] == self.boot else wall - parse_time(it.fields["ts"])
             it.fields["data"] = {**it.fields["data"], "journaled_late_s": round(late, 3)}
-        marker = _Pending("journal.outage", {
-            "id": uuid.uuid4().hex, "ts": iso_utc(self.clock.wall()), "mono": round(now, 6), "boot": self.boot,
-            "compartment": None, "dossier": None, "people": [],
-            "data": {"since": outage.since_ts, "lasted_s": round(now - outage.since_mono, 3), "reason": outage.reason,
-                     "held": len(items), "spilled": len(spilled), "dropped": dict(outage.dropped)}},
-            (), None, keep=False)
+        marker = _Pending("journal.outage", self._fields(
+            data={"since": outage.since_ts, "lasted_s": round(now - outage.since_mono, 3), "reason": outage.reason,
+                  "held": len(items), "spilled": len(spilled), "dropped": dict(outage.dropped)}), (), None)
         marker.future = self._loop.create_future() if self._loop else None
         if marker.future is not None:
             marker.future.add_done_callback(lambda f: self._outage_written(f, outage))
