@@ -220,7 +220,8 @@ class Daemon:
     def _start_checkpoints(self) -> None:
         c = self.config
         try:
-            key = checkpoints.load_or_create_key(c.checkpoint_key or c.journal_path.with_name("checkpoint.key"))
+            assert c.checkpoint_key is not None  # config.parse gives the default beside the journal
+            key = checkpoints.load_or_create_key(c.checkpoint_key)
         except OSError as e:
             log.error("checkpoints: no signing key (%s): the journal runs unsigned", e)
             self.checkpointer = None

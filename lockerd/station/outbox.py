@@ -87,17 +87,19 @@ class Outbox:
         except (JournalError, OSError) as e:
             log.warning("station: outbox cursor unreadable: %s", e)
             return False
-        self.delivered = self.acked = self._ack_floor = int(rows[0][0]) if rows else 0
-        self._acks.clear()
-        self.next_seq = self.acked + 1
+        self._set_cursor(int(rows[0][0]) if rows else 0)
         self.loaded = True
         return True
 
+    def _set_cursor(self, seq: int) -> None:
+        """Everything up to ``seq`` counts as delivered; the next to send is the one after."""
+        self.delivered = self.acked = self._ack_floor = seq
+        self._acks.clear()
+        self.next_seq = seq + 1
+
     def rewind_to(self, seq: int) -> None:
         """Deliver from ``seq + 1`` on (after the journal lost its tail) and save that as the cursor."""
-        self.delivered = self.acked = self._ack_floor = seq
-        self.next_seq = seq + 1
-        self._acks.clear()
+        self._set_cursor(seq)
         self.journal.execute(CURSOR_SQL, seq)
 
     @property
