@@ -20,6 +20,7 @@ from lockerd.calendar import DAY_NAMES, Calendar, Shift, parse_clock, parse_day
 from lockerd.custody import DEADLINE_KINDS, DEFAULT_LADDERS, RECIPIENTS, RELEASE_ROLES, Ladder, Rules, Step
 from lockerd.domain import Role
 from lockerd.errors import ConfigError
+from lockerd.station.signing import KEY_ID_RE, Authority, Signer
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 ID_EXPECT = "an id of 1-32 characters from a-z, 0-9 and '-' (used in MQTT topics)"
@@ -160,6 +161,8 @@ JOURNAL = {
     "path": Opt("path", doc="the SQLite journal file"),
     "checkpoint_key": Opt("path", "", doc="the controller's Ed25519 signing key (default: checkpoint.key beside "
                                           "the journal; made at first start, readable by the service only)"),
+    "badge_key": Opt("path", "", doc="the secret that badge fingerprints are keyed with (default: badge.key beside "
+                                     "the journal; made at first start, readable by the service only)"),
     "checkpoint_every": Opt("int", 1000, min=10, max=1_000_000, doc="events between signed checkpoints"),
     "checkpoint_interval_s": Opt("float", 300.0, min=1, max=86400,
                                  doc="a checkpoint at least this often while events come"),
@@ -198,6 +201,11 @@ STATION = {
     "reconnect_max_s": Opt("float", 30.0, min=1, max=600),
     "session_expiry_s": Opt("int", 86400, min=0, max=4294967295,
                             doc="how long the broker keeps our session (queued commands) while we are away"),
+    "signers": Opt("table", {}, doc="station users whose signed commands this controller obeys: "
+                   "[station.signers.<key id>] public_key = hex Ed25519 key, roles = [...]"),
+    "allow_unsigned": Opt("bool", False, doc="LAB ONLY: obey unsigned commands; journaled and logged at every start"),
+    "allow_plaintext": Opt("bool", False, doc="LAB ONLY: obey lock-moving commands over a link without TLS "
+                           "and credentials; journaled and logged at every start"),
 }
 
 # Driver types: the options each accepts besides "type".
@@ -333,6 +341,8 @@ EVIDENCE = {
                                   "co-signing its retrieval or release (never alone: a case manager is always needed)"),
     "reasons": Opt("table", {}, doc="reason cards for a retrieval: barcode = reason text"),
     "release_reasons": Opt("table", {}, doc="reason cards for a release (the item leaves for good): barcode = text"),
+    "badge_burst_ms": Opt("int", 300, min=0, max=5000, doc="two people's badges read closer than this at one "
+                          "scanner are one burst (one printed code carrying two): neither counts"),
 }
 
 TOP = {
@@ -388,6 +398,7 @@ class EvidenceRules:
     depositor_may_retrieve: bool = True
     reasons: dict[str, str] = field(default_factory=dict)  # card barcode -> text (retrieval)
     release_reasons: dict[str, str] = field(default_factory=dict)  # card barcode -> text (release for good)
+    badge_burst_ms: int = 300
 
     def reason_card(self, code: str) -> tuple[str, bool] | None:
         """(text, is_release) for a reason card's barcode, else None."""
@@ -438,6 +449,7 @@ class Config:
     compartments: dict[str, Compartment] = field(default_factory=dict)
     cameras: dict[str, Section] = field(default_factory=dict)
     checkpoint_key: Path | None = None
+    badge_key: Path = Path("badge.key")
     checkpoint_every: int = 1000
     checkpoint_interval_s: float = 300.0
     evidence: EvidenceRules = field(default_factory=EvidenceRules)
@@ -538,6 +550,7 @@ def parse(data: bytes, file: Path) -> Config:
         log_level=ctl["log_level"],
         journal_path=jnl["path"],
         checkpoint_key=jnl["checkpoint_key"] or jnl["path"].with_name("checkpoint.key"),
+        badge_key=jnl["badge_key"] or jnl["path"].with_name("badge.key"),
         checkpoint_every=jnl["checkpoint_every"],
         checkpoint_interval_s=jnl["checkpoint_interval_s"],
         timing=Timing(**tim),
@@ -575,6 +588,43 @@ def _check_station(c: _Checker, st: dict[str, Any]) -> None:
         c.problem("station.ca_file", "", "a CA file when tls = true")
     if bool(st.get("cert_file")) != bool(st.get("key_file")):
         c.problem("station.key_file", str(st.get("key_file") or ""), "cert_file and key_file given together")
+    st["signers"] = _signers(c, st.get("signers"))
+
+
+def _signers(c: _Checker, raw: Any) -> dict[str, Signer]:
+    """[station.signers.<key id>]: the public keys (and their roles) the controller obeys."""
+    out: dict[str, Signer] = {}
+    if not isinstance(raw, dict):
+        return out
+    roles_known = ", ".join(a.value for a in Authority)
+    for kid, body in raw.items():
+        where = f"station.signers.{kid}"
+        if not KEY_ID_RE.match(kid):
+            c.problem(where, kid, "a key id of 1-64 characters from a-z, 0-9, '_', '.' and '-'")
+            continue
+        if not isinstance(body, dict):
+            c.problem(where, body, "a table with public_key and roles")
+            continue
+        for key in set(body) - {"public_key", "roles"}:
+            c.problem(f"{where}.{key}", body[key], "only public_key and roles")
+        pub = body.get("public_key")
+        try:
+            key = bytes.fromhex(pub) if isinstance(pub, str) else b""
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            c.problem(f"{where}.public_key", pub, "an Ed25519 public key: 64 hex characters")
+        roles = body.get("roles")
+        if not isinstance(roles, list) or not roles or not all(r in Authority._value2member_map_ for r in roles):
+            c.problem(f"{where}.roles", roles, f"a non-empty list of: {roles_known}")
+            continue
+        out[kid] = Signer(kid, key, frozenset(Authority(r) for r in roles))
+    keys = [s.public_key for s in out.values()]
+    for kid, s in out.items():
+        if keys.count(s.public_key) > 1:
+            c.problem(f"station.signers.{kid}.public_key", s.public_key.hex(),
+                      "a key of one signer only (two ids for one key would count as two people)")
+    return out
 
 
 def _check_cameras(c: _Checker, cameras: dict[str, Section]) -> None:
@@ -776,7 +826,8 @@ def _evidence(c: _Checker, raw: Any) -> EvidenceRules:
         c.problem(f"evidence.release_reasons.{code}", tables["release_reasons"][code],
                   "a card barcode not also in evidence.reasons (one card, one meaning)")
     may = opts["depositor_may_retrieve"]
-    return EvidenceRules(may if isinstance(may, bool) else True, tables["reasons"], tables["release_reasons"])
+    burst = opts["badge_burst_ms"] if isinstance(opts["badge_burst_ms"], int) else 300
+    return EvidenceRules(may if isinstance(may, bool) else True, tables["reasons"], tables["release_reasons"], burst)
 
 
 def _int_over(value: Any, limit: int) -> bool:

@@ -20,6 +20,7 @@ from lockerd import __version__
 from lockerd.clock import Clock, iso_utc
 from lockerd.config import Compartment, Config
 from lockerd.custody import Custody
+from lockerd.badges import BadgeKey
 from lockerd.domain import OFFICER_ROLES, Item, ItemState, Person, Registry, Role
 from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, Scan
@@ -117,7 +118,7 @@ class Controller:
         self.hw = hardware
         self.clock = clock
         self.t = config.timing
-        self.registry = Registry()
+        self.registry = Registry(BadgeKey.for_journal(config.badge_key))
         self.slots = {cid: Slot(c) for cid, c in config.compartments.items()}
         for c in config.compartments.values():
             if c.rear_id is not None:
@@ -168,6 +169,9 @@ class Controller:
         """
         if self.journal.healthy:
             self.registry.load(self.journal)
+            if ops := self.registry.fingerprint_ops():
+                # A journal from before fingerprints: its badge codes leave the tables (older events keep them).
+                self.journal.append("badges.fingerprinted", badges=len(ops) - 1, state=ops)
         self.overrides.restore()
         self.authorisations.load()
         saved = self._load_compartments()
@@ -338,7 +342,7 @@ class Controller:
                 self._changed(self.slots[cid])
 
     def reload_registry(self) -> None:
-        fresh = Registry()
+        fresh = Registry(self.registry.badge_key)
         if self.journal.healthy:
             fresh.load(self.journal)
         self.registry = fresh
@@ -457,9 +461,9 @@ class Controller:
         served = self._served(scan.scanner)
         person = self.registry.person_of_badge(code)
         if person is not None:
-            return await self._badge(scan, person, served)
-        if code in self.registry.badges or code in self.registry.revoked_badges:
-            return self._deny(scan, "badge revoked or its holder inactive")
+            return await self._badge(self._masked(scan), person, served)
+        if self.registry.is_badge(code):
+            return self._deny(self._masked(scan), "badge revoked or its holder inactive")
         card = self.config.evidence.reason_card(code)
         if card is not None:
             return await self._reason_card(scan, code, card, served)
@@ -489,6 +493,11 @@ class Controller:
         action = CHECKOUT if item.state is ItemState.IN else (DEPOSIT if item.state is ItemState.NEW else RETURN)
         return await self._open(slot, {code: action}, (), scan=scan)
 
+    def _masked(self, scan: Scan) -> Scan:
+        """A badge's scan as journaled: its fingerprint, never its code (lockerd.badges)."""
+        assert scan.code is not None
+        return replace(scan, code=self.registry.badge(scan.code), raw=b"")
+
     def _served(self, scanner: str) -> tuple[str, ...]:
         sec = self.config.scanners.get(scanner)
         return tuple(sec.options["cabinets"]) if sec else tuple(self.config.cabinets)
@@ -505,6 +514,12 @@ class Controller:
             self._pending[scanner] = p
             p.expiry = self._spawn(self._pending_expiry(scanner, p), f"evidence-window-{scanner}")
         return p
+
+    def _drop_pending(self, scanner: str, p: Pending) -> None:
+        if p.expiry:
+            p.expiry.cancel()
+        if self._pending.get(scanner) is p:
+            del self._pending[scanner]
 
     async def _pending_expiry(self, scanner: str, p: Pending) -> None:
         await self.clock.sleep(self.t.evidence_window_s)
@@ -561,8 +576,19 @@ class Controller:
             return self._deny(scan, "badge scanned where a dossier is expected",
                               "refused: that is a badge; scan the dossier's barcode", people=(person.id,))
         pend = self._pending_for(scan.scanner)
+        burst_s = self.config.evidence.badge_burst_ms / 1000
+        other = next((pid for pid, at in pend.badges.items() if pid != person.id and abs(scan.at - at) < burst_s), None)
+        if other is not None:
+            # One printed code with embedded line ends reads as several badges
+            # at once; no two people badge within a fraction of a second.
+            gap_ms = (scan.at - pend.badges[other]) * 1000
+            self._drop_pending(scan.scanner, pend)
+            return self._deny(scan, f"badges of {other} and {person.id} read {gap_ms:.0f} ms apart at one scanner "
+                                    f"(under {self.config.evidence.badge_burst_ms} ms): one scan cannot be two "
+                                    "people; both badge again, one after the other",
+                              people=(other, person.id))
         # Keyed by person: two badges of one person still count as one person.
-        pend.badges[person.id] = self.clock.monotonic()
+        pend.badges[person.id] = scan.at
         self.journal.append("scan", people=(person.id,), **self._scan_fields(scan))
         self.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role))
         if pend.item is not None:
@@ -607,9 +633,7 @@ class Controller:
             # Not a refusal yet: the second person may still come within the window.
             return Outcome(True, f"evidence {item.code}: {missing}", item.compartment, missing)
         people = tuple(pend.badges)
-        if pend.expiry:
-            pend.expiry.cancel()
-        self._pending.pop(scan.scanner, None)
+        self._drop_pending(scan.scanner, pend)
         note: dict[str, Any] = {}
         # A card scanned at the cabinet comes first; else the station's authorisation stands in for one.
         authorised = self.authorisations.reason_for(item.code) if pend.reason is None else None
@@ -718,15 +742,18 @@ class Controller:
         slot.released = False
         self._changed(slot)
 
-    async def remote_open(self, compartment: str, person: str, reason: str, command_id: str) -> Outcome:
-        """Open a compartment on the station's request (no items change hands)."""
+    async def remote_open(self, compartment: str, reason: str, by: dict[str, Any]) -> Outcome:
+        """Open a dossier compartment on the station's signed request (no items change hands)."""
         slot = self.slots.get(compartment)
         if slot is None:
             raise CommandError(f"unknown compartment {compartment!r}")
+        if slot.cfg.kind == "evidence":  # the link's gate refuses it first; this is the last line
+            raise CommandError(f"compartment {compartment} holds evidence: never opened on a station command alone")
         if not reason.strip():
             raise CommandError("a remote open needs a reason")
-        src = {"source": "station", "command_id": command_id, "requested_by": person, "reason": reason}
-        return await self._open(slot, {}, (person,), source=src)
+        src = {"source": "station", "reason": reason} | {k: v for k, v in by.items() if k != "by"}
+        person = str(by.get("requested_by") or "")
+        return await self._open(slot, {}, (person,) if person else (), source=src)
 
     async def release_open(self, item: Item, person: str, reason: str, by: dict[str, Any]) -> Outcome:
         """Open a dossier's compartment so an authorised person removes it for good (checked by custody)."""
@@ -951,7 +978,7 @@ class Controller:
             raise CommandError(f"item code {code!r}: expected 1-128 characters")
         if kind not in ("dossier", "evidence"):
             raise CommandError(f"item {code}: kind {kind!r}: expected 'dossier' or 'evidence'")
-        if code in self.registry.badges:
+        if self.registry.is_badge(code):
             raise CommandError(f"item {code}: that code is already a badge")
         if self.config.evidence.reason_card(code) is not None:
             raise CommandError(f"item {code}: that code is a reason card in [evidence]")

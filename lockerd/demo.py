@@ -74,8 +74,11 @@ async def play(daemon: Daemon, pause: float = PAUSE) -> None:
     await step("Someone scans a code the locker does not know")
     await do("scan", code="X-UNKNOWN-1")
     await step("Evidence deposit: officer Berg's badge, the item, then case manager Lindqvist's badge")
+    # People badge one after the other: faster than badge_burst_ms apart, two badges are one burst, refused.
+    person_gap_s = daemon.config.evidence.badge_burst_ms / 1000 + 0.05
     await do("scan", code="B-1001")
     await do("scan", code="E-2026-0090")
+    await asyncio.sleep(person_gap_s)
     await open_door("B-2001", "e01")
     await step("... she puts the item in and closes the door")
     await shut("e01")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from lockerd.badges import BadgeKey, is_fingerprint
 from lockerd.errors import CommandError
 from lockerd.journal import Journal, StateOp
 
@@ -23,6 +24,8 @@ class Role(StrEnum):
     TECHNICIAN = "technician"
 
 
+# Whose registration (or badge) is an authority change: they co-sign evidence and emergency opens.
+AUTHORITY_ROLES = frozenset({Role.SUPERVISOR, Role.CASE_MANAGER})
 # Who may stand as "the officer" of a two-person evidence handling.
 OFFICER_ROLES = frozenset({Role.OFFICER, Role.SUPERVISOR})
 
@@ -65,18 +68,29 @@ class Item:
 
 
 class Registry:
-    """People, badges and items, loaded from the journal's state tables."""
+    """People, badges and items, loaded from the journal's state tables.
 
-    def __init__(self) -> None:
+    Badges are known by their fingerprints (lockerd.badges); the methods
+    take a scanned or registered code and fingerprint it.
+    """
+
+    def __init__(self, badge_key: BadgeKey) -> None:
+        self.badge_key = badge_key
         self.people: dict[str, Person] = {}
-        self.badges: dict[str, str] = {}  # badge code -> person id (active badges only)
-        self.revoked_badges: set[str] = set()
+        self.badges: dict[str, str] = {}  # badge fingerprint -> person id (active badges only)
+        self.revoked_badges: set[str] = set()  # fingerprints
         self.items: dict[str, Item] = {}
+        self._clear_rows = 0  # badge rows stored in clear (before fingerprints), to convert
+        self._badge_rows: list[tuple[str, str, int]] = []
 
     def load(self, journal: Journal) -> None:
         for pid, name, role, active in journal.query("SELECT id, name, role, active FROM people"):
             self.people[pid] = Person(pid, name, Role(role), bool(active))
         for code, person, active in journal.query("SELECT code, person, active FROM badges"):
+            if not is_fingerprint(code):
+                self._clear_rows += 1
+                code = self.badge_key.fingerprint(code)
+            self._badge_rows.append((code, person, active))
             if active:
                 self.badges[code] = person
             else:
@@ -87,8 +101,28 @@ class Registry:
             item.state = ItemState(item.state)
             self.items[item.code] = item
 
+    def fingerprint_ops(self) -> list[StateOp]:
+        """Ops that replace badge codes stored in clear (journals before fingerprints) by fingerprints."""
+        if not self._clear_rows or self.badge_key.unusable:
+            return []
+        # "clear", not a delete per row: a delete would name the code it deletes in the journal.
+        ops: list[StateOp] = [("clear", "badges", {})]
+        ops += [("upsert", "badges", {"code": fp, "person": person, "active": active})
+                for fp, person, active in self._badge_rows]
+        self._clear_rows = 0
+        return ops
+
+    def badge(self, code: str) -> str:
+        """The fingerprint that stands for badge ``code``."""
+        return self.badge_key.fingerprint(code)
+
+    def is_badge(self, code: str) -> bool:
+        """Whether ``code`` is a badge, active or revoked."""
+        fp = self.badge(code)
+        return fp in self.badges or fp in self.revoked_badges
+
     def person_of_badge(self, code: str) -> Person | None:
-        pid = self.badges.get(code)
+        pid = self.badges.get(self.badge(code))
         return self.active_person(pid) if pid else None
 
     def active_person(self, pid: str) -> Person | None:
@@ -122,27 +156,34 @@ class Registry:
 
     def check_badge(self, code: str, person: str, people: dict[str, Person] | None = None) -> None:
         known = people if people is not None else self.people
+        if self.badge_key.unusable:
+            raise CommandError(f"no badge can be registered: {self.badge_key.unusable}")
         if not code or not isinstance(code, str) or len(code) > 128:
-            raise CommandError(f"badge code {code!r}: expected 1-128 characters")
+            raise CommandError("badge code: expected 1-128 characters")
         if person not in known or not known[person].active:
-            raise CommandError(f"badge {code}: unknown or revoked person {person!r}")
+            raise CommandError(f"badge {self.badge(code)}: unknown or revoked person {person!r}")
+        fp = self.badge(code)
         if code in self.items:
-            raise CommandError(f"badge {code}: that code is already an item's barcode")
-        owner = self.badges.get(code)
+            raise CommandError(f"badge {fp}: that code is already an item's barcode")
+        owner = self.badges.get(fp)
         if owner is not None and owner != person:
-            raise CommandError(f"badge {code}: already belongs to {owner}")
+            raise CommandError(f"badge {fp}: already belongs to {owner}")
 
     def put_badge(self, code: str, person: str) -> list[StateOp]:
-        self.badges[code] = person
-        self.revoked_badges.discard(code)
-        return [("upsert", "badges", {"code": code, "person": person, "active": 1})]
+        fp = self.badge(code)
+        self.badges[fp] = person
+        self.revoked_badges.discard(fp)
+        return [("upsert", "badges", {"code": fp, "person": person, "active": 1})]
 
     def revoke_badge(self, code: str) -> list[StateOp]:
-        if code not in self.badges:
-            raise CommandError(f"badge {code}: not registered")
-        person = self.badges.pop(code)
-        self.revoked_badges.add(code)
-        return [("upsert", "badges", {"code": code, "person": person, "active": 0})]
+        return self._revoke_fingerprint(self.badge(code))
+
+    def _revoke_fingerprint(self, fp: str) -> list[StateOp]:
+        if fp not in self.badges:
+            raise CommandError(f"badge {fp}: not registered")
+        person = self.badges.pop(fp)
+        self.revoked_badges.add(fp)
+        return [("upsert", "badges", {"code": fp, "person": person, "active": 0})]
 
     def revoke_person(self, pid: str) -> list[StateOp]:
         p = self.people.get(pid)
@@ -150,8 +191,8 @@ class Registry:
             raise CommandError(f"person {pid}: not registered")
         p.active = False
         ops = self.put_person(p)
-        for code in [c for c, owner in self.badges.items() if owner == pid]:
-            ops += self.revoke_badge(code)
+        for fp in [c for c, owner in self.badges.items() if owner == pid]:
+            ops += self._revoke_fingerprint(fp)
         return ops
 
     def put_item(self, item: Item) -> list[StateOp]:

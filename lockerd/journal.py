@@ -150,7 +150,7 @@ class Event:
 
 EVENT_COLUMNS = "seq, id, ts, mono, boot, kind, compartment, dossier, people, data, prev, hash, state"
 
-StateOp = tuple[str, str, dict[str, Any]]  # ("upsert" | "delete", table, row or key)
+StateOp = tuple[str, str, dict[str, Any]]  # ("upsert" | "delete" | "clear", table, row or key or {})
 
 
 @dataclass
@@ -867,6 +867,9 @@ def _apply_state(conn: sqlite3.Connection, op: StateOp, seq: int) -> None:
     pk = STATE_TABLES[table]
     if action == "delete":
         conn.execute(f"DELETE FROM {table} WHERE {pk} = ?", (row[pk],))
+        return
+    if action == "clear":
+        conn.execute(f"DELETE FROM {table}")
         return
     row = dict(row)
     if table in ("items", "deadlines"):

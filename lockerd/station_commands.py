@@ -11,15 +11,69 @@ from __future__ import annotations
 from typing import Any
 
 from lockerd.controller import Controller
+from lockerd.domain import AUTHORITY_ROLES
 from lockerd.errors import CommandError
+from lockerd.station import contract
+from lockerd.station.gate import Vetting
+from lockerd.station.signing import Authority
 
 
 class CommandHandler:
     def __init__(self, controller: Controller):
         self.c = controller
 
+    def vet(self, name: str, args: dict[str, Any]) -> Vetting:
+        """The authority ``name`` needs with these args, a rule that refuses it outright, its args as journaled."""
+        need = contract.COMMAND_AUTHORITY.get(name)
+        reg = self.c.registry
+        refusal = None
+        if name == "open":
+            slot = self.c.slots.get(str(args.get("compartment")))
+            if slot is not None and slot.cfg.kind == "evidence":
+                refusal = (f"compartment {slot.cfg.id} holds evidence: it never opens on a station command alone "
+                           "(the officer and the case manager badge at the cabinet, or two signers order an "
+                           "emergency-open)")
+        if need is Authority.PEOPLE and self._changes_authority(name, args):
+            need = Authority.AUTHORITY
+        journaled = args
+        if name in ("register-badge", "revoke-badge") and isinstance(args.get("code"), str):
+            journaled = args | {"code": reg.badge(args["code"])}  # the code itself is never journaled
+        return Vetting(need, refusal, journaled)
+
+    def _changes_authority(self, name: str, args: dict[str, Any]) -> bool:
+        """Whether a people or badge command touches a supervisor or a case manager (an authority change)."""
+        reg = self.c.registry
+        if name == "register-badge" or name == "revoke-person" or name == "register-person":
+            pid = args.get("person") if name == "register-badge" else args.get("id")
+            roles = {args.get("role")} if name == "register-person" else set()
+        else:  # revoke-badge
+            pid = reg.badges.get(reg.badge(str(args.get("code"))))
+            roles = set()
+        p = reg.people.get(str(pid)) if pid is not None else None
+        if p is not None:
+            roles.add(str(p.role))
+        return bool(roles & {str(r) for r in AUTHORITY_ROLES})
+
     async def handle(self, name: str, args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-        by = {"by": "station", "command_id": meta.get("command_id")}
+        by = {"by": "station", "command_id": meta.get("command_id")} | (
+            {"signed_by": meta["signed_by"]} if meta.get("signed_by") else {})
+        result = await self._apply(name, args, meta, by)
+        if name in ("register-person", "revoke-person", "register-badge", "revoke-badge") \
+                and self.vet(name, args).authority is Authority.AUTHORITY:
+            await self._authority_notice(name, args, by)
+        return result
+
+    async def _authority_notice(self, name: str, args: dict[str, Any], by: dict[str, Any]) -> None:
+        """Who may co-sign evidence or an emergency open changed: the station is told, loudly."""
+        reg = self.c.registry
+        pid = args.get("id") or args.get("person") or reg.badges.get(reg.badge(str(args.get("code"))))
+        p = reg.people.get(str(pid)) if pid else None
+        self.c.journal.append("notice.authority_changed", people=(pid,) if pid else (), action=name,
+                              role=str(p.role) if p else args.get("role"),
+                              badge=reg.badge(args["code"]) if "code" in args else None, **by)
+
+    async def _apply(self, name: str, args: dict[str, Any], meta: dict[str, Any], by: dict[str, Any]
+                     ) -> dict[str, Any]:
         c, reg = self.c, self.c.registry
         if name == "assign":
             item = c.check_item(str(args["code"]), str(args.get("kind", "dossier")), args.get("compartment"),
@@ -51,19 +105,19 @@ class CommandHandler:
         if name == "register-badge":
             code, person = str(args["code"]), str(args["person"])
             reg.check_badge(code, person)
-            ev = await c.journal.record("badge.registered", people=(person,), badge=code, **by,
+            ev = await c.journal.record("badge.registered", people=(person,), badge=reg.badge(code), **by,
                                         state=reg.put_badge(code, person))
             return {"seq": ev.seq}
         if name == "revoke-badge":
             code = str(args["code"])
-            person = reg.badges.get(code)
+            person = reg.badges.get(reg.badge(code))
             ops = reg.revoke_badge(code)
-            ev = await c.journal.record("badge.revoked", people=(person,) if person else (), badge=code,
+            ev = await c.journal.record("badge.revoked", people=(person,) if person else (), badge=reg.badge(code),
                                         **by, state=ops)
             return {"seq": ev.seq}
         if name == "open":
-            out = await c.remote_open(str(args["compartment"]), str(meta.get("requested_by") or args.get("person", "")),
-                                      str(args.get("reason", "")), str(meta.get("command_id", "")))
+            out = await c.remote_open(str(args["compartment"]), str(args.get("reason", "")),
+                                      by | {"requested_by": meta.get("requested_by")})
             if not out.accepted:
                 raise CommandError(out.message)
             return {"compartment": out.compartment, "pulsed": out.pulsed}
@@ -74,7 +128,8 @@ class CommandHandler:
                                                   by | {"requested_by": meta.get("requested_by")})
             return {"seq": ev.seq, "until": ev.data["until"]}
         if name == "emergency-open":
-            via = {"via": "station", "command_id": meta.get("command_id"), "requested_by": meta.get("requested_by")}
+            via = {"via": "station", "command_id": meta.get("command_id"), "requested_by": meta.get("requested_by")} | (
+                {"signed_by": meta["signed_by"]} if meta.get("signed_by") else {})
             return await c.overrides.emergency_open(
                 list(args["people"]), str(args["reason"]), compartment=args.get("compartment"),
                 all_compartments=args.get("all") is True, cabinet=args.get("cabinet"), via=via)

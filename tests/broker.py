@@ -34,6 +34,8 @@ from lockerd import config as cfg
 from lockerd.clock import Clock
 from lockerd.errors import CommandError
 from lockerd.journal import Journal
+from lockerd.station.contract import COMMAND_AUTHORITY
+from lockerd.station.gate import Vetting
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -309,11 +311,36 @@ count = 4
 """
 
 
+# The station users the test configs trust: "desk" may order everything,
+# "watch" is the second signer of an emergency open. Seeds are fixed so a
+# test can sign as either (tests/test_station_commands.Station does).
+SIGNER_SEEDS = {"desk": bytes(range(32)), "watch": bytes(range(32, 64)), "intruder": bytes(range(64, 96))}
+SIGNER_ROLES = {"desk": ["open", "custody", "evidence", "people", "authority", "emergency"], "watch": ["emergency"]}
+
+
+def public_key(signer: str) -> str:
+    import nacl.signing
+
+    return bytes(nacl.signing.SigningKey(SIGNER_SEEDS[signer]).verify_key).hex()
+
+
+def signers_toml(roles: dict[str, list[str]] | None = None) -> str:
+    """[station.signers.*] sections for the test signers (default: desk and watch)."""
+    return "".join(f'\n[station.signers.{name}]\npublic_key = "{public_key(name)}"\nroles = {json.dumps(r)}\n'
+                   for name, r in (roles if roles is not None else SIGNER_ROLES).items())
+
+
 def station_config(dir: Path, brokers: list[str], *, site: str = "test-site", node: str = "node-1",
-                   journal: str = "journal.db", **station: Any) -> Path:
-    """Write a minimal controller config with a [station] section; return its path."""
-    opts = {"brokers": brokers, **station}
+                   journal: str = "journal.db", signers: dict[str, list[str]] | None = None,
+                   **station: Any) -> Path:
+    """Write a minimal controller config with a [station] section and the test signers; return its path.
+
+    The test brokers listen on loopback without TLS, so the link is allowed
+    plaintext unless a test says otherwise (allow_plaintext=False).
+    """
+    opts = {"brokers": brokers, "allow_plaintext": True, **station}
     body = "\n".join(f"{k} = {json.dumps(str(v) if isinstance(v, Path) else v)}" for k, v in opts.items())
+    body += signers_toml(signers)
     path = Path(dir) / f"{node}.toml"
     path.write_text(STATION_TOML.format(site=site, node=node, journal=journal, station=body))
     return path
@@ -326,6 +353,9 @@ class Handler:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+
+    def vet(self, name: str, args: dict[str, Any]) -> Vetting:
+        return Vetting(COMMAND_AUTHORITY[name], journaled_args=args)
 
     async def handle(self, name: str, args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         self.calls.append((name, args, meta))

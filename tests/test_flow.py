@@ -265,7 +265,7 @@ async def test_power_budget_caps_energised_solenoids(rig):
     # A third pulse waits for a slot instead of overloading the supply.
     import asyncio
 
-    third = asyncio.create_task(rig.c.remote_open("d05", "nowak", "test", "cmd-1"))
+    third = asyncio.create_task(rig.c.remote_open("d05", "test", {"command_id": "cmd-1", "requested_by": "nowak"}))
     await rig.clock.settle()
     assert not third.done()
     await rig.clock.advance(0.6)
@@ -296,7 +296,7 @@ async def test_stuck_relay_is_reported_and_the_compartment_faulted(rig):
 
 async def test_a_station_open_of_a_compartment_already_open_joins_it_without_a_second_pulse(rig):
     assert (await rig.scan("D-1")).pulsed
-    out = await rig.c.remote_open("d01", "nowak", "officer locked out", "cmd-2")
+    out = await rig.c.remote_open("d01", "officer locked out", {"command_id": "cmd-2", "requested_by": "nowak"})
     assert out.accepted and not out.pulsed
     assert len(rig.d.pulse_log) == 1
     last = [e for e in await rig.events() if e.kind == "access.granted" and e.compartment == "d01"][-1]

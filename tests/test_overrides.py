@@ -187,7 +187,7 @@ async def test_maintenance_open_does_not_change_custody_state(rig):
 @pytest.mark.asyncio
 async def test_maintenance_may_pulse_a_jammed_compartment(rig):
     for _ in range(3):  # three pulses without the door opening: the compartment goes into fault
-        await rig.c.remote_open("d04", "station", "test", "c1")
+        await rig.c.remote_open("d04", "test", {"command_id": "c1", "requested_by": "station"})
         await rig.clock.advance(11)
     assert "jam" in rig.c.slots["d04"].faults
     await rig.c.overrides.maintenance_on("nowak", "jam on d04")

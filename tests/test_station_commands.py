@@ -11,11 +11,11 @@ from typing import Any
 import jsonschema
 import paho.mqtt.client as paho
 import pytest
-from broker import Handler, Mosquitto, Node, Recorder, arrived, wait_for
+from broker import SIGNER_SEEDS, Handler, Mosquitto, Node, Recorder, arrived, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from lockerd.clock import iso_utc
-from lockerd.station import contract
+from lockerd.station import contract, signing
 from lockerd.station.validate import errors
 
 BASE = "lockerd/test-site/node-1"
@@ -31,9 +31,16 @@ class Station:
         self.c.loop_start()
 
     def send(self, name: str, args: dict[str, Any] | None = None, *, cid: str | None = None,
-             retain: bool = False, raw: bytes | None = None, topic_node: str = "node-1", **envelope: Any) -> str:
+             retain: bool = False, raw: bytes | None = None, topic_node: str = "node-1",
+             signers: tuple[str, ...] | None = None, **envelope: Any) -> str:
+        """Publish a command, signed by ``signers`` (default: desk, and watch too for an emergency open; () unsigned)."""
         cid = cid or uuid.uuid4().hex
         body = {"id": cid, "ts": iso_utc(time.time()), "requested_by": "sgt-1", "args": args or {}} | envelope
+        if signers is None:
+            signers = ("desk", "watch") if name == "emergency-open" else ("desk",)
+        if signers:
+            body = {"site": "test-site", "node": topic_node} | body
+            body["signatures"] = [signing.sign(name, body, s, SIGNER_SEEDS[s]) for s in signers]
         payload = raw if raw is not None else json.dumps(body).encode()
         topic = f"lockerd/test-site/{topic_node}/cmd/{name}"
         self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)

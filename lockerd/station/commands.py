@@ -17,7 +17,7 @@ from functools import cache
 from typing import Any
 
 from lockerd.clock import parse_time
-from lockerd.station import contract
+from lockerd.station import contract, signing
 from lockerd.station.validate import errors
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ class Command:
     requested_by: str | None = None
     ts: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
+    addressed: bool = False  # names its site and node (required when signed)
+    signatures: list[dict[str, str]] | None = None  # as sent; checked when the command runs
+    digest: bytes | None = None  # of the signed text, when signatures were sent
+    signed_by: tuple[str, ...] = ()  # key ids whose signatures held, set when authorised
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -83,6 +87,10 @@ def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, no
     if problems:
         raise Refused(cmd, "; ".join(problems[:5]))
     cmd.args = body["args"]
+    cmd.addressed = "site" in body and "node" in body
+    if "signatures" in body:
+        cmd.signatures = body["signatures"]
+        cmd.digest = signing.digest(name, body)
     if body.get("site", site) != site or body.get("node", node) != node:
         raise Refused(cmd, f"addressed to {body.get('site', site)}/{body.get('node', node)}, this is {site}/{node}")
     if retained:

@@ -17,6 +17,7 @@ from typing import Any
 
 from lockerd import __version__
 from lockerd.custody import DEADLINE_KINDS, RECIPIENTS
+from lockerd.station.signing import Authority
 
 # Biggest command payload the link will parse; larger ones are refused unread.
 MAX_COMMAND_BYTES = 16 * 1024
@@ -110,6 +111,39 @@ COMMAND_ARGS: dict[str, dict[str, Any]] = {
 
 LINK_COMMANDS = frozenset({"ping", "replay"})
 
+# The authority a signature must carry for each command (None: read-only,
+# may be unsigned). Changing a supervisor or a case manager (or their badge)
+# needs AUTHORITY instead of PEOPLE: the handler raises it for those.
+COMMAND_AUTHORITY: dict[str, Authority | None] = {
+    "assign": Authority.CUSTODY,
+    "unassign": Authority.CUSTODY,
+    "acknowledge": Authority.CUSTODY,
+    "release": Authority.CUSTODY,
+    "register-person": Authority.PEOPLE,
+    "revoke-person": Authority.PEOPLE,
+    "register-badge": Authority.PEOPLE,
+    "revoke-badge": Authority.PEOPLE,
+    "open": Authority.OPEN,
+    "authorize-retrieval": Authority.EVIDENCE,
+    "emergency-open": Authority.EMERGENCY,
+    "ping": None,
+    "replay": None,
+}
+# Distinct signers a command needs; one unless named here.
+SIGNERS_NEEDED = {"emergency-open": 2}
+
+SIGNATURE = {
+    "type": "object",
+    "properties": {
+        "key": {"type": "string", "maxLength": 64, "description": "the signer's key id ([station.signers.<id>])"},
+        "sig": {"type": "string", "pattern": "^[0-9a-f]{128}$",
+                "description": "Ed25519 signature (hex) of 'lockerd-command-v1:' + SHA-256 of the canonical "
+                               "command (docs/station-server.md)"},
+    },
+    "required": ["key", "sig"],
+    "additionalProperties": False,
+}
+
 COMMAND = {
     "type": "object",
     "description": "A command from the station. Topic: {prefix}/{site}/{node}/cmd/{name}; QoS 1; never retained.",
@@ -118,9 +152,15 @@ COMMAND = {
                "description": "unique per command; a repeated id is answered, never applied twice"},
         "ts": TS,
         "requested_by": _s(64, description="who asked (person or station user id); journaled"),
-        "site": {"type": "string", "pattern": ID_PATTERN, "description": "optional; refused if not this site"},
-        "node": {"type": "string", "pattern": ID_PATTERN, "description": "optional; refused if not this node"},
+        "site": {"type": "string", "pattern": ID_PATTERN,
+                 "description": "refused if not this site; required in a signed command"},
+        "node": {"type": "string", "pattern": ID_PATTERN,
+                 "description": "refused if not this node; required in a signed command"},
         "args": {"type": "object", "description": "the command's arguments (see each command's schema)"},
+        "signatures": {"type": "array", "items": SIGNATURE, "minItems": 1, "maxItems": 2,
+                       "description": "required for every command but ping and replay: one signature by a "
+                                      "station signer holding the command's authority (two distinct signers "
+                                      "for emergency-open)"},
     },
     "required": ["id", "ts", "requested_by", "args"],
     "additionalProperties": False,

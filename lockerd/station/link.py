@@ -23,6 +23,7 @@ from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal
 from lockerd.station import contract
 from lockerd.station.commands import Command, Refused, SeenIds, parse
+from lockerd.station.gate import Gate, Vetting
 from lockerd.station.mqtt import Connection, Settings
 from lockerd.station.outbox import Outbox, encode_event
 from lockerd.station.topics import Topics
@@ -34,6 +35,8 @@ REPLAY_PAGE = 200
 
 
 class CommandHandler(Protocol):
+    def vet(self, name: str, args: dict[str, Any]) -> Vetting: ...
+
     async def handle(self, name: str, args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]: ...
 
 
@@ -61,6 +64,7 @@ class StationLink:
         self.enabled = bool(config.station) and st.get("enabled", True)
         self.topics = Topics(st.get("prefix", "lockerd"), config.site, config.node)
         self.max_age_s = float(st.get("command_max_age_s", 60.0))
+        self.gate = Gate(st)
         self.seen = SeenIds()
         self.started_at = ""
         self.conn: Connection | None = None
@@ -97,6 +101,9 @@ class StationLink:
             log.info("station: link disabled")
             return
         self.started_at = iso_utc(self.clock.wall())
+        for warning in self.gate.warnings():
+            log.warning("station: SECURITY: %s", warning)
+        self.journal.append("station.security", **self.gate.posture(), warnings=self.gate.warnings())
         if self.outbox.load() and self.outbox.delivered > self.journal.last_seq:
             self._truncated(self.outbox.delivered)
         try:
@@ -271,6 +278,20 @@ class StationLink:
             fields["dossier"] = code
         return fields
 
+    def _vet(self, cmd: Command) -> Vetting:
+        need = contract.COMMAND_AUTHORITY.get(cmd.name)
+        if self.handler is None or cmd.name in contract.LINK_COMMANDS:
+            return Vetting(need, journaled_args=cmd.args)
+        return self.handler.vet(cmd.name, cmd.args)
+
+    @staticmethod
+    def _proof(cmd: Command) -> dict[str, Any]:
+        """What an auditor needs to prove offline who signed the command: the digest and the signatures."""
+        if not cmd.signed_by or cmd.digest is None:
+            return {}
+        return {"signed_by": list(cmd.signed_by), "digest": cmd.digest.hex(), "command_ts": cmd.ts,
+                "signatures": cmd.signatures}
+
     async def _refuse(self, cmd: Command, message: str, **extra: Any) -> None:
         log.warning("station: refused command %s (id %s): %s", cmd.name, cmd.id, message)
         try:
@@ -292,10 +313,15 @@ class StationLink:
                 log.error("station: cannot journal a duplicate command: %s", e)
             self._reply(cmd, ok=bool(first.get("ok", True)), error=first.get("error"), duplicate=True)
             return
+        vetting = self._vet(cmd)
+        if (problem := self.gate.check(cmd, vetting)) is not None:
+            await self._refuse(cmd, problem)
+            return
         # The acceptance is queued, not awaited: the journal writes in order,
         # so the handler's own durable record (a grant, before any lock moves)
         # commits it too, and a remote open costs one commit instead of two.
-        accepted = self.journal.append("command.accepted", keep=False, **self._cmd_fields(cmd), args=cmd.args)
+        accepted = self.journal.append("command.accepted", keep=False, **self._cmd_fields(cmd),
+                                       args=vetting.journaled_args, **self._proof(cmd))
         if accepted.done() and accepted.exception() is not None:
             self._not_applied(cmd, accepted.exception())
             return
@@ -308,7 +334,8 @@ class StationLink:
             elif self.handler is None:
                 raise CommandError("this controller takes no station commands")
             else:
-                result = await self.handler.handle(cmd.name, dict(cmd.args), cmd.meta)
+                meta = cmd.meta | ({"signed_by": list(cmd.signed_by)} if cmd.signed_by else {})
+                result = await self.handler.handle(cmd.name, dict(cmd.args), meta)
             if not isinstance(result, dict):
                 result = {"value": result}
         except Exception as e:

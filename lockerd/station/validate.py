@@ -3,7 +3,7 @@
 The daemon must not need jsonschema at run time; the tests check that this
 checker and jsonschema agree on the contract's schemas.
 Supported: type (one or a list), properties, required, additionalProperties
-(boolean), minLength, maxLength, pattern, enum, minimum, maximum, items.
+(boolean), minLength, maxLength, pattern, enum, minimum, maximum, items, minItems, maxItems.
 """
 
 from __future__ import annotations
@@ -61,6 +61,11 @@ def errors(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
                 out.extend(errors(v, props[key], _join(path, key)))
             elif schema.get("additionalProperties") is False:
                 out.append(f"{_join(path, key)}: unknown field (known: {', '.join(props) or 'none'})")
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            out.append(f"{where}: at least {schema['minItems']} items expected, got {len(value)}")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            out.append(f"{where}: at most {schema['maxItems']} items expected, got {len(value)}")
     if isinstance(value, list) and "items" in schema:
         for i, v in enumerate(value):
             out.extend(errors(v, schema["items"], f"{where}[{i}]"))
