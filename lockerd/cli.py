@@ -238,7 +238,7 @@ def cmd_maintenance(a: argparse.Namespace) -> int:
         print("lockerd: maintenance open needs a COMPARTMENT", file=sys.stderr)
         return 2
     req = {"op": "maintenance", "action": a.action, "person": a.person, "reason": a.reason,
-           "compartment": a.compartment}
+           "compartment": a.compartment, "witness": a.witness}
     return _show(_request(a.config, req))
 
 
@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_clear_fault)
 
     sp = with_config(sub.add_parser(
-        "emergency-open", help="open one compartment, or all in turn, on two people's authority (raises an alarm)"))
+        "emergency-open", help="open one compartment, or all in turn, on two people's authority (raises an alarm); "
+                               "evidence opens only after both badge at the cabinet"))
     sp.add_argument("compartment", nargs="?", help="the compartment (or a rear door, e.g. e01-rear)")
     sp.add_argument("--all", action="store_true", help="every compartment in turn, one pulse at a time")
     sp.add_argument("--cabinet", help="with --all: only this cabinet's compartments")
@@ -404,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("compartment", nargs="?", help="with open: the compartment (or rear door) to pulse")
     sp.add_argument("--person", required=True, help="technician's person id (journaled)")
     sp.add_argument("--reason", default="", help="with on: what is being tested or repaired")
+    sp.add_argument("--witness", help="with open of an evidence compartment: the case manager or supervisor who "
+                                      "witnesses it (both badge at the cabinet before it opens)")
     sp.set_defaults(func=cmd_maintenance)
 
     sp = with_config(sub.add_parser("sim", help="act as a person on simulated hardware"))

@@ -155,6 +155,8 @@ CONTROLLER = {
     "node": Opt("id", doc="this controller's id within the station"),
     "control_socket": Opt("path", "lockerd.sock", doc="Unix socket for the lockerd CLI"),
     "log_level": Opt("str", "info", choices=("debug", "info", "warning", "error")),
+    "admin_group": Opt("str", "", doc="OS group whose members may change people, badges and assignments through "
+                       "the control socket (root and the daemon's own user always may)"),
 }
 
 JOURNAL = {
@@ -435,6 +437,7 @@ class Config:
     site: str
     node: str
     control_socket: Path
+    admin_group: str
     log_level: str
     journal_path: Path
     timing: Timing
@@ -547,6 +550,7 @@ def parse(data: bytes, file: Path) -> Config:
         site=ctl["site"],
         node=ctl["node"],
         control_socket=ctl["control_socket"],
+        admin_group=ctl["admin_group"],
         log_level=ctl["log_level"],
         journal_path=jnl["path"],
         checkpoint_key=jnl["checkpoint_key"] or jnl["path"].with_name("checkpoint.key"),

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lockerd import importer
+from lockerd import importer, peer
 from lockerd.controller import Controller, Outcome
 from lockerd.drivers.base import Scan
 from lockerd.drivers.sim import SimBoard, SimScanner
@@ -48,13 +48,14 @@ class ControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        who = peer.of(writer.get_extra_info("socket"))
         try:
             while line := await reader.readline():
                 try:
                     req = json.loads(line)
                     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
                         raise CommandError('expected {"op": "...", ...}')
-                    reply = {"ok": True} | await self.dispatch(req)
+                    reply = {"ok": True} | await self.dispatch(req, who)
                 except (LockerdError, ValueError, KeyError, TypeError) as e:
                     reply = {"ok": False, "error": str(e)}
                 writer.write(json.dumps(reply).encode() + b"\n")
@@ -64,9 +65,10 @@ class ControlServer:
         finally:
             writer.close()
 
-    async def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
+    async def dispatch(self, req: dict[str, Any], who: peer.Peer) -> dict[str, Any]:
         op = req["op"]
         c = self.c
+        via = who.fields()
         if op == "status":
             return {
                 "site": c.config.site, "node": c.config.node,
@@ -78,22 +80,24 @@ class ControlServer:
         if op == "scan":
             return await self._scan(req)
         if op == "import":
+            self._admin_only(op, who)
             data = importer.parse(req["text"], bool(req.get("csv")), req.get("name", "import"))
-            return {"imported": await importer.apply(c, data, by=req.get("by", "cli"))}
+            return {"imported": await importer.apply(c, data, str(req.get("by", "cli")), **via)}
         if op == "clear-fault":
-            return {"cleared": c.clear_faults(req["compartment"], req.get("person", "technician"))}
+            return {"cleared": c.clear_faults(req["compartment"], req.get("person", "technician"), via)}
         if op == "emergency-open":
             return await c.overrides.emergency_open(
                 req.get("people") or [], req.get("reason", ""), compartment=req.get("compartment"),
-                all_compartments=req.get("all") is True, cabinet=req.get("cabinet"))
+                all_compartments=req.get("all") is True, cabinet=req.get("cabinet"), via=via)
         if op == "maintenance":
             action, person = req.get("action"), req.get("person")
             if action == "on":
-                return await c.overrides.maintenance_on(person, req.get("reason", ""))
+                return await c.overrides.maintenance_on(person, req.get("reason", ""), via)
             if action == "off":
-                return await c.overrides.maintenance_off(person, req.get("reason") or "")
+                return await c.overrides.maintenance_off(person, req.get("reason") or "", via)
             if action == "open":
-                return await c.overrides.maintenance_open(req.get("compartment"), person)
+                return await c.overrides.maintenance_open(req.get("compartment"), person, via,
+                                                          witness=req.get("witness"))
             raise CommandError(f"maintenance: unknown action {action!r} (expected on, off or open)")
         if op in ("pull", "close", "force", "jam", "unjam", "stick", "unstick", "bounce"):
             board, channel = self._sim_door(req["compartment"])
@@ -117,6 +121,17 @@ class ControlServer:
             board.vanish() if op == "vanish" else board.reappear()
             return {}
         raise CommandError(f"unknown op {op!r}")
+
+    def _admin_only(self, op: str, who: peer.Peer) -> None:
+        """Changing who may open what is for administrators, not for everyone who may use the socket."""
+        group = self.c.config.admin_group
+        if who.is_admin(group):
+            return
+        error = (f"{op} changes people, badges and assignments: only root, the daemon's user"
+                 + (f" or members of group {group}" if group else "") + f" may; {who.user} may not")
+        self.c.journal.append("control.refused", op=op, error=error, **who.fields())
+        log.warning("control: %s by %s (uid %d) refused", op, who.user, who.uid)
+        raise CommandError(error)
 
     def _sim_door(self, compartment: str) -> tuple[SimBoard, int]:
         slot = self.c.slots.get(compartment)  # a pass-through compartment's rear door too

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lockerd import __version__
+from lockerd.badges import BadgeKey
 from lockerd.clock import Clock, iso_utc
 from lockerd.config import Compartment, Config
 from lockerd.custody import Custody
-from lockerd.badges import BadgeKey
 from lockerd.domain import OFFICER_ROLES, Item, ItemState, Person, Registry, Role
 from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, Scan
@@ -29,6 +29,7 @@ from lockerd.errors import CommandError, DriverError, JournalError
 from lockerd.evidence import Authorisations
 from lockerd.journal import Event, Journal, StateOp
 from lockerd.overrides import Overrides
+from lockerd.presence import PresenceChecks
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class Controller:
         self._idle = asyncio.Event()
         self._idle.set()
         self.overrides = Overrides(self)  # emergency open and maintenance mode
+        self.presence = PresenceChecks(self)  # people named by a CLI override of evidence, badging at the cabinet
         self.authorisations = Authorisations(journal, clock)  # station-authorised evidence retrievals
         self.custody = Custody(self)  # deadlines and escalating reminders
         self._refusing = "controller starting"  # why scans are refused while not accepting
@@ -435,7 +437,7 @@ class Controller:
                 log.exception("outcome listener failed")
         return outcome
 
-    def _scan_fields(self, scan: Scan) -> dict[str, Any]:
+    def scan_fields(self, scan: Scan) -> dict[str, Any]:
         shown = scan.code if scan.code is not None else scan.raw[:64].decode("utf-8", "replace")
         f: dict[str, Any] = {"scanner": scan.scanner, "code": shown}
         if scan.symbology:
@@ -449,7 +451,7 @@ class Controller:
               people: tuple[str, ...] = (), journal_scan: bool = True) -> Outcome:
         # A refusal moves no lock, so it shares the next group commit.
         if journal_scan:
-            self.journal.append("scan", compartment=compartment, dossier=dossier, **self._scan_fields(scan))
+            self.journal.append("scan", compartment=compartment, dossier=dossier, **self.scan_fields(scan))
         self.journal.append("access.denied", compartment=compartment, dossier=dossier, people=people,
                             scanner=scan.scanner, reason=reason)
         return Outcome(False, message or f"refused: {reason}", compartment, reason)
@@ -546,7 +548,7 @@ class Controller:
             return self._deny(scan, "reason card scanned where no evidence cabinet is served")
         pend = self._pending_for(scan.scanner)
         pend.reason = (code, text, release)
-        self.journal.append("scan", **self._scan_fields(scan))
+        self.journal.append("scan", **self.scan_fields(scan))
         self.journal.append("reason.accepted", scanner=scan.scanner, reason_code=code, evidence_reason=text,
                             release=release)
         if pend.item is not None:
@@ -575,6 +577,8 @@ class Controller:
         if not self._serves_evidence(served):
             return self._deny(scan, "badge scanned where a dossier is expected",
                               "refused: that is a badge; scan the dossier's barcode", people=(person.id,))
+        if (out := self.presence.badge(scan, person, served)) is not None:
+            return out
         pend = self._pending_for(scan.scanner)
         burst_s = self.config.evidence.badge_burst_ms / 1000
         other = next((pid for pid, at in pend.badges.items() if pid != person.id and abs(scan.at - at) < burst_s), None)
@@ -589,7 +593,7 @@ class Controller:
                               people=(other, person.id))
         # Keyed by person: two badges of one person still count as one person.
         pend.badges[person.id] = scan.at
-        self.journal.append("scan", people=(person.id,), **self._scan_fields(scan))
+        self.journal.append("scan", people=(person.id,), **self.scan_fields(scan))
         self.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role))
         if pend.item is not None:
             return await self._try_evidence(scan, pend, scanned=False)
@@ -627,7 +631,7 @@ class Controller:
         missing = self._evidence_missing(pend)
         if missing:
             if scanned:
-                self.journal.append("scan", dossier=item.code, **self._scan_fields(scan))
+                self.journal.append("scan", dossier=item.code, **self.scan_fields(scan))
             self.journal.append("access.pending", compartment=item.compartment, dossier=item.code,
                                 people=tuple(pend.badges), scanner=scan.scanner, reason=missing)
             # Not a refusal yet: the second person may still come within the window.
@@ -679,7 +683,7 @@ class Controller:
                 raise CommandError(reason)
             return self._deny(scan, reason, compartment=cid, dossier=dossier, people=people,
                               journal_scan=journal_scan)
-        origin = self._scan_fields(scan) if scan else dict(source or {})
+        origin = self.scan_fields(scan) if scan else dict(source or {})
         journal_scan = journal_scan and scan is not None
         if slot.session is not None or slot.door is DoorState.OPEN:
             # Already unlocking or open: never pulse twice. Add the items to
@@ -928,21 +932,21 @@ class Controller:
                             state=[self._comp_op(slot)])
         self._changed(slot)
 
-    def _clear_fault(self, slot: Slot, key: str, by: str | None = None) -> None:
+    def _clear_fault(self, slot: Slot, key: str, by: str | None = None, via: dict[str, Any] | None = None) -> None:
         if slot.faults.pop(key, None) is None:
             return
         self.journal.append("compartment.fault_cleared", compartment=slot.cfg.id, fault=key,
-                            people=(by,) if by else (), state=[self._comp_op(slot)])
+                            people=(by,) if by else (), state=[self._comp_op(slot)], **(via or {}))
         self._changed(slot)
 
-    def clear_faults(self, compartment: str, person: str) -> list[str]:
+    def clear_faults(self, compartment: str, person: str, via: dict[str, Any] | None = None) -> list[str]:
         """A technician clears a compartment's faults after fixing it."""
         slot = self.slots.get(compartment)
         if slot is None:
             raise CommandError(f"unknown compartment {compartment!r}")
         cleared = [k for k in list(slot.faults) if k in ("jam", "lock", "relay")]
         for k in cleared:
-            self._clear_fault(slot, k, person)
+            self._clear_fault(slot, k, person, via)
         slot.not_opened = 0
         return cleared
 

@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 from lockerd import config as config_mod
+from lockerd import peer
 from lockerd.daemon import Daemon, setup_logging
 from lockerd.drivers.base import DoorState
 
@@ -29,7 +30,7 @@ async def play(daemon: Daemon, pause: float = PAUSE) -> None:
     ctl = daemon.control
 
     async def do(op: str, **kw: object) -> dict:
-        reply = await ctl.dispatch({"op": op, **kw})
+        reply = await ctl.dispatch({"op": op, **kw}, peer.me())
         if "message" in reply:
             print(f"    result: {reply['message']}" + ("  (door pulled open)" if reply.get("opened") else ""))
         return reply

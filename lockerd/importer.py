@@ -64,8 +64,9 @@ def _parse_csv(text: str, name: str) -> dict[str, list[dict[str, Any]]]:
     )
 
 
-async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], by: str = "import") -> dict[str, int]:
-    """Check every record, then journal them all; returns counts."""
+async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], by: str = "import",
+                **who: Any) -> dict[str, int]:
+    """Check every record, then journal them all (each with ``who``: the OS user of a CLI import); returns counts."""
     reg = controller.registry
     total = sum(len(v) for v in data.values())
     if total > MAX_RECORDS:
@@ -108,13 +109,14 @@ async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], b
     j = controller.journal
     last = None
     for p in new_people:
-        last = j.append("person.registered", people=(p.id,), name=p.name, role=str(p.role), by=by,
+        last = j.append("person.registered", people=(p.id,), name=p.name, role=str(p.role), by=by, **who,
                         state=reg.put_person(p))
     for code, person in badges:
-        last = j.append("badge.registered", people=(person,), badge=code, by=by, state=reg.put_badge(code, person))
+        last = j.append("badge.registered", people=(person,), badge=reg.badge(code), by=by, **who,
+                        state=reg.put_badge(code, person))
     for it in items:
         last = j.append("item.assigned", compartment=it.compartment, dossier=it.code, item_kind=it.kind,
-                        case_name=it.case_name, category=it.category, officer=it.officer, by=by,
+                        case_name=it.case_name, category=it.category, officer=it.officer, by=by, **who,
                         state=reg.put_item(it))
     if last is not None:
         try:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lockerd.domain import Person, Role
 from lockerd.errors import CommandError
+from lockerd.presence import Presence
 
 if TYPE_CHECKING:
     from lockerd.controller import Controller, Outcome
@@ -59,6 +60,7 @@ class Overrides:
         self.c = controller
         self.maintenance: Maintenance | None = None
         self.running: asyncio.Task | None = None  # an all-in-turn emergency opening
+        self.awaiting: set[asyncio.Task] = set()  # CLI overrides of evidence waiting for their people's badges
 
     def restore(self) -> None:
         """Maintenance mode survives a restart: it ends only when a technician ends it."""
@@ -158,6 +160,52 @@ class Overrides:
             await self._refuse(action, problem, people, reason, via, compartment)
         people = tuple(people)
         reason = reason.strip()
+        evidence = self._evidence_cabinets(targets)
+        if evidence and via.get("via") == "cli":
+            # Typed names are not people: those named must badge at the cabinet first.
+            wait = await self.c.presence.require(action, people, evidence, via, compartments=targets,
+                                                 compartment=compartment, reason=reason)
+            go = self._emergency_go(targets, people, reason, compartment, cabinet, via | {"waited_seq": wait.seq})
+            self._await_people(wait, go, reason, via)
+            return self._waiting_reply(wait, targets)
+        return await self._emergency_go(targets, people, reason, compartment, cabinet, via)
+
+    def _evidence_cabinets(self, targets: Sequence[str]) -> set[str]:
+        return {self.c.slots[t].cfg.cabinet for t in targets if self.c.slots[t].cfg.kind == "evidence"}
+
+    def _waiting_reply(self, wait: Presence, targets: Sequence[str]) -> dict[str, Any]:
+        window = self.c.t.evidence_window_s
+        return {"accepted": True, "waiting": True, "seq": wait.seq, "people": list(wait.people),
+                "cabinets": sorted(wait.cabinets), "compartments": list(targets), "window_s": window,
+                "message": f"waiting: {' and '.join(wait.people)} must badge at a scanner of cabinet "
+                           f"{', '.join(sorted(wait.cabinets))} within {window:g} s; then {', '.join(targets)} "
+                           "opens"}
+
+    def _await_people(self, wait: Presence, go: Coroutine[Any, Any, Any], reason: str | None,
+                      via: dict[str, Any]) -> None:
+        task = self.c._spawn(self._when_present(wait, go, reason, via), f"{wait.action}-waiting")
+        self.awaiting.add(task)
+        task.add_done_callback(self.awaiting.discard)
+
+    async def _when_present(self, wait: Presence, go: Coroutine[Any, Any, Any], reason: str | None,
+                            via: dict[str, Any]) -> None:
+        """Run ``go`` once the people badged; journal the refusal when they did not come in time."""
+        try:
+            present = await self.c.presence.wait(wait)
+            problem = None if present else (
+                f"{' and '.join(wait.missing())} did not badge at the cabinet within "
+                f"{self.c.t.evidence_window_s:g} s: nothing opened")
+            problem = problem or self.c.not_now()
+            if problem is None:
+                await go
+                return
+            go.close()
+            await self._refuse(wait.action, problem, list(wait.people), reason, via | {"waited_seq": wait.seq})
+        except CommandError:
+            pass  # journaled (override.refused) where it was raised
+
+    async def _emergency_go(self, targets: list[str], people: tuple[str, ...], reason: str,
+                            compartment: str | None, cabinet: str | None, via: dict[str, Any]) -> dict[str, Any]:
         # The authorisation raises the alarm and is on disk before any lock moves.
         alarm = await self.c.journal.record("alarm.emergency_open", compartment=compartment, people=people,
                                             reason=reason, compartments=targets, cabinet=cabinet, **via)
@@ -237,23 +285,62 @@ class Overrides:
         self.maintenance = None
         return {"seq": ev.seq, "opens": m.opens}
 
-    async def maintenance_open(self, compartment: str, person: str, via: dict[str, Any] | None = None
-                               ) -> dict[str, Any]:
-        """Pulse one compartment (or a rear door) for testing; no items change hands."""
+    async def maintenance_open(self, compartment: str, person: str, via: dict[str, Any] | None = None,
+                               witness: str | None = None) -> dict[str, Any]:
+        """Pulse one compartment (or a rear door) for testing; no items change hands.
+
+        An evidence compartment needs a witness who answers for the items (a
+        case manager or a supervisor), and both badge at the cabinet first."""
         via = {"via": "cli"} | (via or {})
         _, problem = self._technician(person)
         if problem is None and self.maintenance is None:
             problem = "maintenance is not on: start it first (lockerd maintenance on --person ID --reason ...)"
         if problem is None and compartment not in self.c.slots:
             problem = f"unknown compartment {compartment!r}"
+        evidence = self._evidence_cabinets([compartment]) if problem is None else set()
+        if problem is None and evidence:
+            problem = self._witness_problem(witness, person)
         problem = problem or self.c.not_now()
+        people = [person] + ([witness] if witness else [])
         if problem:
-            await self._refuse("maintenance-open", problem, [person], None, via,
+            await self._refuse("maintenance-open", problem, people, None, via,
                                compartment if isinstance(compartment, str) else None)
+        if evidence:
+            assert witness is not None
+            wait = await self._wait_for_maintenance(compartment, (person, witness), evidence, via)
+            return self._waiting_reply(wait, [compartment])
+        return await self._maintenance_go(compartment, (person,), via)
+
+    def _witness_problem(self, witness: Any, person: str) -> str | None:
+        if witness is None:
+            return ("an evidence compartment opens for maintenance only with a witness who answers for the "
+                    "items (--witness: a case manager or a supervisor); both badge at the cabinet")
+        p, problem = self._person_problem(witness)
+        if problem:
+            return f"witness: {problem}"
+        assert p is not None
+        if p.id == person:
+            return "the witness must be another person than the technician"
+        if p.role not in EMERGENCY_SECOND:
+            return f"witness {p.id} is {p.role}: a case manager or a supervisor witnesses an evidence maintenance"
+        return None
+
+    async def _wait_for_maintenance(self, compartment: str, people: tuple[str, ...], evidence: set[str],
+                                       via: dict[str, Any]) -> Presence:
+        wait = await self.c.presence.require("maintenance-open", people, evidence, via, compartment=compartment)
+        go = self._maintenance_go(compartment, people, via | {"waited_seq": wait.seq})
+        self._await_people(wait, go, None, via)
+        return wait
+
+    async def _maintenance_go(self, compartment: str, people: tuple[str, ...], via: dict[str, Any]
+                              ) -> dict[str, Any]:
         m = self.maintenance
+        if m is None:
+            await self._refuse("maintenance-open", "maintenance ended while waiting", list(people), None, via,
+                               compartment)
         assert m is not None
         src = {"source": "maintenance", "maintenance_seq": m.seq, **via}
-        out = await self.c._open(self.c.slots[compartment], {}, (person,), source=src,
+        out = await self.c._open(self.c.slots[compartment], {}, people, source=src,
                                  grant_kind="maintenance.open", allow_faults=OVERRIDE_FAULTS)
         if not out.accepted:
             raise CommandError(out.message)

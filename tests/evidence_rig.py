@@ -38,7 +38,7 @@ def data() -> dict[str, Any]:
         {"id": "sato", "name": "Yuki Sato", "role": "supervisor"},
         {"id": "ex", "name": "Former Officer", "role": "officer"},
     ]
-    d["badges"] += [{"code": "B-HOLM", "person": "holm"}]
+    d["badges"] += [{"code": "B-HOLM", "person": "holm"}, {"code": "B-NOWAK", "person": "nowak"}]
     d["items"] += [{"code": "E-2", "kind": "evidence", "case_name": "Case two", "category": "phone",
                     "officer": "okafor", "compartment": "e02"}]
     return d

@@ -51,8 +51,18 @@ async def test_emergency_open_with_one_person_is_refused(rig):
                   "needs two people")
 
 
+async def badge_in(rig, *codes: str) -> None:
+    """The named people badge at the cabinet's scanner, one after the other; the override then goes ahead."""
+    for code in codes:
+        out = await rig.scan(code)
+        assert out.accepted, out.message
+    while rig.c.overrides.awaiting:
+        await rig.clock.advance(0.01)
+    await rig.flush()
+
+
 @pytest.mark.asyncio
-async def test_emergency_open_with_two_people_opens_raises_the_alarm_and_journals_both(rig):
+async def test_cli_emergency_open_of_evidence_waits_for_both_badges_then_opens_and_journals_both(rig):
     await deposit(rig)
     start = rig.journal.last_seq
     seen = []
@@ -66,18 +76,29 @@ async def test_emergency_open_with_two_people_opens_raises_the_alarm_and_journal
         await energise(channel, ms)
 
     rig.e._energise = spy
+    rig.e.pulse_log.clear()  # the deposit's pulse
     res = await rig.c.overrides.emergency_open(["lind", "holm"], "water coming through the ceiling",
-                                               compartment="e01")
-    assert res["pulsed"] is True and res["compartments"] == ["e01"]
-    assert seen == [["alarm.emergency_open", "access.granted"]]
+                                               compartment="e01", via={"via": "cli", "user": "duty"})
+    # Typed names open nothing: the CLI is told who must badge, and nothing moved yet.
+    assert res["waiting"] is True and res["people"] == ["lind", "holm"] and res["cabinets"] == ["e"]
+    assert "lind and holm must badge at a scanner of cabinet e" in res["message"]
+    assert rig.e.pulse_log == []
+    out = await rig.scan("B-LIND")
+    assert "waiting for holm" in out.message and rig.e.pulse_log == []
+    await badge_in(rig, "B-HOLM")
+    assert [ch for ch, _, _ in rig.e.pulse_log] == [0]
+    assert seen == [["override.waiting", "scan", "badge.accepted", "scan", "badge.accepted",
+                     "alarm.emergency_open", "access.granted"]]
     await rig.pull(rig.e, 0)
     await rig.close(rig.e, 0)
     evs = await rig.events(start)
-    alarm = evs[0]
-    assert alarm.kind == "alarm.emergency_open" and alarm.seq == res["seq"]
+    waiting, alarm = evs[0], evs[5]
+    assert waiting.kind == "override.waiting" and waiting.seq == res["seq"] and waiting.data["user"] == "duty"
+    assert [e.data["override_seq"] for e in evs if e.kind == "badge.accepted"] == [waiting.seq] * 2
+    assert alarm.kind == "alarm.emergency_open" and alarm.data["waited_seq"] == waiting.seq
     assert list(alarm.people) == ["lind", "holm"] and alarm.data["reason"] == "water coming through the ceiling"
-    assert alarm.data["compartments"] == ["e01"] and alarm.data["via"] == "cli"
-    grant = evs[1]
+    assert alarm.data["compartments"] == ["e01"] and alarm.data["via"] == "cli" and alarm.data["user"] == "duty"
+    grant = evs[6]
     assert grant.kind == "access.granted" and list(grant.people) == ["lind", "holm"]
     assert grant.data["source"] == "emergency" and grant.data["override_seq"] == alarm.seq
     assert grant.data["reason"] == "water coming through the ceiling"
@@ -122,8 +143,10 @@ async def test_two_supervisors_may_authorise(rig):
 @pytest.mark.asyncio
 async def test_all_in_turn_never_energises_more_than_the_budget(rig):
     res = await rig.c.overrides.emergency_open(["holm", "lind"], "building evacuation", all_compartments=True)
-    assert res["in_turn"] and res["compartments"] == [f"d{i:02d}" for i in range(1, 7)] + [
+    assert res["waiting"] and res["compartments"] == [f"d{i:02d}" for i in range(1, 7)] + [
         f"e{i:02d}" for i in range(1, 5)]
+    await badge_in(rig, "B-HOLM", "B-LIND")
+    [alarm] = [e for e in await rig.events() if e.kind == "alarm.emergency_open"]
     while not rig.c.overrides.running.done():
         await rig.clock.advance(0.1)
     assert rig.hw.budget.peak <= rig.cfg.max_energised
@@ -134,7 +157,7 @@ async def test_all_in_turn_never_energises_more_than_the_budget(rig):
     evs = await rig.events()
     grants = [e for e in evs if e.kind == "access.granted"]
     assert [g.compartment for g in grants] == res["compartments"]
-    assert all(g.data["source"] == "emergency" and g.data["override_seq"] == res["seq"] for g in grants)
+    assert all(g.data["source"] == "emergency" and g.data["override_seq"] == alarm.seq for g in grants)
     [done] = [e for e in evs if e.kind == "override.finished"]
     assert done.data["opened"] == res["compartments"] and done.data["failed"] == {}
 
@@ -164,8 +187,15 @@ async def test_maintenance_open_does_not_change_custody_state(rig):
     start = rig.journal.last_seq
     on = await rig.c.overrides.maintenance_on("nowak", "replacing the solenoid of d01")
     for cid, board, ch in (("d01", rig.d, 0), ("e01", rig.e, 0)):
-        res = await rig.c.overrides.maintenance_open(cid, "nowak")
-        assert res["pulsed"]
+        if cid == "e01":  # evidence: with a witness, once both badged at the cabinet
+            rig.e.pulse_log.clear()  # the deposit's pulse
+            res = await rig.c.overrides.maintenance_open(cid, "nowak", witness="lind")
+            assert res["waiting"] and rig.e.pulse_log == []
+            await badge_in(rig, "B-NOWAK", "B-LIND")
+            assert rig.e.pulse_log
+        else:
+            res = await rig.c.overrides.maintenance_open(cid, "nowak")
+            assert res["pulsed"]
         await rig.pull(board, ch)
         await rig.close(board, ch)
     off = await rig.c.overrides.maintenance_off("nowak")
@@ -176,7 +206,8 @@ async def test_maintenance_open_does_not_change_custody_state(rig):
     assert kinds.count("maintenance.open") == 2 and "access.granted" not in kinds
     assert not [k for k in kinds if k.startswith(("dossier.", "evidence.", "alarm."))]
     opens = [e for e in evs if e.kind == "maintenance.open"]
-    assert all(e.data["maintenance_seq"] == on["seq"] and list(e.people) == ["nowak"] for e in opens)
+    assert all(e.data["maintenance_seq"] == on["seq"] for e in opens)
+    assert [list(e.people) for e in opens] == [["nowak"], ["nowak", "lind"]]
     closed = [e for e in evs if e.kind == "door.closed"]
     assert [c.data["grant_seq"] for c in closed] == [e.seq for e in opens]
     assert evs[-1].data["started_seq"] == on["seq"] and evs[-1].data["opens"] == 2

@@ -403,7 +403,8 @@ async def test_a_scanner_port_that_does_not_exist(tmp_path, caplog):
         assert "[scanners.front].port" in offline[0].data["detail"]
         assert any(str(gone) in r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
         # The daemon runs on: the station can still open a compartment, and the doors are watched.
-        assert (await rig.c.remote_open("t01", "scanner broken", {"command_id": "cmd-1", "requested_by": "berg"})).pulsed
+        out = await rig.c.remote_open("t01", "scanner broken", {"command_id": "cmd-1", "requested_by": "berg"})
+        assert out.pulsed
         assert await s.door("t01").pull()
         await s.until(lambda: rig.c.slots["t01"].door is DoorState.OPEN, "t01 open")
     finally:

@@ -33,7 +33,7 @@ class Station:
     def send(self, name: str, args: dict[str, Any] | None = None, *, cid: str | None = None,
              retain: bool = False, raw: bytes | None = None, topic_node: str = "node-1",
              signers: tuple[str, ...] | None = None, **envelope: Any) -> str:
-        """Publish a command, signed by ``signers`` (default: desk, and watch too for an emergency open; () unsigned)."""
+        """Publish a command signed by ``signers``: default desk (and watch for an emergency open); () unsigned."""
         cid = cid or uuid.uuid4().hex
         body = {"id": cid, "ts": iso_utc(time.time()), "requested_by": "sgt-1", "args": args or {}} | envelope
         if signers is None:
