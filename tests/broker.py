@@ -314,7 +314,8 @@ count = 4
 # The station users the test configs trust: "desk" may order everything,
 # "watch" is the second signer of an emergency open. Seeds are fixed so a
 # test can sign as either (tests/test_station_commands.Station does).
-SIGNER_SEEDS = {"desk": bytes(range(32)), "watch": bytes(range(32, 64)), "intruder": bytes(range(64, 96))}
+SIGNER_SEEDS = {name: bytes(range(32 * i, 32 * i + 32))
+                for i, name in enumerate(("desk", "watch", "intruder", "clerk", "chief"))}
 SIGNER_ROLES = {"desk": ["open", "custody", "evidence", "people", "authority", "emergency"], "watch": ["emergency"]}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker import Mosquitto, Recorder, station_config, wait_for
@@ -16,13 +17,14 @@ from lockerd.daemon import Daemon
 
 @contextlib.asynccontextmanager
 async def station_daemon(tmp_path: Path, mosquitto: Mosquitto, recorders: list[Recorder],
-                         extra: str = "") -> AsyncIterator[tuple[Daemon, Station, Recorder]]:
-    """The daemon linked to ``mosquitto`` (its station config plus ``extra``), a station sending commands and a
-    recorder on the node's topics; yields once the link is up and subscribed (d01's first state is out)."""
+                         extra: str = "", **station_opts: Any) -> AsyncIterator[tuple[Daemon, Station, Recorder]]:
+    """The daemon linked to ``mosquitto`` (its station config with ``station_opts``, plus ``extra``), a station
+    sending commands and a recorder on the node's topics; yields once the link is up and subscribed (d01's first
+    state is out)."""
     rec = Recorder(mosquitto.port, [f"{BASE}/#"])
     recorders.append(rec)
     station = Station(mosquitto.port)
-    path = station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"])
+    path = station_config(tmp_path, [f"127.0.0.1:{mosquitto.port}"], **station_opts)
     if extra:
         path.write_text(path.read_text() + extra)
     daemon = Daemon(cfg.load(path))
