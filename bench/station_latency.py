@@ -55,10 +55,11 @@ from benchstats import compile_like_an_install, pct
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from broker import Mosquitto  # noqa: E402
+from broker import SIGNER_SEEDS, Mosquitto, signers_toml  # noqa: E402
 from ptys import SocatPair  # noqa: E402
 
 from lockerd.clock import iso_utc  # noqa: E402
+from lockerd.station import signing  # noqa: E402
 
 SITE, NODE = "bench", "node-1"
 BASE = f"lockerd/{SITE}/{NODE}"
@@ -110,6 +111,7 @@ debounce_ms = 0
 
 [station]
 brokers = ["127.0.0.1:{mqtt_port}"]
+allow_plaintext = true  # Mosquitto on loopback, no TLS
 """
 
 
@@ -234,7 +236,10 @@ class Station:
     def send(self, name: str, args: dict[str, Any]) -> tuple[str, int]:
         """Publish a command; its id and the monotonic ns just before the publish call."""
         cid = uuid.uuid4().hex
-        payload = json.dumps({"id": cid, "ts": iso_utc(time.time()), "requested_by": "bench", "args": args})
+        body = {"id": cid, "ts": iso_utc(time.time()), "requested_by": "bench", "site": SITE, "node": NODE,
+                "args": args}
+        body["signatures"] = [signing.sign(name, body, "desk", SIGNER_SEEDS["desk"])]  # the station's work
+        payload = json.dumps(body)
         t = time.monotonic_ns()
         self.client.publish(f"{BASE}/cmd/{name}", payload, qos=1)
         return cid, t
@@ -317,7 +322,7 @@ def peers(folder: Path, poll_hz: float, broker_extra: str) -> tuple[Mosquitto, B
     conf = folder / "lockerd.toml"
     conf.write_text(CONFIG.format(site=SITE, node=NODE, pulse_ms=PULSE_MS, debounce_ms=DEBOUNCE_MS,
                                   board_port=board.port, poll_hz=poll_hz, count=COMPARTMENTS,
-                                  scanner=scanner.device, mqtt_port=broker.port))
+                                  scanner=scanner.device, mqtt_port=broker.port) + signers_toml())
     return broker, board, scanner, conf
 
 

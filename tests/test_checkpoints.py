@@ -50,11 +50,16 @@ def rehash(journal: Path) -> None:
 
 def reference_checker(key: str):
     """The Python block of docs/station-server.md, run as the station would."""
+    return docs_python("class Controller")["Controller"](key)
+
+
+def docs_python(defining: str) -> dict:
+    """Run the Python block of docs/station-server.md that contains ``defining``; its namespace."""
     doc = (Path(__file__).parent.parent / "docs" / "station-server.md").read_text()
-    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    [code] = [b.split("```", 1)[0] for b in doc.split("```python\n")[1:] if defining in b.split("```", 1)[0]]
     space: dict = {}
     exec(code, space)
-    return space["Controller"](key)
+    return space
 
 
 def verify_cli(cfg: Path, journal: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -57,6 +57,11 @@ def test_a_cli_emergency_open_of_evidence_waits_for_both_badges_and_names_the_os
     with running_daemon(tmp_path, EVIDENCE_TOML) as (cfg, proc):
         (tmp_path / "data.json").write_text(json.dumps(PEOPLE))
         assert cli(cfg, "import", str(tmp_path / "data.json")).returncode == 0
+        # Who may co-sign evidence changed: the import raised notices for the supervisor and the case manager.
+        notices = history(cfg, "notice.authority_changed")
+        assert sorted((n["people"][0], "badge" in n["data"]) for n in notices) == [
+            ("holm", False), ("holm", True), ("lind", False), ("lind", True)]
+        assert all(n["data"]["user"] == "root" for n in notices)
         out = cli(cfg, "emergency-open", "e01", "--person", "holm", "--person", "lind", "--reason", "flooding")
         assert out.returncode == 0, out.stderr
         assert "waiting: holm and lind must badge at a scanner of cabinet e within 60 s; then e01 opens" in out.stdout

@@ -37,8 +37,11 @@ async def test_the_scripted_shift_deposits_checks_out_returns_refuses_and_opens_
         events = journal.read(limit=10_000)
     finally:
         journal.close()
+    # The import names a case manager and a supervisor: who may co-sign changed, and the station is told.
+    assert {e.data["role"] for e in events if e.kind == "notice.authority_changed"} == {"case_manager", "supervisor"}
     shift = [(e.kind, e.compartment, e.dossier) for e in events
-             if e.kind not in ("scan", "lock.pulsed", "photo.taken", "badge.accepted", "deadline.closed")
+             if e.kind not in ("scan", "lock.pulsed", "photo.taken", "badge.accepted", "deadline.closed",
+                               "notice.authority_changed")
              and not e.kind.endswith(".registered") and e.kind != "item.assigned"
              and not e.kind.startswith("journal.")]  # the journal's own snapshots and signed checkpoints
     assert shift[:2] == [("daemon.started", None, None), ("daemon.ready", None, None)]

@@ -12,6 +12,7 @@ from typing import Any
 import nacl.signing
 import pytest
 from broker import SIGNER_SEEDS, Mosquitto, Recorder, public_key, wait_for
+from test_checkpoints import docs_python
 from test_station_commands import Station, reply_for
 from test_station_daemon import station_daemon
 
@@ -127,6 +128,15 @@ async def test_forged_and_misused_signatures_open_nothing(tmp_path: Path, mosqui
         assert signing.digest("open", text).hex() == d["digest"]
         key = nacl.signing.VerifyKey(bytes.fromhex(public_key("desk")))
         key.verify(signing.message(bytes.fromhex(d["digest"])), bytes.fromhex(d["signatures"][0]["sig"]))
+
+
+def test_the_reference_signer_in_the_docs_signs_as_the_controller_checks() -> None:
+    sign_command = docs_python("def sign_command")["sign_command"]
+    command = body("emergency-open", {"compartment": "e01", "people": ["a", "b"], "reason": "fire"})
+    signed = sign_command("emergency-open", dict(command), "desk", SIGNER_SEEDS["desk"].hex())
+    signed = sign_command("emergency-open", signed, "watch", SIGNER_SEEDS["watch"].hex())
+    assert signed["signatures"] == [signing.sign("emergency-open", command, s, SIGNER_SEEDS[s])
+                                    for s in ("desk", "watch")]
 
 
 @pytest.mark.asyncio
