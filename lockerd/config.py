@@ -876,6 +876,10 @@ CUSTODY = {
                                    doc="when the calendar has no shifts: a dossier taken out is due back after this"),
     "tick_s": Opt("float", 30.0, min=1, max=3600, doc="how often deadlines are checked against the wall clock"),
     "release_roles": Opt("list-str", RELEASE_ROLES, doc="roles that may release a dossier for good"),
+    "dossier_badge": Opt("str", "optional", choices=("optional", "required"),
+                         doc="a badge scanned just before a dossier names who takes it out or brings it; "
+                             "required: a dossier without one is refused"),
+    "badge_window_s": Opt("float", 30.0, min=1, max=600, doc="how long a badge waits for its dossier scan"),
     # plus one table per kind of deadline: deposit, return, evidence_deposit
 }
 
@@ -1001,4 +1005,4 @@ def _custody(c: _Checker, raw: Any) -> Rules:
     if c.problems:
         return Rules()
     return Rules(opts["deposit_within_h"], opts["return_without_shifts_h"], opts["tick_s"],
-                 tuple(opts["release_roles"]), ladders)
+                 tuple(opts["release_roles"]), ladders, opts["dossier_badge"], opts["badge_window_s"])

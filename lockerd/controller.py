@@ -131,6 +131,7 @@ class Controller:
         self._by_sensor = {(s.cfg.sensor_driver, s.cfg.sensor): cid for cid, s in self.slots.items()}
         self._by_lock = {(s.cfg.lock_driver, s.cfg.lock): cid for cid, s in self.slots.items()}
         self._pending: dict[str, Pending] = {}
+        self._who: dict[str, tuple[str, float]] = {}  # scanner -> (person, scan time) of its last badge
         self._tasks: set[asyncio.Task] = set()
         self._state_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._outcome_listeners: list[Callable[[Scan, Outcome], None]] = []
@@ -493,7 +494,18 @@ class Controller:
             pend.item = code
             return await self._try_evidence(scan, pend)
         action = CHECKOUT if item.state is ItemState.IN else (DEPOSIT if item.state is ItemState.NEW else RETURN)
-        return await self._open(slot, {code: action}, (), scan=scan)
+        who = self._badged_before(scan)
+        if who is None and self.config.custody.dossier_badge == "required":
+            return self._deny(scan, "no badge before the dossier", "refused: scan your badge, then the dossier",
+                              compartment=cid, dossier=code)
+        return await self._open(slot, {code: action}, (who,) if who else (), scan=scan)
+
+    def _badged_before(self, scan: Scan) -> str | None:
+        """The person whose badge was scanned at this scanner within badge_window_s before ``scan`` (used once)."""
+        last = self._who.pop(scan.scanner, None)
+        if last is None or scan.at - last[1] > self.config.custody.badge_window_s:
+            return None
+        return last[0] if self.registry.active_person(last[0]) is not None else None
 
     def _masked(self, scan: Scan) -> Scan:
         """A badge's scan as journaled: its fingerprint, never its code (lockerd.badges)."""
@@ -574,9 +586,12 @@ class Controller:
         return f"{what} open the {door} door of {slot.compartment}: scan at a {door} scanner, not this {side} one"
 
     async def _badge(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome:
+        # A badge just before a dossier names who takes it out or brings it back.
+        self._who[scan.scanner] = (person.id, scan.at)
         if not self._serves_evidence(served):
-            return self._deny(scan, "badge scanned where a dossier is expected",
-                              "refused: that is a badge; scan the dossier's barcode", people=(person.id,))
+            self.journal.append("scan", people=(person.id,), **self.scan_fields(scan))
+            self.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role))
+            return Outcome(True, f"badge of {person.name} accepted: scan the dossier")
         if (out := self.presence.badge(scan, person, served)) is not None:
             return out
         pend = self._pending_for(scan.scanner)
@@ -975,11 +990,20 @@ class Controller:
 
     # -- registry changes (import, station commands) ----------------------------------------
 
-    def check_item(self, code: str, kind: str, compartment: str | None, case_name: str, category: str,
-                   officer: str, people: dict[str, Person] | None = None) -> Item:
+    def check_item(self, code: str, kind: str | None, compartment: str | None, case_name: str | None,
+                   category: str | None, officer: str | None, people: dict[str, Person] | None = None) -> Item:
+        """The item a registration makes. A field given as None keeps its registered value (a new item: empty,
+        a dossier); an item's kind never changes, and a released item's record is closed."""
         known = people if people is not None else self.registry.people
         if not code or not isinstance(code, str) or len(code) > 128:
             raise CommandError(f"item code {code!r}: expected 1-128 characters")
+        old = self.registry.items.get(code)
+        if old is not None and old.state is ItemState.RELEASED:
+            raise CommandError(f"item {code} was released on {old.since}: its record is closed")
+        if old is not None and kind is not None and kind != old.kind:
+            raise CommandError(f"item {code} is registered as {old.kind}: an item's kind never changes "
+                               f"(not to {kind})")
+        kind = kind if kind is not None else old.kind if old is not None else "dossier"
         if kind not in ("dossier", "evidence"):
             raise CommandError(f"item {code}: kind {kind!r}: expected 'dossier' or 'evidence'")
         if self.registry.is_badge(code):
@@ -992,15 +1016,18 @@ class Controller:
                 raise CommandError(f"item {code}: unknown compartment {compartment!r}")
             if c.kind != kind:
                 raise CommandError(f"item {code}: a {kind} cannot go in {c.kind} compartment {compartment}")
-        if officer and officer not in known:
-            raise CommandError(f"item {code}: unknown responsible officer {officer!r}")
-        old = self.registry.items.get(code)
+        if officer:
+            p = known.get(officer)
+            if p is None or not p.active:
+                raise CommandError(f"item {code}: unknown or revoked responsible officer {officer!r}")
         if old is not None and old.state is ItemState.IN and old.compartment != compartment:
             raise CommandError(f"item {code} is in compartment {old.compartment}: take it out before moving it")
-        item = Item(code, kind, case_name or "", category or "", officer or "", compartment)
-        if old is not None:
-            item.state, item.holder, item.depositor, item.since = old.state, old.holder, old.depositor, old.since
-        return item
+        if old is None:
+            return Item(code, kind, case_name or "", category or "", officer or "", compartment)
+        return replace(old, compartment=compartment,
+                       case_name=old.case_name if case_name is None else case_name,
+                       category=old.category if category is None else category,
+                       officer=old.officer if officer is None else officer)
 
     async def assign(self, item: Item, by: dict[str, Any], extra: dict[str, Any] | None = None,
                      ops: list[StateOp] | None = None) -> Event:

@@ -92,6 +92,8 @@ class Rules:
     tick_s: float = 30.0
     release_roles: tuple[str, ...] = RELEASE_ROLES
     ladders: dict[str, Ladder] = field(default_factory=lambda: dict(DEFAULT_LADDERS))
+    dossier_badge: str = "optional"  # or "required": a dossier scan needs a badge just before it
+    badge_window_s: float = 30.0
 
 
 @dataclass
@@ -242,32 +244,49 @@ class Custody:
             if left is not None and left <= 0:
                 self._send(d)
 
-    def _recipient(self, d: Deadline, to: str) -> str | None:
+    def _recipient(self, d: Deadline, to: str) -> tuple[str | None, str | None]:
+        """Who a rung to ``to`` goes to, resolved now from active people: (person, None); (None, None) when the
+        station resolves it (legal, or no supervisor named); (None, why) when nobody there may be told."""
+        reg = self.c.registry
         if to == "officer":
-            return d.holder or d.officer or None
-        if to == "supervisor":
-            return d.supervisor or None
-        return None  # the legal/oversight section: the station knows who that is
+            named = [(what, pid) for what, pid in (("holder", d.holder), ("responsible officer", d.officer)) if pid]
+            for _, pid in named:
+                if reg.active_person(pid) is not None:
+                    return pid, None
+            why = "; ".join(f"{what} {pid} is revoked" for what, pid in named) or "nobody named"
+            return None, why
+        if to == "supervisor" and d.supervisor:
+            if reg.active_person(d.supervisor) is not None:
+                return d.supervisor, None
+            return None, f"supervisor {d.supervisor} is revoked"
+        return None, None  # the legal/oversight section, or a supervisor the station knows
 
     def _send(self, d: Deadline) -> None:
         ladder = self.rules.ladders[d.kind]
         level = d.level + 1
+        skipped: list[dict[str, Any]] = []
+        recipient, why = self._recipient(d, ladder.steps[level - 1].to)
+        while why is not None and level < len(ladder.steps):
+            # Nobody at this rung may be told: the next rung is told now, and why.
+            skipped.append({"level": level, "to": ladder.steps[level - 1].to, "why": why})
+            level += 1
+            recipient, why = self._recipient(d, ladder.steps[level - 1].to)
         step = ladder.steps[level - 1]
         sent = replace(d, level=level, sent_ts=self.clock.wall(), sent_mono=self.clock.monotonic(),
                        sent_boot=self.journal.boot)
         item = self.c.registry.items.get(d.code)
-        recipient = self._recipient(d, step.to)
         # Memory moves first so the next look does not send it again while
         # the writer works; a failed write puts the deadline back.
         self.deadlines[d.id] = sent
         # keep=False: a reminder the journal cannot take is retried here, at its level, not journaled late.
         fut = self.journal.append(
-            "reminder.due" if level == 1 else "reminder.escalated", keep=False,
+            "reminder.due" if d.level == 0 else "reminder.escalated", keep=False,
             compartment=item.compartment if item else None, dossier=d.code,
             people=(recipient,) if recipient else (),
             deadline=d.kind, due=d.due, level=level, levels=len(ladder.steps), to=step.to, recipient=recipient,
             officer=d.officer, holder=d.holder, case_name=item.case_name if item else "",
-            overdue_s=round(self.clock.wall() - d.due_ts, 1), state=[sent.op()])
+            overdue_s=round(self.clock.wall() - d.due_ts, 1), state=[sent.op()],
+            **({"skipped": skipped} if skipped else {}), **({"unreachable": why} if why else {}))
         fut.add_done_callback(lambda f: self._written(f, d, sent))
         log.info("custody: %s %s overdue: level %d to %s%s", d.code, d.kind, level, step.to,
                  f" ({recipient})" if recipient else "")
@@ -332,13 +351,14 @@ class Custody:
             return None, {"deposit_due": old.due}  # re-registration keeps the running deadline and its ladder
         due_ts = (self._time(item.code, "deposit_due", given, now) if given is not None
                   else taken_in + self.rules.deposit_within_h * 3600)
-        if due_ts <= now:
-            raise CommandError(f"item {item.code}: deposit deadline {iso_utc(due_ts)} is in the past "
-                               f"(now {iso_utc(now)})")
         d = Deadline(deadline_id(item.code, kind), item.code, kind, iso_utc(due_ts), due_ts,
                      since=iso_utc(taken_in), officer=item.officer or None,
                      supervisor=str(supervisor) if supervisor is not None else None)
-        return d, {"deposit_due": d.due, "taken_in": d.since}
+        data: dict[str, Any] = {"deposit_due": d.due, "taken_in": d.since}
+        if due_ts <= now:
+            # Registered after its deadline ran out: recorded as late, and its reminders start at once.
+            data |= {"late": True, "late_s": round(now - due_ts, 1)}
+        return d, data
 
     @staticmethod
     def _time(code: str, key: str, value: Any, default: float) -> float:

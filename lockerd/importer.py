@@ -80,7 +80,7 @@ async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], b
             people[p.id] = p
             new_people.append(p)
         except CommandError as e:
-            problems.append(f"people[{i}]: {e}")
+            problems.append(f"people record {i + 1}: {e}")
     badges: list[tuple[str, str]] = []
     for i, r in enumerate(data.get("badges", [])):
         code, person = str(r.get("code", "")), str(r.get("person", ""))
@@ -88,17 +88,19 @@ async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], b
             reg.check_badge(code, person, people)
             badges.append((code, person))
         except CommandError as e:
-            problems.append(f"badges[{i}]: {e}")
+            problems.append(f"badges record {i + 1}: {e}")
     items = []
     for i, r in enumerate(data.get("items", [])):
         try:
             comp = r.get("compartment") or None
+            def given(key: str, r: dict[str, Any] = r) -> str | None:
+                return str(r[key]) if r.get(key) not in (None, "") else None  # absent or blank: keep
+
             items.append(controller.check_item(
-                str(r.get("code", "")), str(r.get("kind", "dossier") or "dossier"),
-                str(comp) if comp is not None else None, str(r.get("case_name", "")),
-                str(r.get("category", "")), str(r.get("officer", "")), people))
+                str(r.get("code", "")), given("kind"), str(comp) if comp is not None else None,
+                given("case_name"), given("category"), given("officer"), people))
         except CommandError as e:
-            problems.append(f"items[{i}]: {e}")
+            problems.append(f"items record {i + 1}: {e}")
     codes = [c for c, _ in badges] + [it.code for it in items]
     dupes = sorted({c for c in codes if codes.count(c) > 1})
     if dupes:

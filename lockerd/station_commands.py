@@ -76,14 +76,15 @@ class CommandHandler:
                      ) -> dict[str, Any]:
         c, reg = self.c, self.c.registry
         if name == "assign":
-            item = c.check_item(str(args["code"]), str(args.get("kind", "dossier")), args.get("compartment"),
-                                str(args.get("case_name", "")), str(args.get("category", "")),
-                                str(args.get("officer", "")))
+            item = c.check_item(str(args["code"]), args.get("kind"), args.get("compartment"),
+                                args.get("case_name"), args.get("category"), args.get("officer"))
             deadline, data = c.custody.registration(item, args)  # checked before anything is applied
+            if args.get("supervisor") is not None:
+                data["supervisor"] = args["supervisor"]  # named in the return reminders too
             ev = await c.assign(item, by, data, [deadline.op()] if deadline else [])
             c.custody.registered(deadline)
             c.items_changed({item.compartment} if item.compartment else set())
-            return {"seq": ev.seq} | ({"deposit_due": data["deposit_due"]} if data else {})
+            return {"seq": ev.seq} | {k: data[k] for k in ("deposit_due", "late", "late_s") if k in data}
         if name == "acknowledge":
             ev = await c.custody.acknowledge(str(args["code"]), args.get("deadline"), str(args["person"]),
                                              str(args.get("note", "")), by)

@@ -114,9 +114,9 @@ async def test_refusals_are_journaled_with_a_reason(rig, code, reason):
     assert rig.d.pulse_log == [] and rig.e.pulse_log == []
 
 
-async def test_badge_where_a_dossier_is_expected_is_refused(rig):
+async def test_a_badge_before_a_dossier_names_who_takes_it_out(rig):
     out = await rig.scan("B-BERG", scanner="side")  # the side scanner serves dossiers only
-    assert not out.accepted and "badge" in out.message
+    assert out.accepted and out.message == "badge of Anna Berg accepted: scan the dossier"
 
 
 async def test_dossier_at_a_scanner_of_another_cabinet_is_refused(tmp_path):

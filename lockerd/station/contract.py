@@ -49,7 +49,8 @@ def _args(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
 COMMAND_ARGS: dict[str, dict[str, Any]] = {
     "assign": _args({
         "code": ITEM_CODE,
-        "kind": {"type": "string", "enum": ["dossier", "evidence"], "default": "dossier"},
+        "kind": {"type": "string", "enum": ["dossier", "evidence"],
+                 "description": "a new item's kind (default dossier); an item's kind never changes"},
         "compartment": {"type": ["string", "null"], "pattern": ID_PATTERN,
                         "description": "where the item belongs; null registers it without a compartment"},
         "case_name": _s(256, 0),
@@ -298,11 +299,18 @@ REMINDER = {
         "levels": {"type": "integer", "minimum": 1, "description": "rungs of this deadline's ladder"},
         "to": {"type": "string", "enum": list(RECIPIENTS), "description": "who is to be told"},
         "recipient": {"type": ["string", "null"],
-                      "description": "the person id when the controller knows it (officer, named supervisor)"},
+                      "description": "the person id, resolved when the rung fires from active people only: the "
+                                     "holder, else the responsible officer; a named supervisor. Null: the station "
+                                     "resolves it (legal; a supervisor not named)"},
         "officer": {"type": ["string", "null"]},
         "holder": {"type": ["string", "null"], "description": "who took the dossier out, when known"},
         "case_name": {"type": "string"},
         "overdue_s": {"type": "number"},
+        "skipped": {"type": "array", "description": "rungs passed over because nobody there may be told",
+                    "items": {"type": "object", "properties": {
+                        "level": {"type": "integer"}, "to": {"type": "string"}, "why": {"type": "string"}},
+                        "required": ["level", "to", "why"], "additionalProperties": False}},
+        "unreachable": {"type": "string", "description": "the top rung, and still nobody active to tell: why"},
     },
     "required": ["deadline", "due", "level", "levels", "to", "recipient", "overdue_s"],
     "additionalProperties": False,
@@ -327,7 +335,8 @@ def command_schema(name: str) -> dict[str, Any]:
 
 
 _COMMAND_DOCS = {
-    "assign": "Register an item (dossier or seized item) and the compartment it belongs in.",
+    "assign": ("Register an item (dossier or seized item) and the compartment it belongs in. Re-registering "
+               "keeps every field it does not name; the kind never changes; a released item's record is closed."),
     "unassign": "Remove an item's registration.",
     "register-person": "Add or update a person (officer, case manager, supervisor, technician).",
     "revoke-person": "Withdraw a person: their badges and dossiers no longer open anything.",
