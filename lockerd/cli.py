@@ -267,51 +267,65 @@ def _custody_db(a: argparse.Namespace):
     return cfg, connect(path, readonly=True)
 
 
+def _late(seconds: float) -> str:
+    h, m = divmod(int(seconds) // 60, 60)
+    return f"{h}h{m:02d}"
+
+
 def cmd_custody(a: argparse.Namespace) -> int:
+    import time
+
     from lockerd.calendar import iso_local
     from lockerd.clock import parse_time
     from lockerd.custody import custody_rows
 
     cfg, conn = _custody_db(a)
     with contextlib.closing(conn):
-        rows = custody_rows(conn, out_only=a.out, officer=a.person, code=a.dossier)
+        rows = custody_rows(conn, out_only=a.out, officer=a.person, code=a.dossier, now=time.time())
     tz = cfg.calendar.tz
+
+    def local(ts: str | None) -> str:
+        return iso_local(parse_time(ts), tz) if ts else "-"
+
     for r in rows:
         if a.json:
             print(json.dumps(r, ensure_ascii=False))
             continue
-        who = r["holder"] or r["officer"] or "-"
-        due = r["due"] and iso_local(parse_time(r["due"]), tz)
-        print(f"{r['code']:<16} {r['kind']:<8} {r['state']:<4} {r['compartment'] or '-':<6} {who:<12} "
-              f"since {r['since'] or '-':<24} due {due or '-'}"
-              + (f" (reminder level {r['level']})" if r["level"] else ""))
+        line = (f"{r['code']:<16} {r['kind']:<8} {r['state']:<4} {r['compartment'] or '-':<6} "
+                f"holder {r['holder'] or '-':<10} officer {r['officer'] or '-':<10} since {local(r['since'])}")
+        if r["due"]:
+            line += f", due {local(r['due'])}" + (f", {_late(r['late_s'])} late" if r["late_s"] else "")
+        if r["reminded"]:
+            line += "; reminded " + ", ".join(f"{x['recipient'] or x['to']} (level {x['level']}, {local(x['ts'])})"
+                                              for x in r["reminded"])
+        print(line)
     return 0
 
 
 def cmd_overdue(a: argparse.Namespace) -> int:
     import time
 
-    from lockerd.calendar import iso_local
+    from lockerd.calendar import iso_local, parse_local
     from lockerd.clock import parse_time
     from lockerd.custody import load_deadlines, overdue_rows
 
     cfg, conn = _custody_db(a)
     try:
-        now = parse_time(a.at) if a.at else time.time()
+        now = parse_local(a.at, cfg.calendar.tz) if a.at else time.time()
     except ValueError as e:
-        print(f"lockerd: bad time: {e} (use ISO 8601, e.g. 2026-11-22T14:00)", file=sys.stderr)
+        print(f"lockerd: bad time: {e} (use ISO 8601, e.g. 2026-11-22T14:00, the station's local time "
+              "unless it has an offset)", file=sys.stderr)
         return 2
     with contextlib.closing(conn):
-        rows = overdue_rows(load_deadlines(conn), now, cfg.custody)
+        rows = overdue_rows(load_deadlines(conn), now, cfg.custody, conn if a.at else None)
     for r in rows:
         if a.json:
             print(json.dumps(r, ensure_ascii=False))
             continue
-        h, m = divmod(int(r["overdue_s"]) // 60, 60)
         level = f"level {r['level']}/{r['levels']} ({r['to']})" if r["level"] else "no reminder yet"
         ack = f", acknowledged by {r['acknowledged_by']}" if r["acknowledged_by"] else ""
         print(f"{r['code']:<16} {r['deadline']:<16} due {iso_local(parse_time(r['due']), cfg.calendar.tz)} "
-              f"overdue {h}h{m:02d} {level}{ack}; officer {r['officer'] or '-'}"
+              f"overdue {_late(r['overdue_s'])} {level}{ack}; officer {r['officer'] or '-'}"
               + (f", held by {r['holder']}" if r["holder"] else ""))
     if not rows and not a.json:
         print("nothing overdue")
@@ -370,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = with_config(sub.add_parser("overdue", help="what is overdue now, at which escalation level"))
     sp.add_argument("--journal", help="journal file (default: from the config)")
-    sp.add_argument("--at", help="overdue at this ISO 8601 time instead of now (e.g. the end of the shift)")
+    sp.add_argument("--at", help="overdue at this ISO 8601 time instead of now, with the level reached by then "
+                                 "(without an offset: the station's local time)")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_overdue)
 

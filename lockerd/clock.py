@@ -8,10 +8,16 @@ debounce) sleeps through a Clock so that tests can drive time by hand with
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 import heapq
 import itertools
 import time
+import uuid
 from datetime import UTC, datetime
+
+TIME_ERROR = 5  # adjtimex(2): the kernel's clock is not synchronised
 
 
 class Clock:
@@ -20,11 +26,45 @@ class Clock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def boot_id(self) -> str:
+        """This OS boot: within one, monotonic times compare across processes (daemon restarts)."""
+        return _kernel_boot_id()
+
+    def synchronised(self) -> bool:
+        """Whether the kernel says the wall clock is synchronised (NTP, or an RTC set from it)."""
+        return _adjtimex_state() != TIME_ERROR
+
     def wall(self) -> float:
         return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+@functools.cache
+def _kernel_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return "process-" + uuid.uuid4().hex[:12]  # no /proc: durations then count within this process only
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+
+
+def _adjtimex_state() -> int:
+    libc = _libc()
+    adjtimex = getattr(libc, "adjtimex", None)
+    if adjtimex is None:
+        return 0  # cannot tell: trust the clock, as before
+    timex = ctypes.create_string_buffer(512)  # a struct timex (under 256 bytes) with modes = 0: read only
+    return int(adjtimex(timex))
 
 
 class ManualClock(Clock):
@@ -33,6 +73,8 @@ class ManualClock(Clock):
     def __init__(self, wall: float = 1_790_000_000.0, monotonic: float = 1000.0):
         self._wall = wall
         self._mono = monotonic
+        self.boot = uuid.uuid4().hex[:12]  # a test's "reboot" gives it a new one
+        self.synced = True
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
 
@@ -41,6 +83,12 @@ class ManualClock(Clock):
 
     def wall(self) -> float:
         return self._wall
+
+    def boot_id(self) -> str:
+        return self.boot
+
+    def synchronised(self) -> bool:
+        return self.synced
 
     def jump_wall(self, seconds: float) -> None:
         """Step the wall clock alone, as NTP or a missing RTC does."""

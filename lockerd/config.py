@@ -343,6 +343,9 @@ EVIDENCE = {
                                   "co-signing its retrieval or release (never alone: a case manager is always needed)"),
     "reasons": Opt("table", {}, doc="reason cards for a retrieval: barcode = reason text"),
     "release_reasons": Opt("table", {}, doc="reason cards for a release (the item leaves for good): barcode = text"),
+    "due_back_h": Opt("float", 24.0, min=0.1, max=8760, doc="evidence taken out is due back after this, unless "
+                      "its reason card has its own time in [evidence.due_back]"),
+    "due_back": Opt("table", {}, doc="reason card barcode = hours until evidence taken out with it is due back"),
     "badge_burst_ms": Opt("int", 300, min=0, max=5000, doc="two people's badges read closer than this at one "
                           "scanner are one burst (one printed code carrying two): neither counts"),
 }
@@ -401,6 +404,12 @@ class EvidenceRules:
     reasons: dict[str, str] = field(default_factory=dict)  # card barcode -> text (retrieval)
     release_reasons: dict[str, str] = field(default_factory=dict)  # card barcode -> text (release for good)
     badge_burst_ms: int = 300
+    due_back_h: float = 24.0
+    due_back: dict[str, float] = field(default_factory=dict)  # reason card -> hours
+
+    def due_back_h_for(self, card: str | None) -> float:
+        """Hours until evidence taken out with reason ``card`` (None: a station authorisation) is due back."""
+        return self.due_back.get(card, self.due_back_h) if card else self.due_back_h
 
     def reason_card(self, code: str) -> tuple[str, bool] | None:
         """(text, is_release) for a reason card's barcode, else None."""
@@ -831,7 +840,17 @@ def _evidence(c: _Checker, raw: Any) -> EvidenceRules:
                   "a card barcode not also in evidence.reasons (one card, one meaning)")
     may = opts["depositor_may_retrieve"]
     burst = opts["badge_burst_ms"] if isinstance(opts["badge_burst_ms"], int) else 300
-    return EvidenceRules(may if isinstance(may, bool) else True, tables["reasons"], tables["release_reasons"], burst)
+    due_back: dict[str, float] = {}
+    for code, hours in (opts["due_back"] if isinstance(opts["due_back"], dict) else {}).items():
+        if code not in tables["reasons"]:
+            c.problem(f"evidence.due_back.{code}", hours, "a card barcode from [evidence.reasons]")
+        elif isinstance(hours, bool) or not isinstance(hours, int | float) or not 0.1 <= hours <= 8760:
+            c.problem(f"evidence.due_back.{code}", hours, "hours from 0.1 to 8760")
+        else:
+            due_back[code] = float(hours)
+    default = opts["due_back_h"] if isinstance(opts["due_back_h"], int | float) else 24.0
+    return EvidenceRules(may if isinstance(may, bool) else True, tables["reasons"], tables["release_reasons"], burst,
+                         float(default), due_back)
 
 
 def _int_over(value: Any, limit: int) -> bool:
@@ -880,7 +899,7 @@ CUSTODY = {
                          doc="a badge scanned just before a dossier names who takes it out or brings it; "
                              "required: a dossier without one is refused"),
     "badge_window_s": Opt("float", 30.0, min=1, max=600, doc="how long a badge waits for its dossier scan"),
-    # plus one table per kind of deadline: deposit, return, evidence_deposit
+    # plus one table per kind of deadline: deposit, return, evidence_deposit, evidence_return
 }
 
 

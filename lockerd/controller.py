@@ -622,9 +622,13 @@ class Controller:
         item = self.registry.items.get(p.item) if p.item is not None else None
         taking = item is not None and item.state is ItemState.IN  # a retrieval or a release
         barred = ""
-        if taking and not self.config.evidence.depositor_may_retrieve and item.depositor in officers:
-            officers.discard(item.depositor)
-            barred = f" (not the depositor {item.depositor}: may not co-sign taking it out)"
+        if taking and not self.config.evidence.depositor_may_retrieve:
+            # The officer who first deposited it (who seized it) is barred for the item's whole life, and so
+            # is whoever deposited it last.
+            depositors = {d for d in (self._first_depositor(item.code), item.depositor) if d} & officers
+            if depositors:
+                officers -= depositors
+                barred = f" (not the depositor {', '.join(sorted(depositors))}: may not co-sign taking it out)"
         # A person has one role, so an officer and a case manager are two people.
         if not officers and not managers:
             missing = f"needs an officer's and a case manager's badge{barred}"
@@ -889,11 +893,21 @@ class Controller:
                 if item.kind == "evidence" and action == DEPOSIT:
                     item.depositor = self._depositor(s)
             item.since = ts
-            due, due_ops = self.custody.moved(item, action)  # a checkout's return deadline, same transaction
+            due, due_ops = self.custody.moved(item, action, s.note)  # a return deadline, same transaction
             self.journal.append(ITEM_EVENT[(item.kind, action)], compartment=slot.compartment, dossier=code,
                                 people=tuple(s.people), grant_seq=s.grant_seq, case_name=item.case_name,
                                 officer=item.officer, **s.note, **due,
                                 state=self.registry.put_item(item) + due_ops)
+
+    def _first_depositor(self, code: str) -> str | None:
+        """The officer of the item's first evidence deposit, from the journal."""
+        if not self.journal.healthy:
+            return None
+        rows = self.journal.query("SELECT people FROM events WHERE kind = 'evidence.deposited' AND dossier = ? "
+                                  "ORDER BY seq LIMIT 1", code)
+        people = json.loads(rows[0][0]) if rows and rows[0][0] else []
+        return next((pid for pid in people if (p := self.registry.people.get(pid)) and p.role in OFFICER_ROLES),
+                    None)
 
     def _depositor(self, s: Session) -> str | None:
         for pid in s.people:
@@ -1043,6 +1057,9 @@ class Controller:
             raise CommandError(f"item {code}: not registered")
         if item.state is ItemState.IN:
             raise CommandError(f"item {code} is in compartment {item.compartment}: take it out first")
+        if item.kind == "evidence" and item.state is ItemState.OUT:
+            raise CommandError(f"evidence {code} is out (since {item.since}, with {item.holder or 'unknown'}): "
+                               "it must come back, or be released at its cabinet; it cannot be unregistered")
         self.registry.items.pop(code)
         return await self.journal.record("item.unassigned", compartment=item.compartment, dossier=code, **by,
                                          state=[("delete", "items", {"code": code})])

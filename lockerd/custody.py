@@ -49,8 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEPOSIT, RETURN, EVIDENCE_DEPOSIT = "deposit", "return", "evidence_deposit"
-DEADLINE_KINDS = (DEPOSIT, RETURN, EVIDENCE_DEPOSIT)
+DEPOSIT, RETURN, EVIDENCE_DEPOSIT, EVIDENCE_RETURN = "deposit", "return", "evidence_deposit", "evidence_return"
+DEADLINE_KINDS = (DEPOSIT, RETURN, EVIDENCE_DEPOSIT, EVIDENCE_RETURN)
+# Deadlines that run while an item is out, from the moment it left.
+OUT_KINDS = (RETURN, EVIDENCE_RETURN)
 RECIPIENTS = ("officer", "supervisor", "legal")
 # Who the station may ask to release a dossier (removed from the locker for good).
 RELEASE_ROLES = ("supervisor", "case_manager")
@@ -80,6 +82,7 @@ DEFAULT_LADDERS = {
     DEPOSIT: _ladder((0, 4 * 3600, 24 * 3600), 4 * 3600),
     RETURN: _ladder((0, 2 * 3600, 24 * 3600), 2 * 3600),
     EVIDENCE_DEPOSIT: _ladder((0, 2 * 3600, 12 * 3600), 2 * 3600),
+    EVIDENCE_RETURN: _ladder((0, 2 * 3600, 12 * 3600), 2 * 3600),
 }
 
 
@@ -117,6 +120,9 @@ class Deadline:
     ack_mono: float | None = None
     ack_boot: str | None = None
     ack_by: str | None = None
+    since_mono: float | None = None  # when the clock was not synchronised at its start: that start, on the
+    since_boot: str | None = None  # monotonic clock of that OS boot, to correct it once the clock is right
+    provisional: int = 0
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,7 +190,7 @@ class Custody:
 
     def _elapsed(self, ts: float, mono: float | None, boot: str | None) -> float:
         """Seconds since an instant recorded as wall, monotonic and boot."""
-        if boot == self.journal.boot and mono is not None:
+        if boot == self.clock.boot_id() and mono is not None:
             return self.clock.monotonic() - mono
         return self.clock.wall() - ts
 
@@ -226,12 +232,13 @@ class Custody:
             return "unassigned"
         if item.state is ItemState.RELEASED:
             return "released"
-        if d.kind == RETURN:
+        if d.kind in OUT_KINDS:
             return None if item.state is ItemState.OUT and item.since == d.since else "returned"
         return None if item.state is ItemState.NEW else "deposited"
 
     def evaluate(self) -> None:
         """Close the deadlines whose items moved; send every level that is due, once."""
+        self._correct_provisional()
         now = self.clock.monotonic()
         for d in list(self.deadlines.values()):
             if self._hold.get(d.id, now) > now:
@@ -243,6 +250,41 @@ class Custody:
             left = self.remaining(d)
             if left is not None and left <= 0:
                 self._send(d)
+
+    def _provisional(self, d: Deadline) -> Deadline:
+        """``d`` as computed from a wall clock the kernel does not call synchronised: kept with the monotonic
+        time of its start, so that it is corrected once the clock is right (a board without RTC before NTP)."""
+        if self.clock.synchronised():
+            return d
+        return replace(d, since_mono=self.clock.monotonic(), since_boot=self.clock.boot_id(), provisional=1)
+
+    def _correct_provisional(self) -> None:
+        """The clock is synchronised now: move each provisional deadline by the error its start was read with."""
+        pending = [d for d in self.deadlines.values() if d.provisional]
+        if not pending or not self.clock.synchronised():
+            return
+        for d in pending:
+            fixed = replace(d, provisional=0)
+            fields: dict[str, Any] = {}
+            if d.since_boot == self.clock.boot_id() and d.since_mono is not None and d.since is not None:
+                start = self.clock.wall() - (self.clock.monotonic() - d.since_mono)
+                error = start - parse_time(d.since)
+                due_ts = d.due_ts + error
+                if d.kind == RETURN and (end := self.calendar.end_of_shift(start)) is not None:
+                    due_ts = end[0]  # the shift it was really taken out in
+                fixed = replace(fixed, due=iso_utc(due_ts), due_ts=due_ts)
+                fields = {"clock_error_s": round(error, 1)}
+            else:
+                fields = {"uncorrected": "the board restarted before its clock was synchronised: the due time "
+                                         "stays as computed from the unsynchronised clock"}
+            self.deadlines[d.id] = fixed
+            item = self.c.registry.items.get(d.code)
+            fut = self.journal.append("deadline.corrected", keep=False, compartment=item.compartment if item else None,
+                                      dossier=d.code, deadline=d.kind, was_due=d.due, due=fixed.due, **fields,
+                                      state=[fixed.op()])
+            fut.add_done_callback(lambda f, d=d, fixed=fixed: self._written(f, d, fixed))
+            log.warning("custody: the clock is synchronised now: %s %s due %s (was %s)", d.code, d.kind, fixed.due,
+                        d.due)
 
     def _recipient(self, d: Deadline, to: str) -> tuple[str | None, str | None]:
         """Who a rung to ``to`` goes to, resolved now from active people: (person, None); (None, None) when the
@@ -273,7 +315,7 @@ class Custody:
             recipient, why = self._recipient(d, ladder.steps[level - 1].to)
         step = ladder.steps[level - 1]
         sent = replace(d, level=level, sent_ts=self.clock.wall(), sent_mono=self.clock.monotonic(),
-                       sent_boot=self.journal.boot)
+                       sent_boot=self.clock.boot_id())
         item = self.c.registry.items.get(d.code)
         # Memory moves first so the next look does not send it again while
         # the writer works; a failed write puts the deadline back.
@@ -354,7 +396,11 @@ class Custody:
         d = Deadline(deadline_id(item.code, kind), item.code, kind, iso_utc(due_ts), due_ts,
                      since=iso_utc(taken_in), officer=item.officer or None,
                      supervisor=str(supervisor) if supervisor is not None else None)
+        if given is None and args.get("taken_in") is None:
+            d = self._provisional(d)  # counted from this controller's "now"
         data: dict[str, Any] = {"deposit_due": d.due, "taken_in": d.since}
+        if d.provisional:
+            data["clock_unsynchronised"] = True
         if due_ts <= now:
             # Registered after its deadline ran out: recorded as late, and its reminders start at once.
             data |= {"late": True, "late_s": round(now - due_ts, 1)}
@@ -375,28 +421,38 @@ class Custody:
             self.deadlines[d.id] = d
             self.poke()
 
-    def moved(self, item: Item, action: str) -> tuple[dict[str, Any], list[StateOp]]:
+    def moved(self, item: Item, action: str, note: dict[str, Any] | None = None
+              ) -> tuple[dict[str, Any], list[StateOp]]:
         """An item changed hands (door closed after a grant): event data and deadline rows to journal with it.
 
-        A checkout starts the return deadline, in the same transaction as the
-        checkout; a deposit, return or release ends deadlines on the
-        watcher's next look, which follows at once.
+        A dossier's checkout starts its return deadline (the end of the shift),
+        an evidence retrieval its due-back time (from the reason card), in the
+        same transaction as the move; a deposit, return or release ends
+        deadlines on the watcher's next look, which follows at once.
         """
         self.poke()
-        if item.kind != "dossier" or item.state is not ItemState.OUT:
+        if item.state is not ItemState.OUT:
             return {}, []
         taken = self.clock.wall()
-        end = self.calendar.end_of_shift(taken)
-        if end is None:
-            due_ts, shift = taken + self.rules.return_without_shifts_h * 3600, None
+        shift = None
+        if item.kind == "evidence":
+            kind = EVIDENCE_RETURN
+            due_ts = taken + self.c.config.evidence.due_back_h_for((note or {}).get("reason_code")) * 3600
         else:
-            due_ts, shift = end
-        old = self.deadlines.get(deadline_id(item.code, RETURN))
+            kind = RETURN
+            end = self.calendar.end_of_shift(taken)
+            if end is None:
+                due_ts = taken + self.rules.return_without_shifts_h * 3600
+            else:
+                due_ts, shift = end
+        old = self.deadlines.get(deadline_id(item.code, kind))
         supervisor = old.supervisor if old else self._supervisor_of(item.code)
-        d = Deadline(deadline_id(item.code, RETURN), item.code, RETURN, iso_utc(due_ts), due_ts, since=item.since,
-                     officer=item.officer or None, holder=item.holder, supervisor=supervisor)
+        d = self._provisional(Deadline(deadline_id(item.code, kind), item.code, kind, iso_utc(due_ts), due_ts,
+                                       since=item.since, officer=item.officer or None, holder=item.holder,
+                                       supervisor=supervisor))
         self.deadlines[d.id] = d
-        return {"due": d.due, "shift": shift}, [d.op()]
+        data = {"due": d.due} | ({"shift": shift} if kind == RETURN else {})
+        return data | ({"clock_unsynchronised": True} if d.provisional else {}), [d.op()]
 
     def _supervisor_of(self, code: str) -> str | None:
         """The supervisor named when the item was registered, kept on its deposit deadline."""
@@ -424,7 +480,7 @@ class Custody:
         if len(sent) > 1:
             raise CommandError(f"acknowledge {code}: say which deadline ({', '.join(d.kind for d in sent)})")
         d = sent[0]
-        acked = replace(d, ack_ts=self.clock.wall(), ack_mono=self.clock.monotonic(), ack_boot=self.journal.boot,
+        acked = replace(d, ack_ts=self.clock.wall(), ack_mono=self.clock.monotonic(), ack_boot=self.clock.boot_id(),
                         ack_by=person)
         pause = self.rules.ladders[d.kind].ack_pause_s
         item = self.c.registry.items.get(code)
@@ -488,12 +544,16 @@ class Custody:
         return overdue_rows(list(self.deadlines.values()), self.clock.wall(), self.rules)
 
 
-def overdue_rows(deadlines: list[Deadline], now: float, rules: Rules) -> list[dict[str, Any]]:
-    """Deadlines past due at ``now``, most overdue first, with the escalation level reached."""
+def overdue_rows(deadlines: list[Deadline], now: float, rules: Rules,
+                 conn: sqlite3.Connection | None = None) -> list[dict[str, Any]]:
+    """Deadlines past due at ``now``, most overdue first, with the escalation level reached by then
+    (from the journal's reminders when ``conn`` is given, else the level reached so far)."""
     out = []
     for d in sorted(deadlines, key=lambda d: d.due_ts):
         if d.due_ts > now:
             continue
+        if conn is not None:
+            d = replace(d, level=max((r["level"] for r in reminders_sent(conn, d, now)), default=0))
         steps = rules.ladders[d.kind].steps if d.kind in rules.ladders else ()
         out.append({
             "code": d.code, "deadline": d.kind, "due": d.due, "overdue_s": round(now - d.due_ts, 1),
@@ -507,9 +567,20 @@ def overdue_rows(deadlines: list[Deadline], now: float, rules: Rules) -> list[di
     return out
 
 
+def reminders_sent(conn: sqlite3.Connection, d: Deadline, until: float | None = None) -> list[dict[str, Any]]:
+    """The rungs of deadline ``d`` sent so far (or by ``until``): level, to, recipient and when, oldest first."""
+    rows = conn.execute(
+        "SELECT ts, json_extract(data, '$.level'), json_extract(data, '$.to'), json_extract(data, '$.recipient') "
+        "FROM events WHERE kind IN ('reminder.due', 'reminder.escalated') AND dossier = ? "
+        "AND json_extract(data, '$.deadline') = ? AND json_extract(data, '$.due') = ? ORDER BY seq",
+        (d.code, d.kind, d.due)).fetchall()
+    return [{"ts": ts, "level": level, "to": to, "recipient": recipient} for ts, level, to, recipient in rows
+            if until is None or parse_time(ts) <= until]
+
+
 def custody_rows(conn: sqlite3.Connection, *, out_only: bool = False, officer: str | None = None,
-                 code: str | None = None) -> list[dict[str, Any]]:
-    """Who has which item, since when, due when: the journal's state tables, read-only."""
+                 code: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
+    """Who has which item, since when, due when, how late, who was reminded: the journal's tables, read-only."""
     where, params = ["state != 'released'"], []
     if out_only:
         where.append("state = 'out'")
@@ -528,11 +599,15 @@ def custody_rows(conn: sqlite3.Connection, *, out_only: bool = False, officer: s
     rows = []
     for c, kind, case_name, off, comp, state, holder, since in items:
         running = dues.get(c, [])
+        first = min(running, key=lambda d: d.due_ts) if running else None
+        late = round(now - first.due_ts, 1) if first is not None and now is not None and now > first.due_ts else None
         rows.append({
             "code": c, "kind": kind, "case_name": case_name, "state": state, "compartment": comp,
             "officer": off or None, "holder": holder, "since": since,
-            "due": min((d.due for d in running), default=None),
-            "deadline": running[0].kind if running else None,
+            "due": first.due if first else None,
+            "deadline": first.kind if first else None,
             "level": max((d.level for d in running), default=0),
+            "late_s": late,
+            "reminded": [r for d in running for r in reminders_sent(conn, d)],
         })
     return rows

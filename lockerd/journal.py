@@ -46,7 +46,7 @@ from lockerd.errors import JournalError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 GENESIS = "0" * 64
 MAX_BATCH = 1000
 # Events that gate no lock (door changes, alarms, faults, refusals) are held in
@@ -281,6 +281,15 @@ def migrate(path: Path) -> None:
             if not db["snapshots"].exists():
                 db["snapshots"].create({"seq": int, "digest": str, "body": str}, pk="seq")
             db.execute("PRAGMA user_version=3")
+    if version < 4:
+        with db.conn:
+            # A deadline computed while the wall clock was not synchronised keeps
+            # the monotonic time and OS boot of its start, to be corrected later.
+            cols = db["deadlines"].columns_dict
+            for col, kind in (("since_mono", "REAL"), ("since_boot", "TEXT"), ("provisional", "INTEGER")):
+                if col not in cols:
+                    db.execute(f"ALTER TABLE deadlines ADD COLUMN {col} {kind}")
+            db.execute("PRAGMA user_version=4")
     db.conn.close()
 
 
