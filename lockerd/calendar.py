@@ -154,17 +154,6 @@ def parse_day(value: object) -> date | None:
         return None
 
 
-def parse_local(text: str, tz: ZoneInfo) -> float:
-    """An ISO 8601 time typed by a person: without an offset it is the station's local time."""
-    value = text.strip()
-    if value.endswith("Z"):
-        value = value[:-1] + "+00:00"
-    dt = datetime.fromisoformat(value)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz)
-    return dt.timestamp()
-
-
 def iso_local(ts: float, tz: ZoneInfo) -> str:
     """Local time with its offset, for people reading the CLI."""
     return datetime.fromtimestamp(ts, UTC).astimezone(tz).isoformat(timespec="minutes")

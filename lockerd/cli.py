@@ -305,13 +305,13 @@ def cmd_custody(a: argparse.Namespace) -> int:
 def cmd_overdue(a: argparse.Namespace) -> int:
     import time
 
-    from lockerd.calendar import iso_local, parse_local
+    from lockerd.calendar import iso_local
     from lockerd.clock import parse_time
     from lockerd.custody import load_deadlines, overdue_rows
 
     cfg, conn = _custody_db(a)
     try:
-        now = parse_local(a.at, cfg.calendar.tz) if a.at else time.time()
+        now = parse_time(a.at, cfg.calendar.tz) if a.at else time.time()  # typed by a person: local time
     except ValueError as e:
         print(f"lockerd: bad time: {e} (use ISO 8601, e.g. 2026-11-22T14:00, the station's local time "
               "unless it has an offset)", file=sys.stderr)

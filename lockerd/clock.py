@@ -15,7 +15,7 @@ import heapq
 import itertools
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 TIME_ERROR = 5  # adjtimex(2): the kernel's clock is not synchronised
 
@@ -128,12 +128,12 @@ def iso_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def parse_time(text: str) -> float:
-    """Parse an ISO 8601 time (naive means UTC) into epoch seconds."""
+def parse_time(text: str, naive: tzinfo = UTC) -> float:
+    """Parse an ISO 8601 time into epoch seconds; one without an offset is in ``naive`` (UTC unless said)."""
     value = text.strip()
     if value.endswith("Z"):
         value = value[:-1] + "+00:00"
     dt = datetime.fromisoformat(value)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
+        dt = dt.replace(tzinfo=naive)
     return dt.timestamp()
