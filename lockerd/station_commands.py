@@ -33,44 +33,43 @@ class CommandHandler:
                 refusal = (f"compartment {slot.cfg.id} holds evidence: it never opens on a station command alone "
                            "(the officer and the case manager badge at the cabinet, or two signers order an "
                            "emergency-open)")
-        if need is Authority.PEOPLE and self._changes_authority(name, args):
+        if need is Authority.PEOPLE and self._authority_change(name, args) is not None:
             need = Authority.AUTHORITY
         journaled = args
         if name in ("register-badge", "revoke-badge") and isinstance(args.get("code"), str):
             journaled = args | {"code": reg.badge(args["code"])}  # the code itself is never journaled
         return Vetting(need, refusal, journaled)
 
-    def _changes_authority(self, name: str, args: dict[str, Any]) -> bool:
-        """Whether a people or badge command touches a supervisor or a case manager (an authority change)."""
+    PEOPLE_COMMANDS = ("register-person", "revoke-person", "register-badge", "revoke-badge")
+
+    def _authority_change(self, name: str, args: dict[str, Any]) -> tuple[str | None, str] | None:
+        """(person, role) when a people or badge command touches a supervisor or a case manager (an authority
+        change), judged before the change: the role asked for, or the one the person has."""
+        if name not in self.PEOPLE_COMMANDS:
+            return None
         reg = self.c.registry
-        if name == "register-badge" or name == "revoke-person" or name == "register-person":
-            pid = args.get("person") if name == "register-badge" else args.get("id")
-            roles = {args.get("role")} if name == "register-person" else set()
-        else:  # revoke-badge
+        if name == "revoke-badge":
             pid = reg.badges.get(reg.badge(str(args.get("code"))))
-            roles = set()
+        else:
+            pid = args.get("person") if name == "register-badge" else args.get("id")
         p = reg.people.get(str(pid)) if pid is not None else None
-        if p is not None:
-            roles.add(str(p.role))
-        return bool(roles & {str(r) for r in AUTHORITY_ROLES})
+        roles = [str(args.get("role"))] if name == "register-person" else []
+        roles += [str(p.role)] if p is not None else []
+        authority = [r for r in roles if r in {str(x) for x in AUTHORITY_ROLES}]
+        return (str(pid) if pid is not None else None, authority[0]) if authority else None
 
     async def handle(self, name: str, args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         by = {"by": "station", "command_id": meta.get("command_id")} | (
             {"signed_by": meta["signed_by"]} if meta.get("signed_by") else {})
+        change = self._authority_change(name, args)
         result = await self._apply(name, args, meta, by)
-        if name in ("register-person", "revoke-person", "register-badge", "revoke-badge") \
-                and self.vet(name, args).authority is Authority.AUTHORITY:
-            await self._authority_notice(name, args, by)
+        if change is not None:
+            # Who may co-sign evidence or an emergency open changed: the station is told, loudly.
+            pid, role = change
+            badge = self.c.registry.badge(args["code"]) if "code" in args else None
+            self.c.journal.append("notice.authority_changed", people=(pid,) if pid else (), action=name,
+                                  role=role, badge=badge, **by)
         return result
-
-    async def _authority_notice(self, name: str, args: dict[str, Any], by: dict[str, Any]) -> None:
-        """Who may co-sign evidence or an emergency open changed: the station is told, loudly."""
-        reg = self.c.registry
-        pid = args.get("id") or args.get("person") or reg.badges.get(reg.badge(str(args.get("code"))))
-        p = reg.people.get(str(pid)) if pid else None
-        self.c.journal.append("notice.authority_changed", people=(pid,) if pid else (), action=name,
-                              role=str(p.role) if p else args.get("role"),
-                              badge=reg.badge(args["code"]) if "code" in args else None, **by)
 
     async def _apply(self, name: str, args: dict[str, Any], meta: dict[str, Any], by: dict[str, Any]
                      ) -> dict[str, Any]:

@@ -187,12 +187,16 @@ async def test_authority_changes_need_the_authority_role_and_raise_a_notice(tmp_
         # Re-registering the supervisor as an officer (a demotion) is an authority change as well.
         cid = station.send("register-person", {"id": "sup-1", "name": "Sup", "role": "officer"})
         await refused(daemon, rec, cid, "with the authority role")
+        # Withdrawing the supervisor's badge is one too, and still names whose it was.
+        cid = station.send("revoke-badge", {"code": "B-SUPERVISOR-01"}, signers=("chief",))
+        assert (await answer(rec, cid))["ok"] is True
         notices = await events(daemon, "notice.authority_changed")
         assert [(n["data"]["action"], n["people"], n["data"]["role"], n["data"]["signed_by"]) for n in notices] == [
             ("register-person", ["sup-1"], "supervisor", ["chief"]),
-            ("register-badge", ["sup-1"], "supervisor", ["chief"])]
+            ("register-badge", ["sup-1"], "supervisor", ["chief"]),
+            ("revoke-badge", ["sup-1"], "supervisor", ["chief"])]
         await wait_for(rec, lambda r: len([e for e in r.on("/events") if e["kind"] == "notice.authority_changed"])
-                       == 2, 10)
+                       == 3, 10)
 
 
 @pytest.mark.asyncio
