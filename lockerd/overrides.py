@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -165,8 +165,9 @@ class Overrides:
             # Typed names are not people: those named must badge at the cabinet first.
             wait = await self.c.presence.require(action, people, evidence, via, compartments=targets,
                                                  compartment=compartment, reason=reason)
-            go = self._emergency_go(targets, people, reason, compartment, cabinet, via | {"waited_seq": wait.seq})
-            self._await_people(wait, go, reason, via)
+            waited = via | {"waited_seq": wait.seq}
+            self._await_people(wait, lambda: self._emergency_go(targets, people, reason, compartment, cabinet,
+                                                                waited), reason, via)
             return self._waiting_reply(wait, targets)
         return await self._emergency_go(targets, people, reason, compartment, cabinet, via)
 
@@ -181,13 +182,13 @@ class Overrides:
                            f"{', '.join(sorted(wait.cabinets))} within {window:g} s; then {', '.join(targets)} "
                            "opens"}
 
-    def _await_people(self, wait: Presence, go: Coroutine[Any, Any, Any], reason: str | None,
+    def _await_people(self, wait: Presence, go: Callable[[], Awaitable[Any]], reason: str | None,
                       via: dict[str, Any]) -> None:
         task = self.c._spawn(self._when_present(wait, go, reason, via), f"{wait.action}-waiting")
         self.awaiting.add(task)
         task.add_done_callback(self.awaiting.discard)
 
-    async def _when_present(self, wait: Presence, go: Coroutine[Any, Any, Any], reason: str | None,
+    async def _when_present(self, wait: Presence, go: Callable[[], Awaitable[Any]], reason: str | None,
                             via: dict[str, Any]) -> None:
         """Run ``go`` once the people badged; journal the refusal when they did not come in time."""
         try:
@@ -197,9 +198,8 @@ class Overrides:
                 f"{self.c.t.evidence_window_s:g} s: nothing opened")
             problem = problem or self.c.not_now()
             if problem is None:
-                await go
+                await go()
                 return
-            go.close()
             await self._refuse(wait.action, problem, list(wait.people), reason, via | {"waited_seq": wait.seq})
         except CommandError:
             pass  # journaled (override.refused) where it was raised
@@ -326,10 +326,10 @@ class Overrides:
         return None
 
     async def _wait_for_maintenance(self, compartment: str, people: tuple[str, ...], evidence: set[str],
-                                       via: dict[str, Any]) -> Presence:
+                                    via: dict[str, Any]) -> Presence:
         wait = await self.c.presence.require("maintenance-open", people, evidence, via, compartment=compartment)
-        go = self._maintenance_go(compartment, people, via | {"waited_seq": wait.seq})
-        self._await_people(wait, go, None, via)
+        waited = via | {"waited_seq": wait.seq}
+        self._await_people(wait, lambda: self._maintenance_go(compartment, people, waited), None, via)
         return wait
 
     async def _maintenance_go(self, compartment: str, people: tuple[str, ...], via: dict[str, Any]

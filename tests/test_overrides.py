@@ -322,3 +322,21 @@ async def test_nothing_opens_while_the_controller_is_stopping(rig):
     rig.c.stop_accepting("controller stopping")
     await refused(rig, rig.c.overrides.emergency_open(["holm", "lind"], "fire", compartment="d01"), "not now")
     await refused(rig, rig.c.overrides.maintenance_open("d01", "nowak"), "not now")
+
+
+@pytest.mark.asyncio
+async def test_a_cli_override_of_evidence_whose_people_do_not_badge_in_time_opens_nothing(rig):
+    res = await rig.c.overrides.emergency_open(["lind", "holm"], "flooding", compartment="e02",
+                                               via={"via": "cli", "user": "duty"})
+    assert res["waiting"]
+    await rig.scan("B-LIND")  # only one of the two comes
+    while rig.c.overrides.awaiting:
+        await rig.clock.advance(5)
+    evs = await rig.events()
+    [refusal] = [e for e in evs if e.kind == "override.refused"]
+    assert refusal.data["error"] == "holm did not badge at the cabinet within 60 s: nothing opened"
+    assert refusal.data["waited_seq"] == res["seq"] and refusal.data["user"] == "duty"
+    assert rig.e.pulse_log == [] and not [e for e in evs if e.kind == "alarm.emergency_open"]
+    # A later badge of the missing person counts for nothing: the wait is over.
+    out = await rig.scan("B-HOLM")
+    assert "waiting" not in out.message and rig.e.pulse_log == []
