@@ -462,11 +462,13 @@ class Controller:
             return self._deny(scan, f"malformed input: {scan.error}")
         code = scan.code
         served = self._served(scan.scanner)
-        person = self.registry.person_of_badge(code)
-        if person is not None:
-            return await self._badge(self._masked(scan), person, served)
-        if self.registry.is_badge(code):
-            return self._deny(self._masked(scan), "badge revoked or its holder inactive")
+        badge = self.registry.read_badge(code)
+        if badge is not None:
+            fp, person = badge
+            masked = replace(scan, code=fp, raw=b"")  # journaled by its fingerprint, never its code
+            if person is None:
+                return self._deny(masked, "badge revoked or its holder inactive")
+            return await self._badge(masked, person, served)
         card = self.config.evidence.reason_card(code)
         if card is not None:
             return await self._reason_card(scan, code, card, served)
@@ -506,11 +508,6 @@ class Controller:
         if last is None or scan.at - last[1] > self.config.custody.badge_window_s:
             return None
         return last[0] if self.registry.active_person(last[0]) is not None else None
-
-    def _masked(self, scan: Scan) -> Scan:
-        """A badge's scan as journaled: its fingerprint, never its code (lockerd.badges)."""
-        assert scan.code is not None
-        return replace(scan, code=self.registry.badge(scan.code), raw=b"")
 
     def _served(self, scanner: str) -> tuple[str, ...]:
         sec = self.config.scanners.get(scanner)

@@ -121,9 +121,14 @@ class Registry:
         fp = self.badge(code)
         return fp in self.badges or fp in self.revoked_badges
 
-    def person_of_badge(self, code: str) -> Person | None:
-        pid = self.badges.get(self.badge(code))
-        return self.active_person(pid) if pid else None
+    def read_badge(self, code: str) -> tuple[str, Person | None] | None:
+        """For a scanned code that is a badge: its fingerprint and its active holder (None: revoked or
+        inactive); None when the code is no badge. One keyed hash per scan."""
+        fp = self.badge(code)
+        pid = self.badges.get(fp)
+        if pid is None and fp not in self.revoked_badges:
+            return None
+        return fp, self.active_person(pid) if pid else None
 
     def active_person(self, pid: str) -> Person | None:
         """The person with this id, unless unknown or revoked."""

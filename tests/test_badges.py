@@ -66,7 +66,7 @@ async def test_a_journal_with_badge_codes_in_clear_is_converted_at_start(tmp_pat
         assert list(conversion.state[0]) == ["clear", "badges", {}] and conversion.data["badges"] == 2
         assert "B-OLD" not in str(conversion.state) and "B-LOST" not in str(conversion.state)
         # The badge still works, and the revoked one is still refused as a badge.
-        assert rig.c.registry.person_of_badge("B-OLD-0001").id == "berg"
+        assert rig.c.registry.read_badge("B-OLD-0001")[1].id == "berg"
         out = await rig.scan("B-LOST-0002")
         assert not out.accepted and "badge revoked" in out.message
     finally:

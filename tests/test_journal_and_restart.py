@@ -30,7 +30,7 @@ async def test_state_survives_a_restart(tmp_path):
     r2 = await make_rig(tmp_path, data=None)
     try:
         assert r2.c.registry.items["D-1"].state == "in"
-        assert r2.c.registry.person_of_badge("B-LIND").name == "Maria Lindqvist"
+        assert r2.c.registry.read_badge("B-LIND")[1].name == "Maria Lindqvist"
         assert "forced" in r2.c.states()["d05"]["alarm"]  # still open, still alarmed
         out = await r2.scan("D-1")
         assert "checkout" in out.message
