@@ -4,7 +4,7 @@ The port is opened with pyserial (which sets raw mode, the baud rate and an
 exclusive lock) and then read straight from its non-blocking file
 descriptor through the event loop's ``add_reader``: no thread and never a
 blocking read on the loop. Bytes are cut into scans by :class:`Framer`
-(terminators, a maximum length, an idle flush), then parsed (AIM symbology
+(terminators, a maximum length; bytes left without a terminator are refused as incomplete), then parsed (AIM symbology
 identifier, allow-list, text rules) and published. A scanner that goes away
 is reported offline and reopened with a capped backoff, so one unplugged
 scanner never stops the others.
@@ -158,6 +158,7 @@ class SerialScanner(Scanner):
         self.port = str(options["port"])
         self.baudrate = int(options["baudrate"])
         self.idle_s = options["idle_timeout_ms"] / 1000
+        self.idle_ends_scan = bool(options["idle_ends_scan"])
         self.max_length = int(options["max_length"])
         terms = tuple(t.encode("utf-8") for t in options["terminators"] if t)
         self.framer = Framer(terms or (b"\r", b"\n"), self.max_length)
@@ -315,9 +316,14 @@ class SerialScanner(Scanner):
     def _on_idle(self) -> None:
         self._idle = None
         frame = self.framer.flush()
-        if frame is not None:
-            log.debug("%s: no terminator after %g s; taking the scan as complete", self.name, self.idle_s)
+        if frame is None:
+            return
+        if self.idle_ends_scan or frame.too_long:
             self._deliver(frame)
+            return
+        # A scan is a scan only when its terminator came: a pause inside a
+        # scan (DOS-77 ... 8) must never be acted on as the code DOS-77.
+        self._deliver_refused(frame.raw, f"incomplete scan: no terminator within {self.idle_s * 1000:g} ms")
 
     # -- parsing ---------------------------------------------------------------
 

@@ -277,7 +277,11 @@ SCANNER_TYPES: dict[str, dict[str, Opt]] = {
         "port": Opt("path", doc="e.g. /dev/serial/by-id/usb-...-if00"),
         "baudrate": Opt("int", 9600, choices=(1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
         "terminators": Opt("list-str", ("\r", "\n"), doc="bytes that end a scan; CR, LF and CRLF alike"),
-        "idle_timeout_ms": Opt("int", 200, min=5, max=10000, doc="flush a scan whose terminator never came"),
+        "idle_timeout_ms": Opt("int", 200, min=5, max=10000,
+                               doc="bytes that wait this long without a terminator are an incomplete scan"),
+        "idle_ends_scan": Opt("bool", False, doc="only for a scanner that sends no terminator at all: a pause of "
+                              "idle_timeout_ms ends a scan. Risky: a scanner that pauses inside a scan splits it, "
+                              "and a part of a code may be a code"),
         "max_length": Opt("int", 256, min=1, max=4096),
         "aim": Opt("bool", False, doc="scans start with an AIM symbology identifier like ]C1"),
         "symbologies": Opt(

@@ -153,8 +153,21 @@ async def test_two_scans_in_one_write_come_out_in_order(rig) -> None:
 
 
 @pytest.mark.asyncio
-async def test_missing_terminator_is_flushed_after_idle_timeout(rig) -> None:
-    pair, _, probe = await rig(idle_timeout_ms=150)
+async def test_a_scan_paused_in_the_middle_is_refused_as_incomplete_never_taken_as_a_code(rig) -> None:
+    pair, scanner, probe = await rig(idle_timeout_ms=150)
+    written = time.monotonic()
+    pair.write_now(b"DOS-77")  # the scanner pauses inside DOS-778 ...
+    part = await probe.next()
+    assert (part.code, part.raw) == (None, b"DOS-77")
+    assert part.error == "incomplete scan: no terminator within 150 ms"
+    assert probe.arrival(part) - written >= 0.14  # it waited for the line to go quiet
+    pair.write_now(b"8\r")  # ... and the rest comes: a scan of its own, never DOS-77 or DOS-778 guessed
+    assert (await probe.next()).code == "8"
+
+
+@pytest.mark.asyncio
+async def test_a_scanner_without_terminators_may_end_scans_at_a_pause(rig) -> None:
+    pair, _, probe = await rig(idle_timeout_ms=150, idle_ends_scan=True)
     written = time.monotonic()
     pair.write_now(b"NO-TERMINATOR-7")
     scan = await probe.next()

@@ -1,0 +1,40 @@
+"""Tell the truth when the hardware is ambiguous (issue 16): `lockerd run` with a serial scanner on a socat pty."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from ptys import SocatPair
+from rig import DATA, TOML
+from test_cli_authority import history, until
+from test_daemon_e2e import cli, running_daemon
+
+
+def test_a_scan_paused_in_the_middle_opens_nothing_and_is_journaled_once_with_its_bytes(tmp_path: Path) -> None:
+    pair = SocatPair(tmp_path, "front").start()
+    try:
+        serial = f'[scanners.front]\ntype = "serial"\nport = "{pair.device}"\nidle_timeout_ms = 150'
+        with running_daemon(tmp_path, TOML.replace('[scanners.front]\ntype = "sim"', serial)) as (cfg, proc):
+            data = copy.deepcopy(DATA)
+            data["items"].append({"code": "D-12", "kind": "dossier", "case_name": "Twelve", "category": "theft",
+                                  "officer": "okafor", "compartment": "d02"})
+            (tmp_path / "data.json").write_text(json.dumps(data))
+            assert cli(cfg, "import", str(tmp_path / "data.json")).returncode == 0
+            until("the scanner online", lambda: json.loads(cli(cfg, "status", "--json").stdout)
+                  ["scanners"]["front"]["online"])
+            pair.write_now(b"D-1")  # the scan of D-12 (in d02) pauses after "D-1", itself the code of d01's dossier
+            first = until("the incomplete scan", lambda: history(cfg, "access.denied"))
+            pair.write_now(b"2\r")  # the rest of the scan, after the pause
+            denied = until("both parts refused", lambda: d if len(d := history(cfg, "access.denied")) == 2 else None)
+            assert denied[0]["data"]["reason"] == "malformed input: incomplete scan: no terminator within 150 ms"
+            assert first[0]["seq"] == denied[0]["seq"]
+            assert denied[1]["data"]["reason"] == "unknown code"
+            [scan] = [e for e in history(cfg, "scan") if e["data"].get("raw_hex")]
+            assert bytes.fromhex(scan["data"]["raw_hex"]) == b"D-1"
+            assert not history(cfg, "access.granted")
+            status = json.loads(cli(cfg, "status", "--json").stdout)["compartments"]
+            assert status["d01"]["lock"] == "locked" and status["d02"]["lock"] == "locked"
+    finally:
+        pair.stop()
