@@ -4,8 +4,9 @@ The port is opened with pyserial (which sets raw mode, the baud rate and an
 exclusive lock) and then read straight from its non-blocking file
 descriptor through the event loop's ``add_reader``: no thread and never a
 blocking read on the loop. Bytes are cut into scans by :class:`Framer`
-(terminators, a maximum length; bytes left without a terminator are refused as incomplete), then parsed (AIM symbology
-identifier, allow-list, text rules) and published. A scanner that goes away
+(terminators, a maximum length; bytes left without a terminator are
+refused as incomplete), then parsed (AIM symbology identifier, allow-list,
+text rules) and published. A scanner that goes away
 is reported offline and reopened with a capped backoff, so one unplugged
 scanner never stops the others.
 """
