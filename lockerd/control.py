@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,15 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket from a crash; the journal lock guards against two daemons
-        self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_LINE)
-        os.chmod(self.path, 0o660)
+        # Its mode is set before it listens: no client connects while the socket has the umask's mode.
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self.path))
+            os.chmod(self.path, 0o660)
+        except OSError:
+            sock.close()
+            raise
+        self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE)
 
     async def stop(self) -> None:
         if self._server:
