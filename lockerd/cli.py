@@ -203,6 +203,9 @@ def cmd_status(a: argparse.Namespace) -> int:
             ("ALARM " + st["alarm"]) if st["alarm"] else "",
             ("FAULT " + "; ".join(st["faults"])) if st["faults"] else "") if x)
         print(f"  {cid:<6} door {st['door']:<7} {st['lock']:<8} {extra}")
+    for a in reply.get("alarms", []):
+        print(f"UNACKNOWLEDGED ALARM: {a['compartment']} {', '.join(a['alarms'])} (door {a['door']}): "
+              f"lockerd acknowledge-alarm {a['compartment']} --person ID")
     return 0
 
 
@@ -225,6 +228,11 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 def cmd_clear_fault(a: argparse.Namespace) -> int:
     return _show(_request(a.config, {"op": "clear-fault", "compartment": a.compartment, "person": a.person}))
+
+
+def cmd_acknowledge_alarm(a: argparse.Namespace) -> int:
+    req = {"op": "acknowledge-alarm", "compartment": a.compartment, "person": a.person, "note": a.note}
+    return _show(_request(a.config, req))
 
 
 def cmd_emergency_open(a: argparse.Namespace) -> int:
@@ -402,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("compartment")
     sp.add_argument("--person", required=True, help="technician's person id (journaled)")
     sp.set_defaults(func=cmd_clear_fault)
+
+    sp = with_config(sub.add_parser(
+        "acknowledge-alarm", help="a supervisor or case manager acknowledges a forced door, once it is shut"))
+    sp.add_argument("compartment")
+    sp.add_argument("--person", required=True, help="who acknowledges (a supervisor or case manager)")
+    sp.add_argument("--note", default="", help="what was found")
+    sp.set_defaults(func=cmd_acknowledge_alarm)
 
     sp = with_config(sub.add_parser(
         "emergency-open", help="open one compartment, or all in turn, on two people's authority (raises an alarm); "

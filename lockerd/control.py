@@ -84,6 +84,7 @@ class ControlServer:
                 "drivers": {n: {"online": d.online, "detail": d.detail} for n, d in c.hw.drivers.items()},
                 "scanners": {n: {"online": d.online, "detail": d.detail} for n, d in c.hw.scanners.items()},
                 "compartments": c.states(),
+                "alarms": c.unacknowledged(),
             }
         if op == "scan":
             return await self._scan(req)
@@ -91,6 +92,9 @@ class ControlServer:
             self._admin_only(op, who)
             data = importer.parse(req["text"], bool(req.get("csv")), req.get("name", "import"))
             return {"imported": await importer.apply(c, data, str(req.get("by", "cli")), **via)}
+        if op == "acknowledge-alarm":
+            return await c.acknowledge_alarm(str(req.get("compartment")), str(req.get("person")),
+                                             str(req.get("note") or ""), via)
         if op == "clear-fault":
             return {"cleared": c.clear_faults(req["compartment"], req.get("person", "technician"), via)}
         if op == "emergency-open":

@@ -90,6 +90,11 @@ class Slot:
         return self.parent or self.cfg.id
 
 
+# Alarms that stay after the door closes, until a person acknowledges them; and who may.
+STAYING_ALARMS = frozenset({"forced"})
+ALARM_ACK_ROLES = frozenset({Role.SUPERVISOR, Role.CASE_MANAGER})
+
+
 @dataclass
 class Pending:
     """Badges and an evidence item scanned together at one scanner."""
@@ -298,9 +303,9 @@ class Controller:
                                     state=[self._comp_op(slot)])
             slot.held_task = self._spawn(self._held_open(slot), f"held-{cid}")
         elif slot.alarms and now is DoorState.CLOSED:
-            for alarm in sorted(slot.alarms):
+            for alarm in sorted(slot.alarms - STAYING_ALARMS):
+                slot.alarms.discard(alarm)
                 self.journal.append("alarm.cleared", compartment=cid, alarm=alarm, reason="door closed at start")
-            slot.alarms.clear()
 
     # -- observers -----------------------------------------------------------------
 
@@ -865,7 +870,7 @@ class Controller:
                                 state=[self._comp_op(slot)])
             if s is not None and s.opened:
                 self._record_items(slot, s)
-            for alarm in sorted(slot.alarms):
+            for alarm in sorted(slot.alarms - STAYING_ALARMS):  # a forced door stays an alarm until acknowledged
                 slot.alarms.discard(alarm)
                 self.journal.append("alarm.cleared", compartment=cid, alarm=alarm, reason="door closed",
                                     state=[self._comp_op(slot)])
@@ -964,6 +969,33 @@ class Controller:
         self.journal.append("compartment.fault_cleared", compartment=slot.cfg.id, fault=key,
                             people=(by,) if by else (), state=[self._comp_op(slot)], **(via or {}))
         self._changed(slot)
+
+    async def acknowledge_alarm(self, compartment: str, person: str, note: str, via: dict[str, Any]
+                                ) -> dict[str, Any]:
+        """A supervisor or case manager acknowledges a forced door, once it is shut again."""
+        slot = self.slots.get(compartment)
+        if slot is None:
+            raise CommandError(f"unknown compartment {compartment!r}")
+        p = self.registry.active_person(person)
+        if p is None:
+            raise CommandError(f"unknown or revoked person {person!r}")
+        if p.role not in ALARM_ACK_ROLES:
+            raise CommandError(f"{person} is {p.role}: a supervisor or a case manager acknowledges an alarm")
+        staying = sorted(slot.alarms & STAYING_ALARMS)
+        if not staying:
+            raise CommandError(f"compartment {compartment} has no alarm waiting for acknowledgement")
+        if slot.door is not DoorState.CLOSED:
+            raise CommandError(f"compartment {compartment} is not shut ({slot.door}): close it first")
+        slot.alarms -= STAYING_ALARMS
+        ev = await self.journal.record("alarm.acknowledged", compartment=compartment, people=(person,),
+                                       alarms=staying, note=note, **via, state=[self._comp_op(slot)])
+        self._changed(slot)
+        return {"seq": ev.seq, "acknowledged": staying}
+
+    def unacknowledged(self) -> list[dict[str, Any]]:
+        """Alarms that wait for a person: each compartment's, with the door as it is now."""
+        return [{"compartment": cid, "alarms": sorted(slot.alarms & STAYING_ALARMS), "door": str(slot.door)}
+                for cid, slot in self.slots.items() if slot.alarms & STAYING_ALARMS]
 
     def clear_faults(self, compartment: str, person: str, via: dict[str, Any] | None = None) -> list[str]:
         """A technician clears a compartment's faults after fixing it."""

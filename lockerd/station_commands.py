@@ -84,6 +84,9 @@ class CommandHandler:
             c.custody.registered(deadline)
             c.items_changed({item.compartment} if item.compartment else set())
             return {"seq": ev.seq} | {k: data[k] for k in ("deposit_due", "late", "late_s") if k in data}
+        if name == "acknowledge-alarm":
+            return await c.acknowledge_alarm(str(args["compartment"]), str(args["person"]), str(args.get("note", "")),
+                                             by)
         if name == "acknowledge":
             ev = await c.custody.acknowledge(str(args["code"]), args.get("deadline"), str(args["person"]),
                                              str(args.get("note", "")), by)

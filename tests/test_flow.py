@@ -8,6 +8,7 @@ import pytest
 import pytest_asyncio
 from rig import close_rig, make_rig
 
+from lockerd.errors import CommandError
 from lockerd.journal import verify
 
 pytestmark = pytest.mark.asyncio
@@ -179,14 +180,24 @@ async def test_badges_expire_after_the_window(rig):
     assert not out.pulsed and "officer" in out.message
 
 
-async def test_forced_door_raises_an_alarm_until_closed(rig):
+async def test_a_forced_door_stays_an_alarm_until_a_supervisor_or_case_manager_acknowledges_it(rig):
     rig.d.force(3)
     await rig.clock.advance(0.05)
     assert "forced" in rig.c.states()["d04"]["alarm"]
+    with pytest.raises(CommandError, match="not shut"):
+        await rig.c.acknowledge_alarm("d04", "lind", "", {"via": "cli"})
     await rig.close(rig.d, 3)
     kinds = await rig.kinds(compartment="d04")
-    assert kinds[-4:] == ["door.opened", "alarm.forced", "door.closed", "alarm.cleared"]
-    assert rig.c.states()["d04"]["alarm"] is None
+    assert kinds[-3:] == ["door.opened", "alarm.forced", "door.closed"]  # shut, and still an alarm
+    assert rig.c.states()["d04"]["alarm"] == "forced"
+    assert rig.c.unacknowledged() == [{"compartment": "d04", "alarms": ["forced"], "door": "closed"}]
+    with pytest.raises(CommandError, match="berg is officer: a supervisor or a case manager acknowledges"):
+        await rig.c.acknowledge_alarm("d04", "berg", "", {"via": "cli"})
+    out = await rig.c.acknowledge_alarm("d04", "lind", "hinge checked, nothing missing", {"via": "cli", "uid": 0})
+    assert out["acknowledged"] == ["forced"]
+    [ack] = [e for e in await rig.events() if e.kind == "alarm.acknowledged"]
+    assert list(ack.people) == ["lind"] and ack.data["note"] == "hinge checked, nothing missing"
+    assert rig.c.states()["d04"]["alarm"] is None and rig.c.unacknowledged() == []
 
 
 async def test_door_held_open_alarm_repeats_until_closed(rig):

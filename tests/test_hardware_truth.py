@@ -38,3 +38,26 @@ def test_a_scan_paused_in_the_middle_opens_nothing_and_is_journaled_once_with_it
             assert status["d01"]["lock"] == "locked" and status["d02"]["lock"] == "locked"
     finally:
         pair.stop()
+
+
+def test_a_forced_door_stays_an_alarm_across_a_restart_until_acknowledged_at_the_cli(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as (cfg, proc):
+        assert cli(cfg, "import", str(tmp_path / "data.json")).returncode == 0
+        cli(cfg, "sim", "force", "d04")
+        until("the forced alarm", lambda: history(cfg, "alarm.forced"))
+        cli(cfg, "sim", "close", "d04")
+        until("the door shut", lambda: history(cfg, "door.closed"))
+        assert "UNACKNOWLEDGED ALARM: d04 forced (door closed)" in cli(cfg, "status").stdout
+        proc.terminate()
+        assert proc.wait(15) == 0
+    with running_daemon(tmp_path) as (cfg, proc):
+        status = json.loads(cli(cfg, "status", "--json").stdout)
+        assert status["alarms"] == [{"compartment": "d04", "alarms": ["forced"], "door": "closed"}]
+        refused = cli(cfg, "acknowledge-alarm", "d04", "--person", "berg")
+        assert refused.returncode != 0 and "a supervisor or a case manager acknowledges" in refused.stderr
+        out = cli(cfg, "acknowledge-alarm", "d04", "--person", "lind", "--note", "hinge checked")
+        assert out.returncode == 0, out.stderr
+        [ack] = history(cfg, "alarm.acknowledged")
+        assert ack["people"] == ["lind"] and ack["data"]["user"] == "root" and ack["data"]["alarms"] == ["forced"]
+        assert json.loads(cli(cfg, "status", "--json").stdout)["alarms"] == []
+        assert not history(cfg, "alarm.cleared")

@@ -56,7 +56,7 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> DiskFault:
     return DiskFault(monkeypatch)
 
 
-FORCED = ["door.opened", "alarm.forced", "door.closed", "alarm.cleared"]
+FORCED = ["door.opened", "alarm.forced", "door.closed"]  # the alarm stays after the door shut, until acknowledged
 
 
 @pytest.mark.asyncio
@@ -69,7 +69,7 @@ async def test_a_forced_door_while_the_journal_is_unwritable_is_journaled_late_a
         board.force(2)  # d03 pried open while nothing can be written
         await until(lambda: j.held == 2)  # the door reading settled (debounce): door.opened, alarm.forced
         board.close_door(2)
-        await until(lambda: j.held == 4)
+        await until(lambda: j.held == 3)
         # A station open is refused meanwhile: its acceptance cannot be made durable, so nothing moves.
         cid = station.send("open", {"compartment": "d02", "reason": "inspection"})
         await wait_for(rec, lambda r: reply_for(r, cid), 10)
@@ -85,7 +85,7 @@ async def test_a_forced_door_while_the_journal_is_unwritable_is_journaled_late_a
         assert [e.kind for e in held] == FORCED and all(e.compartment == "d03" for e in held)
         assert [e.mono for e in held] == sorted(e.mono for e in held)
         assert all(e.data["journaled_late_s"] > 0 for e in held)
-        assert outage.data["held"] == 4 and outage.data["dropped"] == {}
+        assert outage.data["held"] == 3 and outage.data["dropped"] == {}
         assert "disk I/O error" in outage.data["reason"] and outage.data["lasted_s"] > 0
         await wait_for(rec, lambda r: {"alarm.forced", "journal.outage"} <= {e.get("kind") for e in r.on("/events")},
                        10)
@@ -102,10 +102,10 @@ async def test_a_forced_door_during_a_full_disk_is_never_lost(tmp_path: Path, mo
         await fill_disk(j)
         last = j.last_seq
         board.force(2)
-        # Whichever of them still fit on a page and whichever were held: all four, once each, in order.
+        # Whichever of them still fit on a page and whichever were held: all three, once each, in order.
         await until(lambda: j.held + len(j.read(last, 100)) >= 2)
         board.close_door(2)
-        await until(lambda: j.held + len(j.read(last, 100)) >= 4)
+        await until(lambda: j.held + len(j.read(last, 100)) >= 3)
         await free_space(j)
         await until(lambda: [e.kind for e in j.read(last, 100) if e.compartment == "d03"] == FORCED)
         await until(lambda: j.held == 0)
@@ -115,12 +115,12 @@ async def test_a_forced_door_during_a_full_disk_is_never_lost(tmp_path: Path, mo
 
 
 async def overflow(daemon, disk: DiskFault) -> int:
-    """Three forced openings of d04 while nothing can be written: twelve events, six held in memory."""
+    """Three forced openings of d04 while nothing can be written: nine events, six held in memory."""
     j, board = daemon.journal, daemon.hw.drivers["sim"]
     disk.on = True
     last = j.last_seq
     slot = daemon.controller.slots["d04"]
-    for _ in range(3):  # each round: door.opened, alarm.forced, door.closed, alarm.cleared
+    for _ in range(3):  # each round: door.opened, alarm.forced, door.closed
         board.force(3)
         await until(lambda: slot.door is DoorState.OPEN)  # the reading settled (debounce)
         board.close_door(3)
@@ -137,14 +137,14 @@ async def test_past_the_memory_bound_the_oldest_go_to_the_spill_file_and_nothing
     async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
         j = daemon.journal
         last = await overflow(daemon, disk)
-        assert len(j.spill_path.read_text().splitlines()) == 6  # outside the journal's file system
+        assert len(j.spill_path.read_text().splitlines()) == 3  # outside the journal's file system
         disk.on = False
         await until(lambda: any(e.kind == "journal.outage" for e in j.read(last, 100)))
         events = j.read(last, 100)
         outage = next(e for e in events if e.kind == "journal.outage")
-        assert outage.data["held"] == 12 and outage.data["spilled"] == 6 and outage.data["dropped"] == {}
-        assert [e.kind for e in events[:12]] == FORCED * 3
-        assert [e.mono for e in events[:12]] == sorted(e.mono for e in events[:12])
+        assert outage.data["held"] == 9 and outage.data["spilled"] == 3 and outage.data["dropped"] == {}
+        assert [e.kind for e in events[:9]] == FORCED * 3
+        assert [e.mono for e in events[:9]] == sorted(e.mono for e in events[:9])
         assert not j.spill_path.exists()
     assert verify(daemon.config.journal_path).ok
 
@@ -163,10 +163,10 @@ async def test_with_no_room_to_spill_the_oldest_are_dropped_and_counted(
         await until(lambda: any(e.kind == "journal.outage" for e in j.read(last, 100)))
         events = j.read(last, 100)
         outage = next(e for e in events if e.kind == "journal.outage")
-        assert outage.data["held"] == 6 and outage.data["dropped"] == {"door.opened": 2, "alarm.forced": 2,
-                                                                        "door.closed": 1, "alarm.cleared": 1}
-        # The newest were kept: the last round whole.
-        assert [e.kind for e in events[2:6]] == FORCED
+        assert outage.data["held"] == 6 and outage.data["dropped"] == {"door.opened": 1, "alarm.forced": 1,
+                                                                        "door.closed": 1}
+        # The newest were kept: the last two rounds whole.
+        assert [e.kind for e in events[:6]] == FORCED * 2
     assert verify(daemon.config.journal_path).ok
 
 

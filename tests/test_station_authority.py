@@ -274,3 +274,25 @@ async def test_a_signer_removed_by_a_reload_signs_nothing_more(tmp_path: Path, m
         cid = station.send("open", {"compartment": "d01", "reason": "after"})
         await refused(daemon, rec, cid, "key 'desk' is not a signer of this controller")
         assert pulses(daemon) == before
+
+
+@pytest.mark.asyncio
+async def test_a_forced_door_is_acknowledged_by_a_signed_station_command(tmp_path: Path, mosquitto: Mosquitto,
+                                                                         recorders: list[Recorder]) -> None:
+    async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
+        cid = station.send("register-person", {"id": "cm-1", "name": "Case Manager", "role": "case_manager"})
+        assert (await answer(rec, cid))["ok"] is True
+        board, slot = daemon.hw.drivers["sim"], daemon.controller.slots["d02"]
+        board.force(1)
+        await wait_for(rec, lambda r: any(s["alarm"] == "forced" for s in r.on("/state/d02")), 10)
+        board.close_door(1)
+        await wait_for(rec, lambda r: any(s["door"] == "closed" and s["alarm"] == "forced"
+                                          for s in r.on("/state/d02")), 10)
+        unsigned = station.send("acknowledge-alarm", {"compartment": "d02", "person": "cm-1"}, signers=())
+        await refused(daemon, rec, unsigned, "unsigned: acknowledge-alarm needs a signature")
+        assert "forced" in slot.alarms
+        cid = station.send("acknowledge-alarm", {"compartment": "d02", "person": "cm-1", "note": "seen on camera"})
+        assert (await answer(rec, cid))["result"]["acknowledged"] == ["forced"]
+        [ack] = await events(daemon, "alarm.acknowledged")
+        assert ack["data"]["signed_by"] == ["desk"] and ack["data"]["command_id"] == cid
+        await wait_for(rec, lambda r: r.on("/state/d02")[-1]["alarm"] is None, 10)

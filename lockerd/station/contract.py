@@ -97,6 +97,11 @@ COMMAND_ARGS: dict[str, dict[str, Any]] = {
         "person": PERSON_ID | {"description": "who acknowledges (a registered person)"},
         "note": _s(256, 0),
     }, ["code", "person"]),
+    "acknowledge-alarm": _args({
+        "compartment": COMPARTMENT_ID,
+        "person": PERSON_ID | {"description": "who acknowledges (a supervisor or case manager)"},
+        "note": _s(256, 0),
+    }, ["compartment", "person"]),
     "release": _args({
         "code": ITEM_CODE,
         "person": PERSON_ID | {"description": "who removes the dossier for good (custody.release_roles)"},
@@ -119,6 +124,7 @@ COMMAND_AUTHORITY: dict[str, Authority | None] = {
     "assign": Authority.CUSTODY,
     "unassign": Authority.CUSTODY,
     "acknowledge": Authority.CUSTODY,
+    "acknowledge-alarm": Authority.OPEN,
     "release": Authority.CUSTODY,
     "register-person": Authority.PEOPLE,
     "revoke-person": Authority.PEOPLE,
@@ -351,6 +357,8 @@ _COMMAND_DOCS = {
                        "supervisor and a second supervisor or case manager, and reason is not blank."),
     "acknowledge": ("Acknowledge the reminder of an overdue item: escalation to the next level pauses for "
                     "the deadline's ack_pause_s (journaled as reminder.acknowledged)."),
+    "acknowledge-alarm": ("Acknowledge a forced door once it is shut again: the alarm stays open until a supervisor "
+                          "or case manager acknowledges it (also lockerd acknowledge-alarm at the board)."),
     "release": ("Release a dossier for good: if it is in its compartment the compartment opens for the person and "
                 "dossier.released is journaled when the door closes; otherwise at once. Ends its deadlines."),
     "ping": "Answered by the link: last journaled seq and delivered cursor.",
