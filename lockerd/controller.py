@@ -296,6 +296,8 @@ class Controller:
             slot.faults["lock"] = f"driver {lock_drv.name} offline: {lock_drv.detail}"
         if now is DoorState.UNKNOWN:
             slot.faults["sensor"] = "door state unknown"
+        if self._resume_opening(slot, now):
+            return
         if now is DoorState.OPEN:
             if "forced" not in slot.alarms and "held-open" not in slot.alarms:
                 slot.alarms.add("forced")
@@ -306,6 +308,55 @@ class Controller:
             for alarm in sorted(slot.alarms - STAYING_ALARMS):
                 slot.alarms.discard(alarm)
                 self.journal.append("alarm.cleared", compartment=cid, alarm=alarm, reason="door closed at start")
+
+    def _resume_opening(self, slot: Slot, now: DoorState) -> bool:
+        """A grant of the last run whose door never closed: that opening goes on (True), it is not forced.
+
+        Open now: the session is back, and its close records the items' move.
+        Shut now, but it had opened: it closed while the controller was down,
+        so the move is recorded now. Shut and never seen open: nothing is
+        known to have moved, and the journal says so."""
+        grant = self._unfinished_grant(slot.cfg.id)
+        if grant is None or now is DoorState.UNKNOWN:
+            return False
+        seq, data, people, opened = grant
+        note = {k: data[k] for k in ("evidence_reason", "reason_code", "reason") if k in data}
+        mono = self.clock.monotonic()
+        session = Session(grant_seq=seq, pulsed_at=mono, items=dict(data.get("items") or {}), people=list(people),
+                          opened=True, opened_at=mono, note=note)
+        if now is DoorState.OPEN:
+            slot.session = session
+            self.journal.append("grant.resumed", compartment=slot.cfg.id, grant_seq=seq, door="open",
+                                outcome="the opening goes on: its close records the move")
+            slot.held_task = self._spawn(self._held_open(slot), f"held-{slot.cfg.id}")
+        elif opened:
+            self.journal.append("grant.resumed", compartment=slot.cfg.id, grant_seq=seq, door="closed",
+                                outcome="closed while the controller was down: the move is recorded now")
+            self._record_items(slot, session)
+        else:
+            self.journal.append("grant.resumed", compartment=slot.cfg.id, grant_seq=seq, door="closed",
+                                outcome="never seen open: nothing is recorded as moved")
+        return True
+
+    def _unfinished_grant(self, cid: str) -> tuple[int, dict[str, Any], list[str], bool] | None:
+        """The compartment's last pulsed grant when no close, refusal or not-opened followed it:
+        (seq, data, people, whether its door was seen open)."""
+        if not self.journal.healthy:
+            return None
+        rows = self.journal.query(
+            "SELECT seq, data, people FROM events WHERE compartment = ? AND kind IN ('access.granted', "
+            "'maintenance.open') AND json_extract(data, '$.pulse') = 1 ORDER BY seq DESC LIMIT 1", cid)
+        if not rows:
+            return None
+        seq, data, people = rows[0]
+        after = {k for (k,) in self.journal.query(
+            "SELECT kind FROM events WHERE compartment = ? AND seq > ? AND json_extract(data, '$.grant_seq') = ?",
+            cid, seq, seq)}
+        if after & {"door.closed", "lock.failed", "door.not_opened"} or self.journal.query(
+                "SELECT 1 FROM events WHERE kind = 'grant.resumed' AND json_extract(data, '$.grant_seq') = ? "
+                "AND json_extract(data, '$.door') = 'closed'", seq):
+            return None
+        return seq, json.loads(data), json.loads(people or "[]"), "door.opened" in after
 
     # -- observers -----------------------------------------------------------------
 

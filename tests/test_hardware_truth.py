@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 from pathlib import Path
 
 from ptys import SocatPair
@@ -61,3 +62,44 @@ def test_a_forced_door_stays_an_alarm_across_a_restart_until_acknowledged_at_the
         assert ack["people"] == ["lind"] and ack["data"]["user"] == "root" and ack["data"]["alarms"] == ["forced"]
         assert json.loads(cli(cfg, "status", "--json").stdout)["alarms"] == []
         assert not history(cfg, "alarm.cleared")
+
+
+def kill_hard(proc) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(15)
+
+
+def test_an_opening_survives_a_daemon_killed_while_the_door_is_open(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as (cfg, proc):
+        assert cli(cfg, "import", str(tmp_path / "data.json")).returncode == 0
+        out = cli(cfg, "sim", "scan", "D-1", "--pull")  # deposit: the door is pulled open ...
+        assert "door pulled open" in out.stdout
+        until("the door open", lambda: history(cfg, "door.opened"))
+        kill_hard(proc)  # ... and the controller dies before the door shuts
+    with running_daemon(tmp_path) as (cfg, proc):
+        [resumed] = until("the opening resumed", lambda: history(cfg, "grant.resumed"))
+        [grant] = history(cfg, "access.granted")
+        assert resumed["compartment"] == "d01" and resumed["data"]["grant_seq"] == grant["seq"]
+        assert resumed["data"]["door"] == "open" and not history(cfg, "alarm.forced")
+        cli(cfg, "sim", "close", "d01")
+        [moved] = until("the deposit", lambda: history(cfg, "dossier.deposited"))
+        assert moved["dossier"] == "D-1" and moved["data"]["grant_seq"] == grant["seq"]
+        status = json.loads(cli(cfg, "status", "--json").stdout)
+        assert status["compartments"]["d01"]["items"] == ["D-1"] and status["alarms"] == []
+
+
+def test_a_door_that_shut_while_the_controller_was_down_records_the_move_at_start(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as (cfg, proc):
+        assert cli(cfg, "import", str(tmp_path / "data.json")).returncode == 0
+        cli(cfg, "sim", "scan", "D-1", "--pull")
+        until("the door open", lambda: history(cfg, "door.opened"))
+        kill_hard(proc)
+    state = tmp_path / "sim-d.json"  # the officer shuts the door while the controller is down
+    doors = json.loads(state.read_text())
+    doors["doors"][0]["open"] = False
+    state.write_text(json.dumps(doors))
+    with running_daemon(tmp_path) as (cfg, proc):
+        [moved] = until("the deposit", lambda: history(cfg, "dossier.deposited"))
+        [resumed] = history(cfg, "grant.resumed")
+        assert resumed["data"]["door"] == "closed" and "the move is recorded now" in resumed["data"]["outcome"]
+        assert moved["dossier"] == "D-1" and not history(cfg, "alarm.forced")
