@@ -900,6 +900,8 @@ class Controller:
             elif s is not None:
                 self.journal.append("door.opened", compartment=cid, granted=True, grant_seq=s.grant_seq,
                                     state=[self._comp_op(slot)])
+            elif (pulsed := self._pulsed_elsewhere(slot)) is not None:
+                self._wiring_suspected(pulsed, slot)
             else:
                 slot.alarms.add("forced")
                 self.journal.append("door.opened", compartment=cid, granted=False, state=[self._comp_op(slot)])
@@ -926,6 +928,29 @@ class Controller:
                 self.journal.append("alarm.cleared", compartment=cid, alarm=alarm, reason="door closed",
                                     state=[self._comp_op(slot)])
         self._changed(slot)
+
+    def _pulsed_elsewhere(self, opened: Slot) -> Slot | None:
+        """The door of the same cabinet pulsed last and not opened yet, within open_timeout_s: when another
+        door opens without a grant meanwhile, the pulse most likely opened it (crossed wiring)."""
+        now = self.clock.monotonic()
+        waiting = [s for s in self.slots.values() if s is not opened and s.session is not None and not s.session.opened
+                   and s.cfg.cabinet == opened.cfg.cabinet and now - s.session.pulsed_at <= self.t.open_timeout_s
+                   and s.door is DoorState.CLOSED]
+        return max(waiting, key=lambda s: s.session.pulsed_at) if waiting else None  # type: ignore[union-attr]
+
+    def _wiring_suspected(self, pulsed: Slot, opened: Slot) -> None:
+        """A pulse on one door, and another opened: both are blocked until a technician has checked the wiring."""
+        a, b = pulsed.cfg.id, opened.cfg.id
+        detail = (f"pulse on {a} ({pulsed.cfg.lock_driver} channel {pulsed.cfg.lock}) opened {b} "
+                  f"(sensor {opened.cfg.sensor_driver} channel {opened.cfg.sensor}): lock or sensor wires crossed? "
+                  "check with lockerd-hil, then lockerd clear-fault")
+        self.journal.append("door.opened", compartment=b, granted=False, state=[self._comp_op(opened)])
+        self.journal.append("fault.wiring_suspected", compartment=b, pulsed=a, opened=b,
+                            grant_seq=pulsed.session.grant_seq if pulsed.session else None, detail=detail)
+        for slot in (pulsed, opened):
+            self._set_fault(slot, "wiring", detail)
+        self._alarm_feedback(opened, f"FAULT: {detail}")
+        log.error("wiring suspected: %s", detail)
 
     def _record_items(self, slot: Slot, s: Session) -> None:
         """The door closed after a grant: the items of the session changed hands."""
@@ -1053,7 +1078,7 @@ class Controller:
         slot = self.slots.get(compartment)
         if slot is None:
             raise CommandError(f"unknown compartment {compartment!r}")
-        cleared = [k for k in list(slot.faults) if k in ("jam", "lock", "relay")]
+        cleared = [k for k in list(slot.faults) if k in ("jam", "lock", "relay", "wiring")]
         for k in cleared:
             self._clear_fault(slot, k, person, via)
         slot.not_opened = 0

@@ -7,8 +7,9 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 from ptys import SocatPair
-from rig import DATA, TOML
+from rig import DATA, TOML, close_rig, make_rig
 from test_cli_authority import history, until
 from test_daemon_e2e import cli, running_daemon
 
@@ -103,3 +104,28 @@ def test_a_door_that_shut_while_the_controller_was_down_records_the_move_at_star
         [resumed] = history(cfg, "grant.resumed")
         assert resumed["data"]["door"] == "closed" and "the move is recorded now" in resumed["data"]["outcome"]
         assert moved["dossier"] == "D-1" and not history(cfg, "alarm.forced")
+
+
+@pytest.mark.asyncio
+async def test_a_pulse_that_opens_the_neighbour_is_a_wiring_fault_blocking_both(tmp_path: Path) -> None:
+    crossed = TOML.replace('[drivers.sim-d]\ntype = "sim"\nchannels = 6\n',
+                           '[drivers.sim-d]\ntype = "sim"\nchannels = 6\ncrossed = [0, 1]\n')
+    assert "crossed" in crossed
+    rig = await make_rig(tmp_path, crossed)
+    try:
+        assert (await rig.scan("D-1")).pulsed  # d01's lock is pulsed ...
+        await rig.pull(rig.d, 0)  # ... its door opens, and its sensor is wired to d02's input
+        evs = await rig.events()
+        [fault] = [e for e in evs if e.kind == "fault.wiring_suspected"]
+        assert (fault.data["pulsed"], fault.data["opened"]) == ("d01", "d02") and "lockerd-hil" in fault.data["detail"]
+        assert not [e for e in evs if e.kind == "alarm.forced"]  # not blamed on a person
+        for cid, code in (("d01", "D-2"), ("d02", "D-3")):  # one occurrence blocks both
+            assert "wiring" in rig.c.slots[cid].faults
+            out = await rig.scan(code)
+            assert not out.pulsed and "in fault (wiring" in out.message
+        await rig.close(rig.d, 0)
+        await rig.clock.advance(11)  # d01's door was never seen open: door.not_opened, nothing recorded as moved
+        assert rig.c.registry.items["D-1"].state == "new"
+        assert rig.c.clear_faults("d01", "nowak") == ["wiring"] and rig.c.clear_faults("d02", "nowak") == ["wiring"]
+    finally:
+        await close_rig(rig)
