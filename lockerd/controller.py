@@ -25,7 +25,7 @@ from lockerd.domain import OFFICER_ROLES, Item, ItemState, Person, Registry, Rol
 from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, Scan
 from lockerd.drivers.sim import ConsoleFeedback
-from lockerd.errors import CommandError, DriverError, JournalError
+from lockerd.errors import CommandError, DriverError, DriverTimeout, JournalError
 from lockerd.evidence import Authorisations
 from lockerd.journal import Event, Journal, StateOp
 from lockerd.overrides import Overrides
@@ -798,6 +798,15 @@ class Controller:
         bank = self.hw.lock_bank(slot.cfg.lock_driver)
         try:
             await bank.pulse(slot.cfg.lock, self.t.pulse_ms)
+        except DriverTimeout as e:
+            # No answer in time is not "no": a slow board may still switch the relay. The grant
+            # stays open for the door, so an opening now is this grant's, not a forced door.
+            self.journal.append("lock.unconfirmed", compartment=cid, grant_seq=grant.seq, error=str(e),
+                                driver=bank.name, channel=slot.cfg.lock)
+            slot.open_task = self._spawn(self._expect_open(slot, session), f"expect-open-{cid}")
+            self._changed(slot)
+            return Outcome(True, f"opening {cid}, not confirmed by the board ({e}): pull the door", cid,
+                           reason="lock unconfirmed")
         except DriverError as e:
             slot.session = None
             self._set_fault(slot, "lock", str(e))
