@@ -230,6 +230,51 @@ def cmd_clear_fault(a: argparse.Namespace) -> int:
     return _show(_request(a.config, {"op": "clear-fault", "compartment": a.compartment, "person": a.person}))
 
 
+def cmd_all_off(a: argparse.Namespace) -> int:
+    """Switch every lock relay off, for the service manager after the daemon died (ExecStopPost=)."""
+    import asyncio
+
+    from lockerd.hwlock import HardwareBusy, HardwareLock, hardware_lock_path
+
+    cfg = _load_runnable(a.config)
+    lock = HardwareLock(hardware_lock_path(cfg), "lockerd all-off")
+    try:
+        lock.acquire()
+    except HardwareBusy as e:
+        print(f"lockerd: {e}; whoever holds the hardware switches its relays off itself", file=sys.stderr)
+        return 3
+    try:
+        return asyncio.run(_all_off(cfg))
+    finally:
+        lock.release()
+
+
+async def _all_off(cfg: Any) -> int:
+    from lockerd.clock import Clock
+    from lockerd.drivers import build_hardware
+    from lockerd.drivers.base import LockBank
+
+    hw = build_hardware(cfg, Clock())
+    failed = 0
+    try:
+        for bus in hw.extras:
+            await bus.start()
+        for name, d in hw.drivers.items():
+            if not isinstance(d, LockBank):
+                continue
+            try:
+                await d.all_off()
+                print(f"{name}: every relay off")
+            except Exception as e:  # report every bank, whatever one of them does
+                print(f"lockerd: {name}: could not switch its relays off: {e}", file=sys.stderr)
+                failed += 1
+    finally:
+        for d in reversed([*hw.extras, *hw.drivers.values()]):
+            with contextlib.suppress(Exception):
+                await d.close()
+    return 1 if failed else 0
+
+
 def cmd_acknowledge_alarm(a: argparse.Namespace) -> int:
     req = {"op": "acknowledge-alarm", "compartment": a.compartment, "person": a.person, "note": a.note}
     return _show(_request(a.config, req))
@@ -410,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("compartment")
     sp.add_argument("--person", required=True, help="technician's person id (journaled)")
     sp.set_defaults(func=cmd_clear_fault)
+
+    sp = with_config(sub.add_parser(
+        "all-off", help="switch every lock relay off (the service runs it after the daemon stops or dies)"))
+    sp.set_defaults(func=cmd_all_off)
 
     sp = with_config(sub.add_parser(
         "acknowledge-alarm", help="a supervisor or case manager acknowledges a forced door, once it is shut"))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from modbus_peer import RelayPeer
 from ptys import SocatPair
 from rig import DATA, TOML, close_rig, make_rig
 from test_cli_authority import history, until
@@ -129,3 +136,77 @@ async def test_a_pulse_that_opens_the_neighbour_is_a_wiring_fault_blocking_both(
         assert rig.c.clear_faults("d01", "nowak") == ["wiring"] and rig.c.clear_faults("d02", "nowak") == ["wiring"]
     finally:
         await close_rig(rig)
+
+
+BOARD_TOML = """
+[controller]
+site = "test-site"
+node = "node-1"
+control_socket = "lockerd.sock"
+[journal]
+path = "journal.db"
+[timing]
+pulse_ms = 5000
+[buses.gw]
+type = "tcp"
+host = "127.0.0.1"
+port = {port}
+timeout_ms = 300
+[drivers.board]
+type = "modbus"
+bus = "gw"
+unit = 1
+coils = 4
+inputs = 4
+[cabinets.d]
+kind = "dossier"
+lock_driver = "board"
+count = 4
+[scanners.front]
+type = "sim"
+cabinets = ["d"]
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_killed_daemons_relay_is_switched_off_by_the_service_managers_all_off(tmp_path: Path) -> None:
+    """The unit's ExecStopPost= runs `lockerd all-off`: a relay left on by a SIGKILL goes off within moments."""
+    peer = RelayPeer([1], coils=4, inputs=4)
+    port = await peer.start_tcp()
+    try:
+        cfg = tmp_path / "lockerd.toml"
+        cfg.write_text(BOARD_TOML.format(port=port))
+        (tmp_path / "data.json").write_text(json.dumps({"items": [
+            {"code": "D-9", "kind": "dossier", "case_name": "", "category": "", "officer": "", "compartment": "d02"}]}))
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lockerd", "run", "-c", str(cfg),
+                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        try:
+            await asyncio.to_thread(wait_for_socket_of, tmp_path / "lockerd.sock", proc)
+            assert (await asyncio.to_thread(cli, cfg, "import", str(tmp_path / "data.json"))).returncode == 0
+            out = await asyncio.to_thread(cli, cfg, "sim", "scan", "D-9")
+            assert "open d02" in out.stdout, out
+            await peer.wait_for(lambda: peer.coils_of(1), timeout=3.0)
+            assert (await peer.coils_of(1))[1] is True  # a 5 s pulse: the solenoid is energised ...
+        finally:
+            proc.kill()  # ... and the daemon dies in the middle of it
+            await proc.wait()
+        killed = time.monotonic()
+        off = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "lockerd", "all-off", "-c", str(cfg)],
+                                      capture_output=True, text=True, timeout=30)
+        assert off.returncode == 0, off.stderr
+        assert "board: every relay off" in off.stdout
+        assert (await peer.coils_of(1)) == [False] * 4
+        assert time.monotonic() - killed < 2.0  # interpreter start included; the unit adds no delay of its own
+    finally:
+        await peer.stop()
+
+
+def wait_for_socket_of(path: Path, proc) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if path.exists():
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+                return
+        time.sleep(0.02)  # polling for readiness, not standing in for it
+    raise AssertionError("the daemon did not open its control socket")

@@ -284,6 +284,8 @@ def test_unit_keeps_the_contract_the_daemon_relies_on():
     assert int(settings["WatchdogSec"][0]) > 0 and settings["Restart"] == ["on-failure"]
     assert settings["ExecStartPre"] == ["/opt/lockerd/venv/bin/lockerd check-config /etc/lockerd/lockerd.toml"]
     assert settings["ExecStart"] == ["/opt/lockerd/venv/bin/lockerd run --config /etc/lockerd/lockerd.toml"]
+    # Whatever way the daemon ends, the relays are switched off (tests/test_hardware_truth.py runs all-off).
+    assert settings["ExecStopPost"] == ["-/opt/lockerd/venv/bin/lockerd all-off --config /etc/lockerd/lockerd.toml"]
     # lgpio needs a writable working directory: the state directory.
     assert settings["WorkingDirectory"] == ["/var/lib/lockerd"] and settings["StateDirectory"] == ["lockerd"]
     assert settings["DevicePolicy"] == ["closed"] and "PrivateDevices" not in settings
