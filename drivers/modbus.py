@@ -46,6 +46,10 @@ from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
 
 log = logging.getLogger(__name__)
 
+# Requests in a row a board leaves unanswered before it counts as offline (its polls come
+# every period, so a dead board is still found within about two periods).
+OFFLINE_AFTER = 2
+
 # Modbus exception codes, for messages a technician can act on.
 EXCEPTION_NAMES = {
     1: "illegal function",
@@ -657,6 +661,7 @@ class ModbusBoard(LockBank, DoorSensors):
         self._due = 0.0
         self._backoff = self.offline_retry_first_s
         self._failing = False
+        self._unanswered = 0  # requests in a row the board left unanswered
         self._inputs_refused = False
         self._last_levels: tuple[int, ...] | None = None
         self._all_off_pending = True
@@ -930,6 +935,7 @@ class ModbusBoard(LockBank, DoorSensors):
 
     def _heard(self) -> None:
         """The board answered something."""
+        self._unanswered = 0
         if self._failing:
             self._failing = False
             self._backoff = self.offline_retry_first_s
@@ -951,6 +957,13 @@ class ModbusBoard(LockBank, DoorSensors):
     def _silent(self, error: DriverError) -> None:
         """The board did not answer (after the request's attempts)."""
         now = self.bus._loop.time()  # type: ignore[union-attr]
+        self._unanswered += 1
+        if not self._failing and self._unanswered < OFFLINE_AFTER:
+            # One unanswered request between answers is a slow board, not a dead one: taking it
+            # offline would put every compartment in fault and back (a storm of events per scan).
+            log.info("%s: a request went unanswered (%s); one more in a row and the board counts as gone",
+                     self.name, error)
+            return
         if not self._failing:
             self._failing = True
             self._backoff = self.offline_retry_first_s

@@ -415,23 +415,23 @@ async def test_a_slow_board_makes_an_unconfirmed_opening_not_a_refusal_and_not_a
     rig, peer, slot = station.rig, station.tcp, station.c.slots["t01"]
     start = rig.journal.last_seq
     peer.delay[(1, 5)] = 0.25  # the board switches the relay, but answers after our 100 ms timeout
+    peer.spring_close_s = 0.3  # a door that opens as its latch releases (the person is already pulling)
     out = await station.scan(b"]C1D-T1\r\n")
     assert out.accepted and not out.pulsed
     assert out.message.startswith("opening t01, not confirmed by the board") and "pull the door" in out.message
-    await peer.wait_for(lambda: peer.coils_of(1), timeout=3.0)
-    assert await station.door("t01").pull()  # the late on-write did release the latch
+    # The late on-write does release the latch: the door springs open, and shuts a while after the off-write.
     await station.until(lambda: slot.door is DoorState.OPEN, "t01 seen open")
     peer.delay.pop((1, 5))
     await station.end_pulses()
-    await station.door("t01").shut()
     await station.until(lambda: slot.door is DoorState.CLOSED, "t01 seen closed")
     await rig.flush()
     kinds = await station.kinds(start, "t01")
-    # Told the truth: unconfirmed (not "refused", no lock.failed), the opening is the grant's (not forced),
-    # and the deposit is recorded. (The board is still marked offline for a moment by the timeout.)
-    assert [k for k in kinds if not k.startswith(("compartment.fault", "door.unknown"))] == [
-        "scan", "access.granted", "lock.unconfirmed", "door.opened", "door.closed", "dossier.deposited"]
-    assert "lock.failed" not in kinds and "alarm.forced" not in kinds
+    # Told the truth, in a handful of events: unconfirmed (not "refused", no lock.failed), the relay that may
+    # still be on is a fault until the off-write is confirmed, the opening is the grant's (not forced), the
+    # deposit is recorded, and one unanswered write does not take the board (and its doors) offline.
+    # (The door may open before the controller has journaled the unanswered write: both are true.)
+    assert kinds[:2] == ["scan", "access.granted"] and kinds[-2:] == ["door.closed", "dossier.deposited"]
+    assert sorted(kinds[2:-2]) == ["compartment.fault", "compartment.fault_cleared", "door.opened", "lock.unconfirmed"]
     opened = next(e for e in await rig.events(start) if e.kind == "door.opened")
     assert opened.data["granted"] is True
     assert rig.c.registry.items["D-T1"].state == "in"
