@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from modbus_peer import RelayPeer
 from ptys import SocatPair
 from rig import DATA, TOML, close_rig, make_rig
 from test_cli_authority import history, until
-from test_daemon_e2e import cli, running_daemon
+from test_daemon_e2e import cli, running_daemon, wait_for_socket
 
 
 def test_a_scan_paused_in_the_middle_opens_nothing_and_is_journaled_once_with_its_bytes(tmp_path: Path) -> None:
@@ -178,10 +176,10 @@ async def test_a_killed_daemons_relay_is_switched_off_by_the_service_managers_al
         cfg.write_text(BOARD_TOML.format(port=port))
         (tmp_path / "data.json").write_text(json.dumps({"items": [
             {"code": "D-9", "kind": "dossier", "case_name": "", "category": "", "officer": "", "compartment": "d02"}]}))
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lockerd", "run", "-c", str(cfg),
-                                                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-m", "lockerd", "run", "-c", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            await asyncio.to_thread(wait_for_socket_of, tmp_path / "lockerd.sock", proc)
+            await asyncio.to_thread(wait_for_socket, tmp_path / "lockerd.sock", proc)
             assert (await asyncio.to_thread(cli, cfg, "import", str(tmp_path / "data.json"))).returncode == 0
             out = await asyncio.to_thread(cli, cfg, "sim", "scan", "D-9")
             assert "open d02" in out.stdout, out
@@ -189,7 +187,7 @@ async def test_a_killed_daemons_relay_is_switched_off_by_the_service_managers_al
             assert (await peer.coils_of(1))[1] is True  # a 5 s pulse: the solenoid is energised ...
         finally:
             proc.kill()  # ... and the daemon dies in the middle of it
-            await proc.wait()
+            await asyncio.to_thread(proc.wait)
         killed = time.monotonic()
         off = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "lockerd", "all-off", "-c", str(cfg)],
                                       capture_output=True, text=True, timeout=30)
@@ -200,13 +198,3 @@ async def test_a_killed_daemons_relay_is_switched_off_by_the_service_managers_al
     finally:
         await peer.stop()
 
-
-def wait_for_socket_of(path: Path, proc) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if path.exists():
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(path))
-                return
-        time.sleep(0.02)  # polling for readiness, not standing in for it
-    raise AssertionError("the daemon did not open its control socket")
