@@ -195,11 +195,14 @@ class Controller:
             from lockerd.photos import Photographer  # an observer of the journal, off the safety path
 
             self.photos = Photographer(self.config, self.journal, self._spawn)
+        # Read before this start is journaled: the openings the last run left going (none in a reload, which
+        # waits for a moment with nothing in flight).
+        unfinished = {} if reloaded else self._unfinished_grants()
         if not reloaded:
             self.journal.append("daemon.started", version=__version__, config=self.config.digest,
                                 boot=self.journal.boot, site=self.config.site, node=self.config.node)
         for cid, slot in self.slots.items():
-            self._recover(slot, saved.get(cid))
+            self._recover(slot, saved.get(cid), unfinished.get(cid))
         # The doors as read at start, saved so the next start can tell what changed meanwhile.
         self.journal.append("daemon.ready", doors={cid: str(s.door) for cid, s in self.slots.items()},
                             state=[self._comp_op(s) for s in self.slots.values()])
@@ -279,7 +282,8 @@ class Controller:
         return {r[0]: {"door": r[1], "faults": json.loads(r[2] or "{}"),
                        "alarms": json.loads(r[3] or "[]"), "not_opened": r[4] or 0} for r in rows}
 
-    def _recover(self, slot: Slot, saved: dict[str, Any] | None) -> None:
+    def _recover(self, slot: Slot, saved: dict[str, Any] | None,
+                 unfinished: tuple[int, dict[str, Any], list[str], bool] | None) -> None:
         cid = slot.cfg.id
         now = self.hw.sensors(slot.cfg.sensor_driver).door(slot.cfg.sensor)
         slot.door = slot.raw = now
@@ -296,7 +300,7 @@ class Controller:
             slot.faults["lock"] = f"driver {lock_drv.name} offline: {lock_drv.detail}"
         if now is DoorState.UNKNOWN:
             slot.faults["sensor"] = "door state unknown"
-        if self._resume_opening(slot, now):
+        if unfinished is not None and self._resume_opening(slot, now, unfinished):
             return
         if now is DoorState.OPEN:
             if "forced" not in slot.alarms and "held-open" not in slot.alarms:
@@ -309,15 +313,15 @@ class Controller:
                 slot.alarms.discard(alarm)
                 self.journal.append("alarm.cleared", compartment=cid, alarm=alarm, reason="door closed at start")
 
-    def _resume_opening(self, slot: Slot, now: DoorState) -> bool:
+    def _resume_opening(self, slot: Slot, now: DoorState, grant: tuple[int, dict[str, Any], list[str], bool]
+                        ) -> bool:
         """A grant of the last run whose door never closed: that opening goes on (True), it is not forced.
 
         Open now: the session is back, and its close records the items' move.
         Shut now, but it had opened: it closed while the controller was down,
         so the move is recorded now. Shut and never seen open: nothing is
         known to have moved, and the journal says so."""
-        grant = self._unfinished_grant(slot.cfg.id)
-        if grant is None or now is DoorState.UNKNOWN:
+        if now is DoorState.UNKNOWN:
             return False
         seq, data, people, opened = grant
         note = {k: data[k] for k in ("evidence_reason", "reason_code", "reason") if k in data}
@@ -338,25 +342,37 @@ class Controller:
                                 outcome="never seen open: nothing is recorded as moved")
         return True
 
-    def _unfinished_grant(self, cid: str) -> tuple[int, dict[str, Any], list[str], bool] | None:
-        """The compartment's last pulsed grant when no close, refusal or not-opened followed it:
-        (seq, data, people, whether its door was seen open)."""
+    def _unfinished_grants(self) -> dict[str, tuple[int, dict[str, Any], list[str], bool]]:
+        """Per door, the last pulsed grant of the previous run (or one it resumed) that no close, refusal or
+        not-opened followed: (seq, data, people, whether its door was seen open). Read from the events since
+        that run started, through the kind index, so a start on a long journal stays quick."""
         if not self.journal.healthy:
-            return None
-        rows = self.journal.query(
-            "SELECT seq, data, people FROM events WHERE compartment = ? AND kind IN ('access.granted', "
-            "'maintenance.open') AND json_extract(data, '$.pulse') = 1 ORDER BY seq DESC LIMIT 1", cid)
-        if not rows:
-            return None
-        seq, data, people = rows[0]
-        after = {k for (k,) in self.journal.query(
-            "SELECT kind FROM events WHERE compartment = ? AND seq > ? AND json_extract(data, '$.grant_seq') = ?",
-            cid, seq, seq)}
-        if after & {"door.closed", "lock.failed", "door.not_opened"} or self.journal.query(
-                "SELECT 1 FROM events WHERE kind = 'grant.resumed' AND json_extract(data, '$.grant_seq') = ? "
-                "AND json_extract(data, '$.door') = 'closed'", seq):
-            return None
-        return seq, json.loads(data), json.loads(people or "[]"), "door.opened" in after
+            return {}
+        rows = self.journal.query("SELECT MAX(seq) FROM events WHERE kind = 'daemon.started'")
+        since = rows[0][0] or 0
+        latest: dict[str, tuple[int, int]] = {}  # door -> (seq of the event, the grant it names)
+        for cid, seq in self.journal.query(
+                "SELECT compartment, MAX(seq) FROM events WHERE kind IN ('access.granted', 'maintenance.open') "
+                "AND seq > ? AND json_extract(data, '$.pulse') = 1 GROUP BY compartment", since):
+            latest[cid] = (seq, seq)
+        for cid, seq, grant in self.journal.query(  # an opening the previous run resumed, going on when it stopped
+                "SELECT compartment, MAX(seq), json_extract(data, '$.grant_seq') FROM events "
+                "WHERE kind = 'grant.resumed' AND seq > ? GROUP BY compartment", since):
+            if seq > latest.get(cid, (0, 0))[0]:
+                latest[cid] = (seq, grant)
+        last = {cid: grant for cid, (_, grant) in latest.items()}
+        out: dict[str, tuple[int, dict[str, Any], list[str], bool]] = {}
+        for cid, seq in last.items():
+            after = {k for (k,) in self.journal.query(
+                "SELECT kind FROM events WHERE compartment = ? AND seq > ? AND json_extract(data, '$.grant_seq') = ?",
+                cid, seq, seq)}
+            if after & {"door.closed", "lock.failed", "door.not_opened"} or "grant.resumed" in after and \
+                    self.journal.query("SELECT 1 FROM events WHERE kind = 'grant.resumed' AND compartment = ? "
+                                       "AND seq > ? AND json_extract(data, '$.door') = 'closed'", cid, seq):
+                continue
+            data, people = self.journal.query("SELECT data, people FROM events WHERE seq = ?", seq)[0]
+            out[cid] = (seq, json.loads(data), json.loads(people or "[]"), "door.opened" in after)
+        return out
 
     # -- observers -----------------------------------------------------------------
 

@@ -87,6 +87,10 @@ def test_an_opening_survives_a_daemon_killed_while_the_door_is_open(tmp_path: Pa
         [grant] = history(cfg, "access.granted")
         assert resumed["compartment"] == "d01" and resumed["data"]["grant_seq"] == grant["seq"]
         assert resumed["data"]["door"] == "open" and not history(cfg, "alarm.forced")
+        kill_hard(proc)  # and once more, the door still open
+    with running_daemon(tmp_path) as (cfg, proc):
+        resumed = until("resumed again", lambda: r if len(r := history(cfg, "grant.resumed")) == 2 else None)
+        assert resumed[1]["data"]["grant_seq"] == grant["seq"] and not history(cfg, "alarm.forced")
         cli(cfg, "sim", "close", "d01")
         [moved] = until("the deposit", lambda: history(cfg, "dossier.deposited"))
         assert moved["dossier"] == "D-1" and moved["data"]["grant_seq"] == grant["seq"]
