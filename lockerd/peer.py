@@ -46,21 +46,21 @@ class Peer:
 
 def me() -> Peer:
     """This process, for an in-process caller of the control dispatcher (the demo)."""
-    uid, gid, pid = os.getuid(), os.getgid(), os.getpid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = f"uid {uid}"
-    return Peer(pid, uid, gid, user, frozenset(os.getgroups()))
+    uid = os.getuid()
+    return Peer(os.getpid(), uid, os.getgid(), _user_name(uid), frozenset(os.getgroups()))
 
 
 def of(sock: socket.socket) -> Peer:
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = f"uid {uid}"
+    user = _user_name(uid)
     return Peer(pid, uid, gid, user, _groups(pid, user, gid))
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _groups(pid: int, user: str, gid: int) -> frozenset[int]:

@@ -32,10 +32,12 @@ class Gate:
         self.signers: dict[str, Signer] = station.get("signers") or {}
         self.allow_unsigned = bool(station.get("allow_unsigned"))
         self.allow_plaintext = bool(station.get("allow_plaintext"))
-        credentials = bool(station.get("username")) or bool(station.get("cert_file"))
-        self.secure = bool(station.get("tls")) and credentials
         self.tls = bool(station.get("tls"))
-        self.credentials = credentials
+        self.credentials = bool(station.get("username")) or bool(station.get("cert_file"))
+
+    @property
+    def secure(self) -> bool:
+        return self.tls and self.credentials
 
     def posture(self) -> dict[str, Any]:
         """How this link takes commands, journaled at every start (station.security)."""
