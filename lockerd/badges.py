@@ -21,6 +21,8 @@ import os
 import re
 from pathlib import Path
 
+from lockerd import secretfile
+
 log = logging.getLogger(__name__)
 
 TAIL = 3  # characters of the code shown, when it has at least TAIL_FROM
@@ -50,18 +52,9 @@ class BadgeKey:
 
     @classmethod
     def load_or_create(cls, path: Path) -> BadgeKey:
-        try:
-            return cls(bytes.fromhex(path.read_text().strip()))
-        except FileNotFoundError:
-            pass
-        secret = os.urandom(32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret.hex() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        log.warning("badges: made a new badge secret in %s; back it up with the journal", path)
+        secret, made = secretfile.load_or_make(path)
+        if made:
+            log.warning("badges: made a new badge secret in %s; back it up with the journal", path)
         return cls(secret)
 
     def fingerprint(self, code: str) -> str:

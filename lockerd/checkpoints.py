@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lockerd import secretfile
 from lockerd.clock import Clock, iso_utc
 from lockerd.errors import JournalError
 from lockerd.journal import Event, Journal, canonical
@@ -42,20 +43,11 @@ def load_or_create_key(path: Path) -> nacl.signing.SigningKey:
     """The controller's signing key; made (readable by this user only) when there is none."""
     import nacl.signing
 
-    try:
-        seed = bytes.fromhex(path.read_text().strip())
-        return nacl.signing.SigningKey(seed)
-    except FileNotFoundError:
-        pass
-    key = nacl.signing.SigningKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(bytes(key).hex() + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    log.warning("checkpoints: made a new signing key in %s; give its public key to the station: %s", path,
-                public_hex(key))
+    seed, made = secretfile.load_or_make(path)
+    key = nacl.signing.SigningKey(seed)
+    if made:
+        log.warning("checkpoints: made a new signing key in %s; give its public key to the station: %s", path,
+                    public_hex(key))
     return key
 
 
