@@ -26,6 +26,7 @@ class Role(StrEnum):
 
 # Whose registration (or badge) is an authority change: they co-sign evidence and emergency opens.
 AUTHORITY_ROLES = frozenset({Role.SUPERVISOR, Role.CASE_MANAGER})
+_AUTHORITY_ROLE_NAMES = frozenset(str(r) for r in AUTHORITY_ROLES)
 # Who may stand as "the officer" of a two-person evidence handling.
 OFFICER_ROLES = frozenset({Role.OFFICER, Role.SUPERVISOR})
 
@@ -134,6 +135,15 @@ class Registry:
         """The person with this id, unless unknown or revoked."""
         p = self.people.get(pid)
         return p if p and p.active else None
+
+    def authority_role(self, pid: str | None, new_role: str | None = None) -> str | None:
+        """The supervisor or case manager role a change of person ``pid`` touches (an authority change): the
+        role it is being given, else the one it has; None when neither is one."""
+        p = self.people.get(pid) if pid is not None else None
+        for role in (new_role, str(p.role) if p is not None else None):
+            if role in _AUTHORITY_ROLE_NAMES:
+                return role
+        return None
 
     def in_compartment(self, compartment: str) -> list[str]:
         return sorted(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lockerd.controller import Controller
-from lockerd.domain import AUTHORITY_ROLES, Person
+from lockerd.domain import Person
 from lockerd.errors import CommandError
 
 PEOPLE_COLUMNS = {"id", "name", "role"}
@@ -111,18 +111,18 @@ async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], b
     j = controller.journal
     last = None
     for p in new_people:
-        was = reg.people.get(p.id)
+        authority = reg.authority_role(p.id, str(p.role))  # judged before the change, as a station command is
         last = j.append("person.registered", people=(p.id,), name=p.name, role=str(p.role), by=by, **who,
                         state=reg.put_person(p))
-        if p.role in AUTHORITY_ROLES or (was is not None and was.role in AUTHORITY_ROLES):
+        if authority is not None:
             last = j.append("notice.authority_changed", people=(p.id,), action="import", role=str(p.role),
                             by=by, **who)
     for code, person in badges:
         last = j.append("badge.registered", people=(person,), badge=reg.badge(code), by=by, **who,
                         state=reg.put_badge(code, person))
-        if people[person].role in AUTHORITY_ROLES:
-            last = j.append("notice.authority_changed", people=(person,), action="import",
-                            role=str(people[person].role), badge=reg.badge(code), by=by, **who)
+        if (role := reg.authority_role(person)) is not None:
+            last = j.append("notice.authority_changed", people=(person,), action="import", role=role,
+                            badge=reg.badge(code), by=by, **who)
     for it in items:
         last = j.append("item.assigned", compartment=it.compartment, dossier=it.code, item_kind=it.kind,
                         case_name=it.case_name, category=it.category, officer=it.officer, by=by, **who,

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from lockerd.controller import Controller
-from lockerd.domain import AUTHORITY_ROLES
 from lockerd.errors import CommandError
 from lockerd.station import contract
 from lockerd.station.gate import Vetting
@@ -52,11 +51,9 @@ class CommandHandler:
             pid = reg.badges.get(reg.badge(str(args.get("code"))))
         else:
             pid = args.get("person") if name == "register-badge" else args.get("id")
-        p = reg.people.get(str(pid)) if pid is not None else None
-        roles = [str(args.get("role"))] if name == "register-person" else []
-        roles += [str(p.role)] if p is not None else []
-        authority = [r for r in roles if r in {str(x) for x in AUTHORITY_ROLES}]
-        return (str(pid) if pid is not None else None, authority[0]) if authority else None
+        pid = str(pid) if pid is not None else None
+        role = reg.authority_role(pid, str(args.get("role")) if name == "register-person" else None)
+        return (pid, role) if role is not None else None
 
     async def handle(self, name: str, args: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         by = {"by": "station", "command_id": meta.get("command_id")} | (
