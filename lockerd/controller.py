@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -654,21 +654,29 @@ class Controller:
         what = "retrievals and releases" if door == "rear" else "deposits"
         return f"{what} open the {door} door of {slot.compartment}: scan at a {door} scanner, not this {side} one"
 
+    def burst_partner(self, scan: Scan, person: Person, badges: Iterable[tuple[str, float]]) -> str | None:
+        """Another person among ``badges`` (person, scan time, at this scanner) read within badge_burst_ms of
+        ``scan``: one printed code with embedded line ends reads as several badges at once, and no two people
+        badge within a fraction of a second."""
+        burst_s = self.config.evidence.badge_burst_ms / 1000
+        return next((pid for pid, at in badges if pid != person.id and abs(scan.at - at) < burst_s), None)
+
+    def journal_badge(self, scan: Scan, person: Person, **fields: Any) -> None:
+        """A badge that counted: its scan (by fingerprint) and its acceptance."""
+        self.journal.append("scan", people=(person.id,), **self.scan_fields(scan))
+        self.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role),
+                            **fields)
+
     async def _badge(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome:
         # A badge just before a dossier names who takes it out or brings it back.
         self._who[scan.scanner] = (person.id, scan.at)
         if not self._serves_evidence(served):
-            self.journal.append("scan", people=(person.id,), **self.scan_fields(scan))
-            self.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role))
+            self.journal_badge(scan, person)
             return Outcome(True, f"badge of {person.name} accepted: scan the dossier")
         if (out := self.presence.badge(scan, person, served)) is not None:
             return out
         pend = self._pending_for(scan.scanner)
-        burst_s = self.config.evidence.badge_burst_ms / 1000
-        other = next((pid for pid, at in pend.badges.items() if pid != person.id and abs(scan.at - at) < burst_s), None)
-        if other is not None:
-            # One printed code with embedded line ends reads as several badges
-            # at once; no two people badge within a fraction of a second.
+        if (other := self.burst_partner(scan, person, pend.badges.items())) is not None:
             gap_ms = (scan.at - pend.badges[other]) * 1000
             self._drop_pending(scan.scanner, pend)
             return self._deny(scan, f"badges of {other} and {person.id} read {gap_ms:.0f} ms apart at one scanner "
@@ -677,8 +685,7 @@ class Controller:
                               people=(other, person.id))
         # Keyed by person: two badges of one person still count as one person.
         pend.badges[person.id] = scan.at
-        self.journal.append("scan", people=(person.id,), **self.scan_fields(scan))
-        self.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role))
+        self.journal_badge(scan, person)
         if pend.item is not None:
             return await self._try_evidence(scan, pend, scanned=False)
         return Outcome(True, f"badge of {person.name} ({person.role}) accepted: "

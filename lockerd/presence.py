@@ -75,10 +75,8 @@ class PresenceChecks:
                   and not w.complete.is_set()), None)
         if p is None:
             return None
-        burst_s = self.c.config.evidence.badge_burst_ms / 1000
-        other = next((pid for pid, (sc, at) in p.seen.items()
-                      if pid != person.id and sc == scan.scanner and abs(scan.at - at) < burst_s), None)
-        if other is not None:
+        here = ((pid, at) for pid, (sc, at) in p.seen.items() if sc == scan.scanner)
+        if (other := self.c.burst_partner(scan, person, here)) is not None:
             p.seen.pop(other)
             reason = (f"badges of {other} and {person.id} read in one burst at one scanner: "
                       f"one scan cannot be two people; both badge again for the {p.action}")
@@ -87,9 +85,7 @@ class PresenceChecks:
                                   override_seq=p.seq)
             return Outcome(False, f"refused: {reason}", reason=reason)
         p.seen[person.id] = (scan.scanner, scan.at)
-        self.c.journal.append("scan", people=(person.id,), **self.c.scan_fields(scan))
-        self.c.journal.append("badge.accepted", people=(person.id,), scanner=scan.scanner, role=str(person.role),
-                              override_seq=p.seq)
+        self.c.journal_badge(scan, person, override_seq=p.seq)
         missing = p.missing()
         if missing:
             return Outcome(True, f"badge of {person.name} accepted for the {p.action}: waiting for "
