@@ -128,8 +128,8 @@ class CommandHandler:
                                                   by | {"requested_by": meta.get("requested_by")})
             return {"seq": ev.seq, "until": ev.data["until"]}
         if name == "emergency-open":
-            via = {"via": "station", "command_id": meta.get("command_id"), "requested_by": meta.get("requested_by")} | (
-                {"signed_by": meta["signed_by"]} if meta.get("signed_by") else {})
+            via = {"via": "station", "requested_by": meta.get("requested_by")} | {
+                k: v for k, v in by.items() if k != "by"}  # the command id and its signers
             return await c.overrides.emergency_open(
                 list(args["people"]), str(args["reason"]), compartment=args.get("compartment"),
                 all_compartments=args.get("all") is True, cabinet=args.get("cabinet"), via=via)
