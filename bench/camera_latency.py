@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from rig import DATA, TOML  # noqa: E402
 
-from lockerd.controller import Outcome  # noqa: E402
+from lockerd.opening import Outcome  # noqa: E402
 
 TOOL = "#!/bin/sh\nsleep 0.06\nhead -c 200000 /dev/zero > \"$1\"\n"
 
@@ -56,7 +56,7 @@ async def run(label: str, camera: str, n: int, tmp: Path) -> None:
         await asyncio.sleep(0.05)
     # Let the camera catch up before counting its stills.
     for _ in range(200):
-        if not any(t.get_name().startswith("photo-") for t in c._tasks):
+        if not any(t.get_name().startswith("photo-") for t in c.tasks.running):
             break
         await asyncio.sleep(0.05)
     await c.stop()

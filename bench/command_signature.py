@@ -24,8 +24,8 @@ from broker import SIGNER_SEEDS, public_key  # noqa: E402
 
 from lockerd.clock import iso_utc  # noqa: E402
 from lockerd.station import signing  # noqa: E402
-from lockerd.station.commands import parse  # noqa: E402
 from lockerd.station.gate import Gate, Vetting  # noqa: E402
+from lockerd.station.intake import parse  # noqa: E402
 from lockerd.station.signing import Authority, Signer  # noqa: E402
 
 

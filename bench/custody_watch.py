@@ -28,13 +28,13 @@ from custody_rig import HOUR, custody_rig  # noqa: E402
 from rig import close_rig  # noqa: E402
 
 from lockerd.clock import iso_utc  # noqa: E402
-from lockerd.station_commands import CommandHandler  # noqa: E402
+from lockerd.station_handler import StationHandler  # noqa: E402
 
 
 async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rig = await custody_rig(Path(tmp))
-        handler = CommandHandler(rig.c)
+        handler = StationHandler(rig.c)
         due = iso_utc(rig.clock.wall() + 24 * HOUR)
         t0 = time.perf_counter()
         for i in range(n):

@@ -330,7 +330,7 @@ def cmd_custody(a: argparse.Namespace) -> int:
 
     from lockerd.calendar import iso_local
     from lockerd.clock import parse_time
-    from lockerd.custody import custody_rows
+    from lockerd.deadlines import custody_rows
 
     cfg, conn = _custody_db(a)
     with contextlib.closing(conn):
@@ -360,7 +360,7 @@ def cmd_overdue(a: argparse.Namespace) -> int:
 
     from lockerd.calendar import iso_local
     from lockerd.clock import parse_time
-    from lockerd.custody import load_deadlines, overdue_rows
+    from lockerd.deadlines import load_deadlines, overdue_rows
 
     cfg, conn = _custody_db(a)
     try:

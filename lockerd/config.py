@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lockerd.calendar import DAY_NAMES, Calendar, Shift, parse_clock, parse_day
-from lockerd.custody import DEADLINE_KINDS, DEFAULT_LADDERS, RECIPIENTS, RELEASE_ROLES, Ladder, Rules, Step
+from lockerd.custody_rules import DEADLINE_KINDS, DEFAULT_LADDERS, RECIPIENTS, RELEASE_ROLES, Ladder, Rules, Step
 from lockerd.domain import Role
 from lockerd.errors import ConfigError
 from lockerd.station.signing import KEY_ID_RE, Authority, Signer

@@ -34,126 +34,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import Any
 
 from lockerd.calendar import Calendar
 from lockerd.clock import iso_utc, parse_time
-from lockerd.domain import Item, ItemState, Role
+from lockerd.custody_rules import OUT_KINDS, DeadlineKind, Rules
+from lockerd.deadlines import DEADLINES_SQL, Deadline, deadline_id, overdue_rows
+from lockerd.domain import Action, Item, ItemState, Role
 from lockerd.errors import CommandError
 from lockerd.journal import Event, StateOp
-
-if TYPE_CHECKING:
-    from lockerd.controller import Controller
+from lockerd.opening import Core, OpenRequest
 
 log = logging.getLogger(__name__)
 
-DEPOSIT, RETURN, EVIDENCE_DEPOSIT, EVIDENCE_RETURN = "deposit", "return", "evidence_deposit", "evidence_return"
-DEADLINE_KINDS = (DEPOSIT, RETURN, EVIDENCE_DEPOSIT, EVIDENCE_RETURN)
-# Deadlines that run while an item is out, from the moment it left.
-OUT_KINDS = (RETURN, EVIDENCE_RETURN)
-RECIPIENTS = ("officer", "supervisor", "legal")
-# Who the station may ask to release a dossier (removed from the locker for good).
-RELEASE_ROLES = ("supervisor", "case_manager")
 # How long a deadline whose reminder could not be journaled waits before the next try.
 RETRY_S = 5.0
-
-
-@dataclass(frozen=True)
-class Step:
-    """One rung of a reminder ladder: who is told, and how long after the previous rung."""
-
-    to: str
-    after_s: float
-
-
-@dataclass(frozen=True)
-class Ladder:
-    steps: tuple[Step, ...]
-    ack_pause_s: float
-
-
-def _ladder(delays: tuple[float, float, float], pause: float) -> Ladder:
-    return Ladder(tuple(Step(to, after) for to, after in zip(RECIPIENTS, delays, strict=True)), pause)
-
-
-DEFAULT_LADDERS = {
-    DEPOSIT: _ladder((0, 4 * 3600, 24 * 3600), 4 * 3600),
-    RETURN: _ladder((0, 2 * 3600, 24 * 3600), 2 * 3600),
-    EVIDENCE_DEPOSIT: _ladder((0, 2 * 3600, 12 * 3600), 2 * 3600),
-    EVIDENCE_RETURN: _ladder((0, 2 * 3600, 12 * 3600), 2 * 3600),
-}
-
-
-@dataclass(frozen=True)
-class Rules:
-    """The [custody] section."""
-
-    deposit_within_h: float = 24.0
-    return_without_shifts_h: float = 12.0
-    tick_s: float = 30.0
-    release_roles: tuple[str, ...] = RELEASE_ROLES
-    ladders: dict[str, Ladder] = field(default_factory=lambda: dict(DEFAULT_LADDERS))
-    dossier_badge: str = "optional"  # or "required": a dossier scan needs a badge just before it
-    badge_window_s: float = 30.0
-
-
-@dataclass
-class Deadline:
-    """One running deadline and how far its reminders have climbed (a deadlines row)."""
-
-    id: str
-    code: str
-    kind: str
-    due: str
-    due_ts: float
-    since: str | None = None
-    officer: str | None = None
-    holder: str | None = None
-    supervisor: str | None = None
-    level: int = 0
-    sent_ts: float | None = None
-    sent_mono: float | None = None
-    sent_boot: str | None = None
-    ack_ts: float | None = None
-    ack_mono: float | None = None
-    ack_boot: str | None = None
-    ack_by: str | None = None
-    since_mono: float | None = None  # when the clock was not synchronised at its start: that start, on the
-    since_boot: str | None = None  # monotonic clock of that OS boot, to correct it once the clock is right
-    provisional: int = 0
-
-    def row(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def op(self) -> StateOp:
-        return ("upsert", "deadlines", self.row())
-
-
-COLUMNS = tuple(Deadline.__dataclass_fields__)
-
-
-def deadline_id(code: str, kind: str) -> str:
-    return f"{code}:{kind}"
-
-
-DEADLINES_SQL = f"SELECT {', '.join(COLUMNS)} FROM deadlines ORDER BY due_ts"
-
-
-def load_deadlines(conn: sqlite3.Connection) -> list[Deadline]:
-    return [Deadline(*r) for r in conn.execute(DEADLINES_SQL)]
 
 
 class Custody:
     """Deadlines of one controller's items, and the task that sends their reminders."""
 
-    def __init__(self, controller: Controller):
-        self.c = controller
-        self.journal = controller.journal
-        self.clock = controller.clock
-        self.rules: Rules = controller.config.custody
-        self.calendar: Calendar = controller.config.calendar
+    def __init__(self, core: Core):
+        self.core = core
+        self.journal = core.journal
+        self.clock = core.clock
+        self.rules: Rules = core.config.custody
+        self.calendar: Calendar = core.config.calendar
         self.deadlines: dict[str, Deadline] = {}
         self._hold: dict[str, float] = {}  # deadline id -> monotonic time before which it is not retried
         self._wake = asyncio.Event()
@@ -164,7 +71,7 @@ class Custody:
         """Load the running deadlines and start watching them."""
         if self.journal.healthy:
             self.deadlines = {d.id: d for d in (Deadline(*r) for r in self.journal.query(DEADLINES_SQL))}
-        self.c._spawn(self._run(), "custody")
+        self.core.spawn(self._run(), "custody")
 
     def poke(self) -> None:
         """Look at the deadlines now (something moved)."""
@@ -227,7 +134,7 @@ class Custody:
 
     def _resolved(self, d: Deadline) -> str | None:
         """Why ``d`` no longer runs (its item moved), or None while it does."""
-        item = self.c.registry.items.get(d.code)
+        item = self.core.registry.items.get(d.code)
         if item is None:
             return "unassigned"
         if item.state is ItemState.RELEASED:
@@ -270,7 +177,7 @@ class Custody:
                 start = self.clock.wall() - (self.clock.monotonic() - d.since_mono)
                 error = start - parse_time(d.since)
                 due_ts = d.due_ts + error
-                if d.kind == RETURN and (end := self.calendar.end_of_shift(start)) is not None:
+                if d.kind == DeadlineKind.RETURN and (end := self.calendar.end_of_shift(start)) is not None:
                     due_ts = end[0]  # the shift it was really taken out in
                 fixed = replace(fixed, due=iso_utc(due_ts), due_ts=due_ts)
                 fields = {"clock_error_s": round(error, 1)}
@@ -278,7 +185,7 @@ class Custody:
                 fields = {"uncorrected": "the board restarted before its clock was synchronised: the due time "
                                          "stays as computed from the unsynchronised clock"}
             self.deadlines[d.id] = fixed
-            item = self.c.registry.items.get(d.code)
+            item = self.core.registry.items.get(d.code)
             fut = self.journal.append("deadline.corrected", keep=False, compartment=item.compartment if item else None,
                                       dossier=d.code, deadline=d.kind, was_due=d.due, due=fixed.due, **fields,
                                       state=[fixed.op()])
@@ -289,7 +196,7 @@ class Custody:
     def _recipient(self, d: Deadline, to: str) -> tuple[str | None, str | None]:
         """Who a rung to ``to`` goes to, resolved now from active people: (person, None); (None, None) when the
         station resolves it (legal, or no supervisor named); (None, why) when nobody there may be told."""
-        reg = self.c.registry
+        reg = self.core.registry
         if to == "officer":
             named = [(what, pid) for what, pid in (("holder", d.holder), ("responsible officer", d.officer)) if pid]
             for _, pid in named:
@@ -316,7 +223,7 @@ class Custody:
         step = ladder.steps[level - 1]
         sent = replace(d, level=level, sent_ts=self.clock.wall(), sent_mono=self.clock.monotonic(),
                        sent_boot=self.clock.boot_id())
-        item = self.c.registry.items.get(d.code)
+        item = self.core.registry.items.get(d.code)
         # Memory moves first so the next look does not send it again while
         # the writer works; a failed write puts the deadline back.
         self.deadlines[d.id] = sent
@@ -335,7 +242,7 @@ class Custody:
 
     def _close(self, d: Deadline, reason: str) -> None:
         del self.deadlines[d.id]
-        item = self.c.registry.items.get(d.code)
+        item = self.core.registry.items.get(d.code)
         late_s = round(self.clock.wall() - d.due_ts, 1)
         kw: dict[str, Any] = {"compartment": item.compartment if item else None, "dossier": d.code,
                               "deadline": d.kind, "due": d.due, "reason": reason,
@@ -366,14 +273,14 @@ class Custody:
 
         Raises CommandError before anything is applied.
         """
-        people = self.c.registry.people
+        people = self.core.registry.people
         officer = people.get(item.officer) if item.officer else None
         if officer is not None and officer.role not in (Role.OFFICER, Role.SUPERVISOR):
             raise CommandError(f"item {item.code}: responsible officer {item.officer} is a {officer.role}, "
                                "expected an officer or supervisor")
         supervisor = args.get("supervisor")
         if supervisor is not None:
-            p = self.c.registry.active_person(str(supervisor))
+            p = self.core.registry.active_person(str(supervisor))
             if p is None:
                 raise CommandError(f"item {item.code}: unknown or revoked supervisor {supervisor!r}")
             if p.role is not Role.SUPERVISOR:
@@ -383,7 +290,7 @@ class Custody:
         if taken_in > now + 60:
             raise CommandError(f"item {item.code}: taken_in {args['taken_in']} is in the future")
         given = args.get("deposit_due")
-        kind = EVIDENCE_DEPOSIT if item.kind == "evidence" else DEPOSIT
+        kind = DeadlineKind.EVIDENCE_DEPOSIT if item.kind == "evidence" else DeadlineKind.DEPOSIT
         old = self.deadlines.get(deadline_id(item.code, kind))
         if item.state is not ItemState.NEW:
             if given is not None or args.get("taken_in") is not None:
@@ -436,10 +343,10 @@ class Custody:
         taken = self.clock.wall()
         shift = None
         if item.kind == "evidence":
-            kind = EVIDENCE_RETURN
-            due_ts = taken + self.c.config.evidence.due_back_h_for((note or {}).get("reason_code")) * 3600
+            kind = DeadlineKind.EVIDENCE_RETURN
+            due_ts = taken + self.core.config.evidence.due_back_h_for((note or {}).get("reason_code")) * 3600
         else:
-            kind = RETURN
+            kind = DeadlineKind.RETURN
             end = self.calendar.end_of_shift(taken)
             if end is None:
                 due_ts = taken + self.rules.return_without_shifts_h * 3600
@@ -451,12 +358,12 @@ class Custody:
                                        since=item.since, officer=item.officer or None, holder=item.holder,
                                        supervisor=supervisor))
         self.deadlines[d.id] = d
-        data = {"due": d.due} | ({"shift": shift} if kind == RETURN else {})
+        data = {"due": d.due} | ({"shift": shift} if kind == DeadlineKind.RETURN else {})
         return data | ({"clock_unsynchronised": True} if d.provisional else {}), [d.op()]
 
     def _supervisor_of(self, code: str) -> str | None:
         """The supervisor named when the item was registered, kept on its deposit deadline."""
-        for kind in (DEPOSIT, EVIDENCE_DEPOSIT):
+        for kind in (DeadlineKind.DEPOSIT, DeadlineKind.EVIDENCE_DEPOSIT):
             d = self.deadlines.get(deadline_id(code, kind))
             if d is not None and d.supervisor:
                 return d.supervisor
@@ -468,7 +375,7 @@ class Custody:
     async def acknowledge(self, code: str, kind: str | None, person: str, note: str,
                           by: dict[str, Any]) -> Event:
         """The station acknowledges a reminder: escalation pauses for the ladder's ack_pause_s."""
-        p = self.c.registry.active_person(person)
+        p = self.core.registry.active_person(person)
         if p is None:
             raise CommandError(f"acknowledge {code}: unknown or revoked person {person!r}")
         running = [d for d in self.deadlines.values() if d.code == code and (kind is None or d.kind == kind)]
@@ -483,12 +390,12 @@ class Custody:
         acked = replace(d, ack_ts=self.clock.wall(), ack_mono=self.clock.monotonic(), ack_boot=self.clock.boot_id(),
                         ack_by=person)
         pause = self.rules.ladders[d.kind].ack_pause_s
-        item = self.c.registry.items.get(code)
+        item = self.core.registry.items.get(code)
         # In memory before the write, as a reminder is: the watcher must not
         # send the next rung (with a row lacking the acknowledgement) meanwhile.
         self.deadlines[d.id] = acked
         try:
-            ev = await self.journal.record(
+            ev = await self.journal.append_durable(
                 "reminder.acknowledged", compartment=item.compartment if item else None, dossier=code,
                 people=(person,), deadline=d.kind, due=d.due, level=d.level, pause_s=pause,
                 until=iso_utc(acked.ack_ts + pause), note=note, **by, state=[acked.op()])
@@ -503,13 +410,13 @@ class Custody:
         """Who may release a dossier, and with what: raises CommandError, changes nothing."""
         if not reason.strip():
             raise CommandError(f"release {code}: a reason is required")
-        p = self.c.registry.active_person(person)
+        p = self.core.registry.active_person(person)
         if p is None:
             raise CommandError(f"release {code}: unknown or revoked person {person!r}")
         if str(p.role) not in self.rules.release_roles:
             raise CommandError(f"release {code}: {person} is a {p.role}; a release needs one of "
                                f"{', '.join(self.rules.release_roles)}")
-        item = self.c.registry.items.get(code)
+        item = self.core.registry.items.get(code)
         if item is None:
             raise CommandError(f"release {code}: not registered")
         if item.kind != "dossier":
@@ -523,17 +430,20 @@ class Custody:
         """Release a dossier for good: open its compartment if it is in, else record it at once."""
         item = self.check_release(code, person, reason)
         if item.state is ItemState.IN and item.compartment is not None:
-            out = await self.c.release_open(item, person, reason, by)
+            # The item leaves when its door closes again; the station asked, for this person.
+            src = {"source": "station", "requested_by": person} | by
+            out = await self.core.open(self.core.slots[item.compartment], OpenRequest(
+                {code: Action.RELEASE}, (person,), source=src, note={"reason": reason}))
             if not out.accepted:
                 raise CommandError(out.message)
             return {"compartment": out.compartment, "pulsed": out.pulsed, "on_close": True}
         was = item.state
         updated = replace(item, state=ItemState.RELEASED, holder=person, since=iso_utc(self.clock.wall()))
-        ev = await self.journal.record(
+        ev = await self.journal.append_durable(
             "dossier.released", compartment=item.compartment, dossier=code, people=(person,),
             case_name=item.case_name, officer=item.officer, reason=reason, was=str(was), **by,
             state=[("upsert", "items", updated.row())])
-        self.c.registry.items[code] = updated
+        self.core.registry.items[code] = updated
         self.poke()
         return {"seq": ev.seq, "on_close": False}
 
@@ -543,71 +453,3 @@ class Custody:
         """What is overdue now, from memory (the running daemon's view)."""
         return overdue_rows(list(self.deadlines.values()), self.clock.wall(), self.rules)
 
-
-def overdue_rows(deadlines: list[Deadline], now: float, rules: Rules,
-                 conn: sqlite3.Connection | None = None) -> list[dict[str, Any]]:
-    """Deadlines past due at ``now``, most overdue first, with the escalation level reached by then
-    (from the journal's reminders when ``conn`` is given, else the level reached so far)."""
-    out = []
-    for d in sorted(deadlines, key=lambda d: d.due_ts):
-        if d.due_ts > now:
-            continue
-        if conn is not None:
-            d = replace(d, level=max((r["level"] for r in reminders_sent(conn, d, now)), default=0))
-        steps = rules.ladders[d.kind].steps if d.kind in rules.ladders else ()
-        out.append({
-            "code": d.code, "deadline": d.kind, "due": d.due, "overdue_s": round(now - d.due_ts, 1),
-            "level": d.level, "levels": len(steps),
-            "to": steps[d.level - 1].to if 0 < d.level <= len(steps) else None,
-            "next": steps[d.level].to if d.level < len(steps) else None,
-            "officer": d.officer, "holder": d.holder, "supervisor": d.supervisor,
-            "acknowledged_by": d.ack_by,
-            "acknowledged_at": iso_utc(d.ack_ts) if d.ack_ts is not None else None,
-        })
-    return out
-
-
-def reminders_sent(conn: sqlite3.Connection, d: Deadline, until: float | None = None) -> list[dict[str, Any]]:
-    """The rungs of deadline ``d`` sent so far (or by ``until``): level, to, recipient and when, oldest first."""
-    rows = conn.execute(
-        "SELECT ts, json_extract(data, '$.level'), json_extract(data, '$.to'), json_extract(data, '$.recipient') "
-        "FROM events WHERE kind IN ('reminder.due', 'reminder.escalated') AND dossier = ? "
-        "AND json_extract(data, '$.deadline') = ? AND json_extract(data, '$.due') = ? ORDER BY seq",
-        (d.code, d.kind, d.due)).fetchall()
-    return [{"ts": ts, "level": level, "to": to, "recipient": recipient} for ts, level, to, recipient in rows
-            if until is None or parse_time(ts) <= until]
-
-
-def custody_rows(conn: sqlite3.Connection, *, out_only: bool = False, officer: str | None = None,
-                 code: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
-    """Who has which item, since when, due when, how late, who was reminded: the journal's tables, read-only."""
-    where, params = ["state != 'released'"], []
-    if out_only:
-        where.append("state = 'out'")
-    if officer:
-        where.append("(officer = ? OR holder = ?)")
-        params += [officer, officer]
-    if code:
-        where.append("code = ?")
-        params.append(code)
-    items = conn.execute(
-        "SELECT code, kind, case_name, officer, compartment, state, holder, since FROM items "
-        f"WHERE {' AND '.join(where)} ORDER BY code", params).fetchall()
-    dues: dict[str, list[Deadline]] = {}
-    for d in load_deadlines(conn):
-        dues.setdefault(d.code, []).append(d)
-    rows = []
-    for c, kind, case_name, off, comp, state, holder, since in items:
-        running = dues.get(c, [])
-        first = min(running, key=lambda d: d.due_ts) if running else None
-        late = round(now - first.due_ts, 1) if first is not None and now is not None and now > first.due_ts else None
-        rows.append({
-            "code": c, "kind": kind, "case_name": case_name, "state": state, "compartment": comp,
-            "officer": off or None, "holder": holder, "since": since,
-            "due": first.due if first else None,
-            "deadline": first.kind if first else None,
-            "level": max((d.level for d in running), default=0),
-            "late_s": late,
-            "reminded": [r for d in running for r in reminders_sent(conn, d)],
-        })
-    return rows

@@ -35,7 +35,7 @@ from lockerd import __version__, checkpoints, sdnotify
 from lockerd import config as config_mod
 from lockerd.clock import Clock
 from lockerd.config import Config
-from lockerd.control import ControlServer
+from lockerd.control_socket import ControlServer
 from lockerd.controller import Controller
 from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import DriverStatus
@@ -112,10 +112,10 @@ class Daemon:
         await self.control.start()
         if config.station and config.station.get("enabled"):
             from lockerd.station import StationLink
-            from lockerd.station_commands import CommandHandler
+            from lockerd.station_handler import StationHandler
 
             self.link = StationLink(config, self.journal, self.clock,
-                                    commands=CommandHandler(self.controller), states=self.controller)
+                                    commands=StationHandler(self.controller), states=self.controller)
             await self.link.start()
 
     async def _stop_stack(self, final: bool) -> None:

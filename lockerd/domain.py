@@ -38,7 +38,31 @@ class ItemState(StrEnum):
     RELEASED = "released"  # removed from the locker for good by an authorised person
 
 
-ITEM_KINDS = ("dossier", "evidence")
+class ItemKind(StrEnum):
+    DOSSIER = "dossier"
+    EVIDENCE = "evidence"
+
+
+class Action(StrEnum):
+    """What an opening does to an item when its door closes again."""
+
+    CHECKOUT = "checkout"  # a dossier leaves
+    RETURN = "return"  # a dossier comes back
+    DEPOSIT = "deposit"  # an item goes in (a dossier's first time, or evidence)
+    RETRIEVE = "retrieve"  # evidence leaves, with a reason
+    RELEASE = "release"  # an item leaves the locker for good
+
+
+# The journal event each (kind, action) writes.
+ITEM_EVENT = {
+    (ItemKind.DOSSIER, Action.CHECKOUT): "dossier.checked_out",
+    (ItemKind.DOSSIER, Action.RETURN): "dossier.returned",
+    (ItemKind.DOSSIER, Action.DEPOSIT): "dossier.deposited",
+    (ItemKind.DOSSIER, Action.RELEASE): "dossier.released",
+    (ItemKind.EVIDENCE, Action.DEPOSIT): "evidence.deposited",
+    (ItemKind.EVIDENCE, Action.RETRIEVE): "evidence.retrieved",
+    (ItemKind.EVIDENCE, Action.RELEASE): "evidence.released",
+}
 
 
 @dataclass
@@ -52,7 +76,7 @@ class Person:
 @dataclass
 class Item:
     code: str
-    kind: str  # dossier | evidence
+    kind: ItemKind
     case_name: str
     category: str
     officer: str  # responsible officer (person id)
@@ -64,7 +88,7 @@ class Item:
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
-        d["state"] = str(self.state)
+        d["kind"], d["state"] = str(self.kind), str(self.state)
         return d
 
 
@@ -84,6 +108,12 @@ class Registry:
         self._clear_rows = 0  # badge rows stored in clear (before fingerprints), to convert
         self._badge_rows: list[tuple[str, str, int]] = []
 
+    def reload(self, journal: Journal) -> None:
+        """Forget everything and load again (after an import); empty when the journal is unusable."""
+        self.__init__(self.badge_key)  # type: ignore[misc]
+        if journal.healthy:
+            self.load(journal)
+
     def load(self, journal: Journal) -> None:
         for pid, name, role, active in journal.query("SELECT id, name, role, active FROM people"):
             self.people[pid] = Person(pid, name, Role(role), bool(active))
@@ -99,7 +129,7 @@ class Registry:
         cols = "code, kind, case_name, category, officer, compartment, state, holder, depositor, since"
         for row in journal.query(f"SELECT {cols} FROM items"):
             item = Item(*row)
-            item.state = ItemState(item.state)
+            item.kind, item.state = ItemKind(item.kind), ItemState(item.state)
             self.items[item.code] = item
 
     def fingerprint_ops(self) -> list[StateOp]:

@@ -96,7 +96,7 @@ async def apply(controller: Controller, data: dict[str, list[dict[str, Any]]], b
             def given(key: str, r: dict[str, Any] = r) -> str | None:
                 return str(r[key]) if r.get(key) not in (None, "") else None  # absent or blank: keep
 
-            items.append(controller.check_item(
+            items.append(controller.registrations.check_item(
                 str(r.get("code", "")), given("kind"), str(comp) if comp is not None else None,
                 given("case_name"), given("category"), given("officer"), people))
         except CommandError as e:

@@ -539,9 +539,11 @@ class Journal:
         self._gather(loop, item)
         return fut
 
-    async def record(self, kind: str, **kw: Any) -> Event:
+    async def append_durable(self, kind: str, **kw: Any) -> Event:
         """Append and wait until durable; JournalError at once when it cannot be written (nothing is held)."""
         return await self.append(kind, keep=False, **kw)
+
+    record = append_durable
 
     # -- an outage: events held in memory ------------------------------------------
 

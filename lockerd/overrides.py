@@ -19,14 +19,12 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from lockerd.domain import Person, Role
 from lockerd.errors import CommandError
-from lockerd.presence import Presence
-
-if TYPE_CHECKING:
-    from lockerd.controller import Controller, Outcome
+from lockerd.opening import Core, OpenRequest, Outcome
+from lockerd.presence import Presence, PresenceChecks
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +54,18 @@ class Maintenance:
 class Overrides:
     """The emergency open and the maintenance mode of one controller."""
 
-    def __init__(self, controller: Controller):
-        self.c = controller
+    def __init__(self, core: Core, presence: PresenceChecks):
+        self.core = core
+        self.presence = presence
         self.maintenance: Maintenance | None = None
         self.running: asyncio.Task | None = None  # an all-in-turn emergency opening
         self.awaiting: set[asyncio.Task] = set()  # CLI overrides of evidence waiting for their people's badges
 
     def restore(self) -> None:
         """Maintenance mode survives a restart: it ends only when a technician ends it."""
-        if not self.c.journal.healthy:
+        if not self.core.journal.healthy:
             return
-        rows = self.c.journal.query(
+        rows = self.core.journal.query(
             "SELECT seq, kind, people, data FROM events WHERE kind IN ('maintenance.started', 'maintenance.ended') "
             "ORDER BY seq DESC LIMIT 1")
         if rows and rows[0][1] == "maintenance.started":
@@ -81,7 +80,7 @@ class Overrides:
                       via: dict[str, Any], compartment: str | None = None) -> NoReturn:
         """Journal a refused override (it is a security event) and raise the error."""
         shown = [str(p)[:64] for p in people][:8] if isinstance(people, list | tuple) else []
-        self.c.journal.append("override.refused", compartment=compartment, people=shown, action=action,
+        self.core.journal.append("override.refused", compartment=compartment, people=shown, action=action,
                               error=error, reason=str(reason)[:MAX_REASON] if reason is not None else None, **via)
         log.warning("%s refused: %s", action, error)
         raise CommandError(error)
@@ -96,7 +95,7 @@ class Overrides:
     def _person_problem(self, pid: Any) -> tuple[Person | None, str | None]:
         if not isinstance(pid, str) or not pid:
             return None, f"person {pid!r}: expected a person id"
-        p = self.c.registry.people.get(pid)
+        p = self.core.registry.people.get(pid)
         if p is None:
             return None, f"unknown person {pid!r}"
         if not p.active:
@@ -144,18 +143,18 @@ class Overrides:
         if all_compartments == (compartment is not None):
             problem = "name one compartment, or all of them, not both and not neither"
         elif compartment is not None:
-            if compartment not in self.c.slots:
+            if compartment not in self.core.slots:
                 problem = f"unknown compartment {compartment!r}"
             targets = [compartment]
         else:
-            if cabinet is not None and cabinet not in self.c.config.cabinets:
+            if cabinet is not None and cabinet not in self.core.config.cabinets:
                 problem = f"unknown cabinet {cabinet!r}"
-            targets = [cid for cid, comp in self.c.config.compartments.items()
+            targets = [cid for cid, comp in self.core.config.compartments.items()
                        if cabinet is None or comp.cabinet == cabinet]
             if problem is None and self.running is not None and not self.running.done():
                 problem = "an emergency opening of all compartments is running already"
         problem = (problem or self._reason_problem(reason) or self._emergency_problem(people)
-                   or self.c.not_now())
+                   or self.core.not_now())
         if problem:
             await self._refuse(action, problem, people, reason, via, compartment)
         people = tuple(people)
@@ -163,7 +162,7 @@ class Overrides:
         evidence = self._evidence_cabinets(targets)
         if evidence and via.get("via") == "cli":
             # Typed names are not people: those named must badge at the cabinet first.
-            wait = await self.c.presence.require(action, people, evidence, via, compartments=targets,
+            wait = await self.presence.require(action, people, evidence, via, compartments=targets,
                                                  compartment=compartment, reason=reason)
             waited = via | {"waited_seq": wait.seq}
             self._await_people(wait, lambda: self._emergency_go(targets, people, reason, compartment, cabinet,
@@ -172,10 +171,10 @@ class Overrides:
         return await self._emergency_go(targets, people, reason, compartment, cabinet, via)
 
     def _evidence_cabinets(self, targets: Sequence[str]) -> set[str]:
-        return {self.c.slots[t].cfg.cabinet for t in targets if self.c.slots[t].cfg.kind == "evidence"}
+        return {self.core.slots[t].cfg.cabinet for t in targets if self.core.slots[t].cfg.kind == "evidence"}
 
     def _waiting_reply(self, wait: Presence, targets: Sequence[str]) -> dict[str, Any]:
-        window = self.c.t.evidence_window_s
+        window = self.core.config.timing.evidence_window_s
         return {"accepted": True, "waiting": True, "seq": wait.seq, "people": list(wait.people),
                 "cabinets": sorted(wait.cabinets), "compartments": list(targets), "window_s": window,
                 "message": f"waiting: {' and '.join(wait.people)} must badge at a scanner of cabinet "
@@ -184,7 +183,7 @@ class Overrides:
 
     def _await_people(self, wait: Presence, go: Callable[[], Awaitable[Any]], reason: str | None,
                       via: dict[str, Any]) -> None:
-        task = self.c._spawn(self._when_present(wait, go, reason, via), f"{wait.action}-waiting")
+        task = self.core.spawn(self._when_present(wait, go, reason, via), f"{wait.action}-waiting")
         self.awaiting.add(task)
         task.add_done_callback(self.awaiting.discard)
 
@@ -192,11 +191,11 @@ class Overrides:
                             via: dict[str, Any]) -> None:
         """Run ``go`` once the people badged; journal the refusal when they did not come in time."""
         try:
-            present = await self.c.presence.wait(wait)
+            present = await self.presence.wait(wait)
             problem = None if present else (
                 f"{' and '.join(wait.missing())} did not badge at the cabinet within "
-                f"{self.c.t.evidence_window_s:g} s: nothing opened")
-            problem = problem or self.c.not_now()
+                f"{self.core.config.timing.evidence_window_s:g} s: nothing opened")
+            problem = problem or self.core.not_now()
             if problem is None:
                 await go()
                 return
@@ -207,12 +206,12 @@ class Overrides:
     async def _emergency_go(self, targets: list[str], people: tuple[str, ...], reason: str,
                             compartment: str | None, cabinet: str | None, via: dict[str, Any]) -> dict[str, Any]:
         # The authorisation raises the alarm and is on disk before any lock moves.
-        alarm = await self.c.journal.record("alarm.emergency_open", compartment=compartment, people=people,
-                                            reason=reason, compartments=targets, cabinet=cabinet, **via)
+        alarm = await self.core.journal.append_durable("alarm.emergency_open", compartment=compartment, people=people,
+                                                       reason=reason, compartments=targets, cabinet=cabinet, **via)
         log.warning("EMERGENCY OPEN by %s: %s (%s)", " + ".join(people), ", ".join(targets), reason)
-        by_cabinet = {self.c.slots[t].cfg.cabinet: self.c.slots[t] for t in targets}
+        by_cabinet = {self.core.slots[t].cfg.cabinet: self.core.slots[t] for t in targets}
         for slot in by_cabinet.values():  # once per cabinet: the scanners there show it
-            self.c._alarm_feedback(slot, f"ALARM: emergency open ({reason})")
+            self.core.alarm(slot, f"ALARM: emergency open ({reason})")
         src = {"source": "emergency", "override_seq": alarm.seq, "reason": reason, **via}
         if compartment is not None:
             out = await self._open_one(compartment, people, src)
@@ -221,15 +220,16 @@ class Overrides:
             if not out.accepted:
                 raise CommandError(out.message)
             return {"seq": alarm.seq, "compartments": targets, "pulsed": out.pulsed, "message": out.message}
-        self.running = self.c._spawn(self._in_turn(targets, people, src), "emergency-in-turn")
+        self.running = self.core.spawn(self._in_turn(targets, people, src), "emergency-in-turn")
         return {"seq": alarm.seq, "compartments": targets, "in_turn": True}
 
     async def _open_one(self, cid: str, people: tuple[str, ...], src: dict[str, Any]) -> Outcome | str:
         """One emergency opening; a compartment that cannot open is journaled and named."""
         try:
-            return await self.c._open(self.c.slots[cid], {}, people, source=src, allow_faults=OVERRIDE_FAULTS)
+            return await self.core.open(self.core.slots[cid],
+                                        OpenRequest(people=people, source=src, allow_faults=OVERRIDE_FAULTS))
         except CommandError as e:
-            self.c.journal.append("access.denied", compartment=cid, people=people, reason=str(e),
+            self.core.journal.append("access.denied", compartment=cid, people=people, reason=str(e),
                                   source="emergency", override_seq=src["override_seq"])
             return str(e)
 
@@ -237,9 +237,9 @@ class Overrides:
         """Open each compartment after the previous pulse ended: one solenoid at a time."""
         opened: list[str] = []
         failed: dict[str, str] = {}
-        step = self.c.t.pulse_ms / 1000 + STEP_GAP_S
+        step = self.core.config.timing.pulse_ms / 1000 + STEP_GAP_S
         for cid in targets:
-            if (busy := self.c.not_now()) is not None:  # the daemon is stopping or reloading
+            if (busy := self.core.not_now()) is not None:  # the daemon is stopping or reloading
                 failed[cid] = busy
                 continue
             try:
@@ -252,8 +252,8 @@ class Overrides:
                 continue
             opened.append(cid)
             if out.pulsed:
-                await self.c.clock.sleep(step)
-        self.c.journal.append("override.finished", people=people, override_seq=src["override_seq"],
+                await self.core.clock.sleep(step)
+        self.core.journal.append("override.finished", people=people, override_seq=src["override_seq"],
                               opened=opened, failed=failed)
 
     # -- maintenance mode -----------------------------------------------------------------
@@ -266,7 +266,8 @@ class Overrides:
             problem = f"maintenance is on already (by {self.maintenance.person}, seq {self.maintenance.seq})"
         if problem:
             await self._refuse("maintenance-on", problem, [person], reason, via)
-        ev = await self.c.journal.record("maintenance.started", people=(person,), reason=reason.strip(), **via)
+        ev = await self.core.journal.append_durable("maintenance.started", people=(person,), reason=reason.strip(),
+                                                    **via)
         self.maintenance = Maintenance(person, reason.strip(), ev.seq)
         return {"seq": ev.seq}
 
@@ -280,8 +281,9 @@ class Overrides:
             await self._refuse("maintenance-off", problem, [person], reason, via)
         m = self.maintenance
         assert m is not None
-        ev = await self.c.journal.record("maintenance.ended", people=(person,), started_seq=m.seq,
-                                         started_by=m.person, opens=m.opens, reason=reason.strip() or None, **via)
+        ev = await self.core.journal.append_durable(
+            "maintenance.ended", people=(person,), started_seq=m.seq, started_by=m.person, opens=m.opens,
+            reason=reason.strip() or None, **via)
         self.maintenance = None
         return {"seq": ev.seq, "opens": m.opens}
 
@@ -295,12 +297,12 @@ class Overrides:
         _, problem = self._technician(person)
         if problem is None and self.maintenance is None:
             problem = "maintenance is not on: start it first (lockerd maintenance on --person ID --reason ...)"
-        if problem is None and compartment not in self.c.slots:
+        if problem is None and compartment not in self.core.slots:
             problem = f"unknown compartment {compartment!r}"
         evidence = self._evidence_cabinets([compartment]) if problem is None else set()
         if problem is None and evidence:
             problem = self._witness_problem(witness, person)
-        problem = problem or self.c.not_now()
+        problem = problem or self.core.not_now()
         people = [person] + ([witness] if witness else [])
         if problem:
             await self._refuse("maintenance-open", problem, people, None, via,
@@ -327,7 +329,7 @@ class Overrides:
 
     async def _wait_for_maintenance(self, compartment: str, people: tuple[str, ...], evidence: set[str],
                                     via: dict[str, Any]) -> Presence:
-        wait = await self.c.presence.require("maintenance-open", people, evidence, via, compartment=compartment)
+        wait = await self.presence.require("maintenance-open", people, evidence, via, compartment=compartment)
         waited = via | {"waited_seq": wait.seq}
         self._await_people(wait, lambda: self._maintenance_go(compartment, people, waited), None, via)
         return wait
@@ -340,8 +342,8 @@ class Overrides:
                                compartment)
         assert m is not None
         src = {"source": "maintenance", "maintenance_seq": m.seq, **via}
-        out = await self.c._open(self.c.slots[compartment], {}, people, source=src,
-                                 grant_kind="maintenance.open", allow_faults=OVERRIDE_FAULTS)
+        out = await self.core.open(self.core.slots[compartment], OpenRequest(
+            people=people, source=src, grant_kind="maintenance.open", allow_faults=OVERRIDE_FAULTS))
         if not out.accepted:
             raise CommandError(out.message)
         m.opens += 1

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lockerd.domain import Person
 from lockerd.drivers.base import Scan
-
-if TYPE_CHECKING:
-    from lockerd.controller import Controller, Outcome
+from lockerd.opening import Core, Outcome, scan_fields
+from lockerd.two_person import burst_partner, journal_badge
 
 
 @dataclass
@@ -38,16 +37,16 @@ class Presence:
 
 
 class PresenceChecks:
-    def __init__(self, controller: Controller):
-        self.c = controller
+    def __init__(self, core: Core):
+        self.core = core
         self.waiting: list[Presence] = []
 
     async def require(self, action: str, people: tuple[str, ...], cabinets: set[str],
                       via: dict[str, Any], **fields: Any) -> Presence:
         """Journal (durably) that ``action`` waits for ``people`` to badge at ``cabinets``; start waiting."""
-        window = self.c.t.evidence_window_s
-        ev = await self.c.journal.record("override.waiting", people=people, action=action, cabinets=sorted(cabinets),
-                                         window_s=window, **fields, **via)
+        window = self.core.config.timing.evidence_window_s
+        ev = await self.core.journal.append_durable("override.waiting", people=people, action=action,
+                                                    cabinets=sorted(cabinets), window_s=window, **fields, **via)
         p = Presence(action, people, frozenset(cabinets), ev.seq)
         self.waiting.append(p)
         return p
@@ -55,7 +54,7 @@ class PresenceChecks:
     async def wait(self, p: Presence) -> bool:
         """True once everyone badged; False when the evidence window ran out first."""
         done = asyncio.ensure_future(p.complete.wait())
-        timer = asyncio.ensure_future(self.c.clock.sleep(self.c.t.evidence_window_s))
+        timer = asyncio.ensure_future(self.core.clock.sleep(self.core.config.timing.evidence_window_s))
         try:
             await asyncio.wait({done, timer}, return_when=asyncio.FIRST_COMPLETED)
             return p.complete.is_set()
@@ -69,23 +68,21 @@ class PresenceChecks:
 
     def badge(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome | None:
         """Count a badge toward a waiting override that names its holder; None when none does."""
-        from lockerd.controller import Outcome
-
         p = next((w for w in self.waiting if person.id in w.people and w.cabinets & set(served)
                   and not w.complete.is_set()), None)
         if p is None:
             return None
         here = ((pid, at) for pid, (sc, at) in p.seen.items() if sc == scan.scanner)
-        if (other := self.c.burst_partner(scan, person, here)) is not None:
+        if (other := burst_partner(self.core.config.evidence.badge_burst_ms, scan, person, here)) is not None:
             p.seen.pop(other)
             reason = (f"badges of {other} and {person.id} read in one burst at one scanner: "
                       f"one scan cannot be two people; both badge again for the {p.action}")
-            self.c.journal.append("scan", people=(person.id,), **self.c.scan_fields(scan))
-            self.c.journal.append("access.denied", people=(other, person.id), scanner=scan.scanner, reason=reason,
+            self.core.journal.append("scan", people=(person.id,), **scan_fields(scan))
+            self.core.journal.append("access.denied", people=(other, person.id), scanner=scan.scanner, reason=reason,
                                   override_seq=p.seq)
             return Outcome(False, f"refused: {reason}", reason=reason)
         p.seen[person.id] = (scan.scanner, scan.at)
-        self.c.journal_badge(scan, person, override_seq=p.seq)
+        journal_badge(self.core, scan, person, override_seq=p.seq)
         missing = p.missing()
         if missing:
             return Outcome(True, f"badge of {person.name} accepted for the {p.action}: waiting for "

@@ -350,7 +350,7 @@ def station_config(dir: Path, brokers: list[str], *, site: str = "test-site", no
 # -- a controller's journal + link, and small doubles of our own interfaces --
 
 class Handler:
-    """Records calls: a stand-in for the daemon's CommandHandler (our interface, not a protocol peer)."""
+    """Records calls: a stand-in for the daemon's StationHandler (our interface, not a protocol peer)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any], dict[str, Any]]] = []

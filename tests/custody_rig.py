@@ -9,7 +9,7 @@ from rig import DATA, TOML, Rig, close_rig, make_rig
 
 from lockerd.clock import ManualClock, parse_time
 from lockerd.journal import Event
-from lockerd.station_commands import CommandHandler
+from lockerd.station_handler import StationHandler
 
 # Monday 21 December 2026, 05:00 in Berlin (UTC+1); Friday the 25th is a holiday.
 MONDAY_0500 = parse_time("2026-12-21T04:00:00Z")
@@ -64,7 +64,7 @@ async def restart(rig: Rig, tmp: Path) -> Rig:
 
 async def command(rig: Rig, name: str, **args: Any) -> dict[str, Any]:
     """Run a station command through the daemon's handler, as the link does after its checks."""
-    return await CommandHandler(rig.c).handle(name, args, {"command_id": f"c-{name}-{rig.journal.last_seq}"})
+    return await StationHandler(rig.c).handle(name, args, {"command_id": f"c-{name}-{rig.journal.last_seq}"})
 
 
 async def reminders(rig: Rig, code: str | None = None, after: int = 0) -> list[Event]:

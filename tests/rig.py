@@ -13,9 +13,10 @@ from lockerd.drivers.sim import SimBoard, SimScanner
 
 from lockerd import config, importer
 from lockerd.clock import ManualClock
-from lockerd.controller import Controller, Outcome
+from lockerd.controller import Controller
 from lockerd.errors import JournalError
 from lockerd.journal import Event, Journal
+from lockerd.opening import Outcome
 
 TOML = """
 [controller]

@@ -146,7 +146,7 @@ async def test_a_restart_after_a_power_cut_keeps_the_deadline(tmp_path):
     await register(rig, due_in_h=1)
     # The daemon dies before the deadline: no stop, no last events. The deadline is on disk with the assign.
     # Its tasks are gone before the next boot starts on the same clock.
-    tasks = list(rig.c._tasks)
+    tasks = list(rig.c.tasks.running)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -14,7 +14,7 @@ from rig import TOML, close_rig, make_rig
 
 from lockerd import importer
 from lockerd.clock import ManualClock, iso_utc, parse_time
-from lockerd.custody import custody_rows
+from lockerd.deadlines import custody_rows
 from lockerd.errors import CommandError
 from lockerd.journal import connect
 

@@ -623,7 +623,7 @@ async def test_a_reload_with_a_door_held_open_by_a_grant_is_refused_after_waitin
         daemon.hw.scanners["front"].inject("D-1")
         assert (await asyncio.wait_for(done, 5)).pulsed
         slot = daemon.controller.slots["d01"]
-        await until(daemon, lambda: slot.door.value == "open" and not slot.released)  # pulse over, door open
+        await until(daemon, lambda: slot.door.value == "open" and not slot.pulsing)  # pulse over, door open
         cfg.write_text(cfg.read_text().replace("pulse_ms = 500", "pulse_ms = 700"))
         assert await daemon.reload() is False
         await daemon._flush_journal()
@@ -656,6 +656,6 @@ async def test_a_new_config_that_fails_to_start_falls_back_to_the_old_one(tmp_pa
         status = json.loads(await reader.readline())
         writer.close()
         assert status["ok"] and sorted(status["compartments"])[-1] == "e04"
-        assert daemon.controller._accepting and daemon.config.control_socket == tmp_path / "lockerd.sock"
+        assert daemon.controller.accepting and daemon.config.control_socket == tmp_path / "lockerd.sock"
     finally:
         await daemon.stop()

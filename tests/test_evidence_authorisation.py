@@ -12,7 +12,7 @@ from rig import close_rig, make_rig
 from lockerd.errors import CommandError
 from lockerd.station import contract
 from lockerd.station.validate import errors
-from lockerd.station_commands import CommandHandler
+from lockerd.station_handler import StationHandler
 
 pytestmark = pytest.mark.asyncio
 
@@ -29,7 +29,7 @@ async def rig(tmp_path):
 async def authorise(rig, **args: Any) -> dict[str, Any]:
     body = {"id": "req-77", "ts": "2026-01-01T00:00:00Z", "requested_by": "case-system", "args": args}
     assert errors(body, contract.command_schema("authorize-retrieval")) == []
-    return await CommandHandler(rig.c).handle("authorize-retrieval", args, META)
+    return await StationHandler(rig.c).handle("authorize-retrieval", args, META)
 
 
 async def retrieve_without_card(rig) -> Any:

@@ -144,5 +144,5 @@ async def test_a_reason_card_alone_opens_nothing(rig):
 
 async def test_an_item_cannot_take_a_reason_card_barcode(rig):
     with pytest.raises(CommandError, match="that code is a reason card"):
-        rig.c.check_item("R-COURT", "evidence", "e03", "Case", "misc", "berg")
+        rig.c.registrations.check_item("R-COURT", "evidence", "e03", "Case", "misc", "berg")
     assert "R-COURT" not in rig.c.registry.items

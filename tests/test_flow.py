@@ -185,19 +185,19 @@ async def test_a_forced_door_stays_an_alarm_until_a_supervisor_or_case_manager_a
     await rig.clock.advance(0.05)
     assert "forced" in rig.c.states()["d04"]["alarm"]
     with pytest.raises(CommandError, match="not shut"):
-        await rig.c.acknowledge_alarm("d04", "lind", "", {"via": "cli"})
+        await rig.c.doors.acknowledge_alarm("d04", "lind", "", {"via": "cli"})
     await rig.close(rig.d, 3)
     kinds = await rig.kinds(compartment="d04")
     assert kinds[-3:] == ["door.opened", "alarm.forced", "door.closed"]  # shut, and still an alarm
     assert rig.c.states()["d04"]["alarm"] == "forced"
-    assert rig.c.unacknowledged() == [{"compartment": "d04", "alarms": ["forced"], "door": "closed"}]
+    assert rig.c.doors.unacknowledged() == [{"compartment": "d04", "alarms": ["forced"], "door": "closed"}]
     with pytest.raises(CommandError, match="berg is officer: a supervisor or a case manager acknowledges"):
-        await rig.c.acknowledge_alarm("d04", "berg", "", {"via": "cli"})
-    out = await rig.c.acknowledge_alarm("d04", "lind", "hinge checked, nothing missing", {"via": "cli", "uid": 0})
+        await rig.c.doors.acknowledge_alarm("d04", "berg", "", {"via": "cli"})
+    out = await rig.c.doors.acknowledge_alarm("d04", "lind", "hinge checked, nothing missing", {"via": "cli", "uid": 0})
     assert out["acknowledged"] == ["forced"]
     [ack] = [e for e in await rig.events() if e.kind == "alarm.acknowledged"]
     assert list(ack.people) == ["lind"] and ack.data["note"] == "hinge checked, nothing missing"
-    assert rig.c.states()["d04"]["alarm"] is None and rig.c.unacknowledged() == []
+    assert rig.c.states()["d04"]["alarm"] is None and rig.c.doors.unacknowledged() == []
 
 
 async def test_door_held_open_alarm_repeats_until_closed(rig):
@@ -236,7 +236,7 @@ async def test_jammed_lock_ends_in_fault_and_refusals(rig):
     assert "jam" in " ".join(rig.c.states()["d02"]["faults"])
     assert len(rig.d.pulse_log) == 3
     rig.d.jam(1, False)
-    assert rig.c.clear_faults("d02", "nowak") == ["jam"]
+    assert rig.c.doors.clear_faults("d02", "nowak") == ["jam"]
     assert (await rig.scan("D-3")).pulsed
 
 

@@ -135,7 +135,8 @@ async def test_a_pulse_that_opens_the_neighbour_is_a_wiring_fault_blocking_both(
         await rig.close(rig.d, 0)
         await rig.clock.advance(11)  # d01's door was never seen open: door.not_opened, nothing recorded as moved
         assert rig.c.registry.items["D-1"].state == "new"
-        assert rig.c.clear_faults("d01", "nowak") == ["wiring"] and rig.c.clear_faults("d02", "nowak") == ["wiring"]
+        assert rig.c.doors.clear_faults("d01", "nowak") == ["wiring"]
+        assert rig.c.doors.clear_faults("d02", "nowak") == ["wiring"]
     finally:
         await close_rig(rig)
 

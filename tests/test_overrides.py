@@ -16,7 +16,7 @@ from test_station_commands import reply_for
 from test_station_daemon import station_daemon
 
 from lockerd import cli
-from lockerd.control import ControlServer
+from lockerd.control_socket import ControlServer
 from lockerd.errors import CommandError
 from lockerd.journal import verify
 from lockerd.station import contract

@@ -29,7 +29,7 @@ from pymodbus.constants import ExcCodes
 from rig import Rig, close_rig, make_rig
 
 from lockerd.clock import ManualClock
-from lockerd.controller import Outcome
+from lockerd.opening import Outcome
 
 pytestmark = pytest.mark.asyncio
 

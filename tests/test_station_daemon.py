@@ -1,4 +1,4 @@
-"""The real daemon (controller + CommandHandler) behind the station link, on the sim board and a real Mosquitto."""
+"""The real daemon (controller + StationHandler) behind the station link, on the sim board and a real Mosquitto."""
 
 from __future__ import annotations
 

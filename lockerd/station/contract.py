@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from lockerd import __version__
-from lockerd.custody import DEADLINE_KINDS, RECIPIENTS
+from lockerd.custody_rules import DEADLINE_KINDS, RECIPIENTS
 from lockerd.station.signing import Authority
 
 # Biggest command payload the link will parse; larger ones are refused unread.
@@ -44,7 +44,7 @@ def _args(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
 
 
-# Each command's "args" schema. Handled by the daemon's CommandHandler
+# Each command's "args" schema. Handled through the daemon's command registry (lockerd.commands)
 # except ping and replay, which the link answers itself.
 COMMAND_ARGS: dict[str, dict[str, Any]] = {
     "assign": _args({

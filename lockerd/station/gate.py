@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lockerd.station import contract, signing
-from lockerd.station.commands import Command
+from lockerd.station.intake import Command
 from lockerd.station.signing import Authority, Signer
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from lockerd.config import Config
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal
 from lockerd.station import contract
-from lockerd.station.commands import Command, Refused, SeenIds, parse
 from lockerd.station.gate import Gate, Vetting
+from lockerd.station.intake import Command, Refused, SeenIds, parse
 from lockerd.station.mqtt import Connection, Settings
 from lockerd.station.outbox import Outbox, encode_event
 from lockerd.station.topics import Topics
