@@ -20,22 +20,24 @@ WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
 
 
 def cmd_chain_of_custody(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.custody_report import custody_report, custody_report_json, format_custody_report
+    from lockerd.journal_reader import open_journal
 
     path = existing_journal(a)
     if path is None:
         return 2
-    with contextlib.closing(audit.open_journal(path)) as conn:
-        c = audit.custody(conn, a.code)
+    with contextlib.closing(open_journal(path)) as conn:
+        c = custody_report(conn, a.code)
     if a.json:
-        print(json.dumps(audit.custody_json(c), ensure_ascii=False, indent=2))
+        print(json.dumps(custody_report_json(c), ensure_ascii=False, indent=2))
     else:
-        print(audit.format_custody(c))
+        print(format_custody_report(c))
     return 0 if c.item is not None or c.events else 1
 
 
 def cmd_occupancy(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.journal_reader import open_journal
+    from lockerd.occupancy import format_occupancy, occupancy
 
     cfg = _load(a.config)
     if a.cabinet is not None and a.cabinet not in cfg.cabinets:
@@ -44,9 +46,9 @@ def cmd_occupancy(a: argparse.Namespace) -> int:
     path = existing_journal(a, cfg)
     if path is None:
         return 2
-    with contextlib.closing(audit.open_journal(path)) as conn:
-        occ = audit.occupancy(conn, cfg, a.cabinet)
-    print(json.dumps(occ, ensure_ascii=False, indent=2) if a.json else audit.format_occupancy(occ))
+    with contextlib.closing(open_journal(path)) as conn:
+        occ = occupancy(conn, cfg, a.cabinet)
+    print(json.dumps(occ, ensure_ascii=False, indent=2) if a.json else format_occupancy(occ))
     return 0
 
 
@@ -64,7 +66,8 @@ def _wall(text: str | None, what: str) -> str | None:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.journal_export import export
+    from lockerd.journal_reader import open_journal
 
     since, until = _wall(a.since, "--since"), _wall(a.until, "--until")
     fmt = a.format or ("json" if a.output and a.output.lower().endswith(".json") else "csv")
@@ -76,16 +79,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     path = existing_journal(a, cfg)
     if path is None:
         return 2
-    with contextlib.closing(audit.open_journal(path)) as conn:
+    with contextlib.closing(open_journal(path)) as conn:
         if a.output:
             out = Path(a.output)
             tmp = out.with_name(out.name + ".part")
             # Written aside, then renamed: a half-written export never looks like a whole one.
             with open(tmp, "w", encoding="utf-8", newline="") as f:
-                meta = audit.export(conn, f, fmt, since, until, site, node)
+                meta = export(conn, f, fmt, since, until, site, node)
             tmp.replace(out)
         else:
-            meta = audit.export(conn, sys.stdout, fmt, since, until, site, node)
+            meta = export(conn, sys.stdout, fmt, since, until, site, node)
     if a.output:
         span = f"seq {meta['first_seq']}..{meta['last_seq']}" if meta["count"] else "no events in that range"
         print(f"{a.output}: {meta['count']} events ({span}), {fmt}", file=sys.stderr)
@@ -93,7 +96,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_verify_export(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.export_verify import verify_export
+    from lockerd.journal_reader import open_journal
 
     conn = None
     if not a.standalone:
@@ -102,9 +106,9 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
             print("lockerd: (use --standalone to check the export's own chain without the journal)",
                   file=sys.stderr)
             return 2
-        conn = audit.open_journal(path)
+        conn = open_journal(path)
     try:
-        r = audit.verify_export(Path(a.file), conn)
+        r = verify_export(Path(a.file), conn)
     finally:
         if conn is not None:
             conn.close()
@@ -123,14 +127,15 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
 
 
 def cmd_verify_photos(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.journal_reader import open_journal
+    from lockerd.photo_verify import verify_photos
 
     path = existing_journal(a)
     if path is None:
         return 2
     folder = photo_dir(path)
-    with contextlib.closing(audit.open_journal(path)) as conn:
-        r = audit.verify_photos(conn, folder)
+    with contextlib.closing(open_journal(path)) as conn:
+        r = verify_photos(conn, folder)
     for seq, name in r.missing:
         print(f"MISSING  {name} (photo.taken seq {seq})")
     for seq, name in r.altered:
