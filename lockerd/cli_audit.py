@@ -10,13 +10,10 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from lockerd.cli import _load, existing_journal
-from lockerd.photos import photo_dir
-
-WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+from lockerd.cli_support import existing_journal, load_config, with_config, with_journal
 
 
 def cmd_chain_of_custody(a: argparse.Namespace) -> int:
@@ -39,7 +36,7 @@ def cmd_occupancy(a: argparse.Namespace) -> int:
     from lockerd.journal_reader import open_journal
     from lockerd.occupancy import format_occupancy, occupancy
 
-    cfg = _load(a.config)
+    cfg = load_config(a.config)
     if a.cabinet is not None and a.cabinet not in cfg.cabinets:
         print(f"lockerd: no cabinet {a.cabinet!r} (known: {', '.join(cfg.cabinets)})", file=sys.stderr)
         return 2
@@ -74,7 +71,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     site = node = ""
     cfg = None
     if not a.journal:
-        cfg = _load(a.config)
+        cfg = load_config(a.config)
         site, node = cfg.site, cfg.node
     path = existing_journal(a, cfg)
     if path is None:
@@ -129,6 +126,7 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
 def cmd_verify_photos(a: argparse.Namespace) -> int:
     from lockerd.journal_reader import open_journal
     from lockerd.photo_verify import verify_photos
+    from lockerd.photos import photo_dir
 
     path = existing_journal(a)
     if path is None:
@@ -145,25 +143,21 @@ def cmd_verify_photos(a: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
-def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> None:
+def add_commands(sub: Any) -> None:
     """Add the audit commands to the lockerd parser."""
-    def journal_opt(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--journal", help="journal file (default: from the config)")
-        return sp
-
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "chain-of-custody", help="every event of one dossier or evidence item: what, who, when, which compartment")))
     sp.add_argument("code", help="the item's barcode")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_chain_of_custody)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "occupancy", help="what each compartment holds, with door, fault and alarm state as journaled")))
     sp.add_argument("--cabinet", help="only this cabinet")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_occupancy)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "export", help="export the events of a time range (CSV or JSON) with their hash chain")))
     sp.add_argument("--since", help="ISO 8601 wall time (UTC unless an offset is given); default: the start")
     sp.add_argument("--until", help="ISO 8601 wall time; default: now")
@@ -171,7 +165,7 @@ def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> No
     sp.add_argument("-o", "--output", help="file to write (default: standard output)")
     sp.set_defaults(func=cmd_export)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "verify-export", help="check an export's hash chain and each row against the journal")))
     sp.add_argument("file")
     sp.add_argument("--standalone", action="store_true", help="check the export on its own, without the journal")
@@ -181,6 +175,6 @@ def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> No
     sp.add_argument("--key", help="the controller's public key (hex): check each checkpoint's signature")
     sp.set_defaults(func=cmd_verify_export)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "verify-photos", help="check every journaled still in photos/ against its recorded SHA-256")))
     sp.set_defaults(func=cmd_verify_photos)
