@@ -31,17 +31,8 @@ from typing import Any
 
 from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import DoorChange, DoorSensors, DoorState, DriverStatus, LockBank, Scan
-from lockerd.hil.report import (
-    FAIL,
-    PASS,
-    UNTESTED,
-    BoardResult,
-    BrokerResult,
-    CompartmentResult,
-    Finding,
-    Report,
-    ScannerResult,
-)
+from lockerd.hil.findings import conclude
+from lockerd.hil.report import FAIL, PASS, BoardResult, BrokerResult, CompartmentResult, Report, ScannerResult
 from lockerd.hil.technician import Technician
 
 from lockerd.clock import Clock
@@ -405,99 +396,10 @@ class Bench:
     # -- conclusions ----------------------------------------------------------------------------
 
     def _conclude(self) -> None:
-        """Turn the observations into findings: one per fault, never one per symptom."""
-        r = self.report
-        f = r.findings
-        for c in r.compartments:
-            if c.problems:
-                c.status = FAIL
-            elif c.open_ms is not None:
-                c.status = PASS
-            else:
-                c.status = UNTESTED
-        for b in r.boards:
-            if b.requests and b.answered == 0:
-                self._offline.setdefault(b.name, b.error)
-            elif b.answered < b.requests:
-                f.append(Finding("board-unreliable", b.name,
-                                 f"answered {b.answered} of {b.requests} reads ({b.rate:.0%}); last error: {b.error}",
-                                 {"answered": b.answered, "requests": b.requests}))
-        comps = {c.id: c for c in r.compartments}
-        by_sensor = {(c.sensor_driver, c.sensor): c.id for c in r.compartments}
-        for name, detail in self._offline.items():
-            untested = [c.id for c in r.compartments if name in (c.lock_driver, c.sensor_driver)
-                        and c.status == UNTESTED and c.note != "not selected"]
-            f.append(Finding("board-offline", name,
-                             f"not answering ({detail})" + (f"; not tested: {', '.join(untested)}" if untested else ""),
-                             {"untested": untested}))
-        # Wrong sensors: a lock that opened another compartment's door, folded into crossed pairs.
-        wrong: dict[str, str] = {}
-        for c in r.compartments:
-            if "wrong-sensor" in c.problems:
-                other = [by_sensor.get(_channel(m)) for m in c.moved]
-                wrong[c.id] = next((o for o in other if o), c.moved[0] if c.moved else "?")
-        done: set[str] = set()
-        for a, b in wrong.items():
-            if a in done:
-                continue
-            ca = comps[a]
-            if wrong.get(b) == a:
-                cb = comps[b]
-                done |= {a, b}
-                for x, y in ((ca, cb), (cb, ca)):
-                    x.problems = ["crossed" if p == "wrong-sensor" else p for p in x.problems]
-                    x.note = f"crossed with {y.id}"
-                f.append(Finding(
-                    "crossed", "+".join(sorted((a, b))),
-                    f"lock of {a} ({ca.lock_driver} channel {ca.lock}) opens the door seen on sensor "
-                    f"{cb.sensor_driver} channel {cb.sensor}, and lock of {b} ({cb.lock_driver} channel {cb.lock}) "
-                    f"the one on sensor {ca.sensor_driver} channel {ca.sensor}: those two channels are crossed "
-                    "(lock wires or sensor wires swapped)",
-                    {"compartments": sorted((a, b)), "channels": {a: [ca.lock, ca.sensor], b: [cb.lock, cb.sensor]}}))
-            else:
-                done.add(a)
-                f.append(Finding("wrong-sensor", a,
-                                 f"its lock ({ca.lock_driver} channel {ca.lock}) moved sensor {', '.join(ca.moved)} "
-                                 f"({b}), not its own ({ca.sensor_driver} channel {ca.sensor})",
-                                 {"moved": ca.moved}))
-        for c in r.compartments:
-            for p in c.problems:
-                if p in ("crossed", "wrong-sensor"):
-                    continue
-                f.append(Finding(p, c.id, _message(p, c), {"moved": c.moved, "note": c.note}))
-        for s in r.scanners:
-            if s.status == FAIL:
-                kind = ("scanner-offline" if s.error.startswith("offline") else
-                        "scanner-silent" if s.code is None and s.after_s is None else
-                        "scanner-bad-read" if s.code is None else "scanner-wrong-code")
-                f.append(Finding(kind, s.name, s.error))
-        for b in r.brokers:
-            if not b.ok:
-                f.append(Finding("broker-unreachable", b.broker, b.error))
-
-
-def _channel(moved: str) -> tuple[str, int]:
-    d, _, ch = moved.rpartition(":")
-    return d, int(ch)
-
-
-def _message(kind: str, c: CompartmentResult) -> str:
-    lock, sensor = f"{c.lock_driver} channel {c.lock}", f"{c.sensor_driver} channel {c.sensor}"
-    return {
-        "lock-not-released": f"the door did not open when its lock ({lock}) was pulsed: check the lock, its wiring "
-                             "and its relay",
-        "sensor-dead": f"the door opened but its sensor ({sensor}) did not change: check the sensor and its wiring",
-        "no-change": f"no door sensor changed after its lock ({lock}) was pulsed: the lock did not release or "
-                     f"the sensor ({sensor}) is dead; nobody was there to tell which",
-        "extra-sensor": f"its lock ({lock}) opened its own door and also moved "
-                        f"{', '.join(m for m in c.moved if m != f'{c.sensor_driver}:{c.sensor}')}",
-        "not-closed": f"sensor {', '.join(c.moved) or sensor} still reads open after the door should have closed",
-        "open-before": f"its sensor ({sensor}) reads open before the lock was pulsed and did not close: "
-                       "close the door, or the sensor is stuck or inverted (open_level)",
-        "sensor-unknown": f"its sensor ({sensor}) cannot be read",
-        "relay-stuck": f"the relay of its lock ({lock}) did not switch off after the pulse",
-        "pulse-failed": f"the board refused the pulse of {lock}: {c.note}",
-    }.get(kind, kind)
+        """Turn the observations into findings (see :mod:`lockerd.hil.findings`)."""
+        verdict = conclude(self.report, self._offline)
+        self.report.compartments = verdict.compartments
+        self.report.findings.extend(verdict.findings)
 
 
 def _now() -> str:
