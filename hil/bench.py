@@ -249,52 +249,18 @@ class Bench:
         assert self.hw is not None
         bank = self.hw.lock_bank(comp.lock_driver)
         sensors = self.hw.sensors(comp.sensor_driver)
-        expected = (comp.sensor_driver, comp.sensor)
-        for d in {bank, sensors}:
-            if not d.online:
-                res.note = f"{d.name} offline"
-                self._offline.setdefault(d.name, d.detail)
-                return
-        before = sensors.door(comp.sensor)
-        if before is DoorState.UNKNOWN:
-            res.problems.append("sensor-unknown")
-            res.note = "door sensor unreadable"
+        if not await self._ready(comp, res, bank, sensors):
             return
-        if before is DoorState.OPEN:
-            await self.tech.close_door(comp)
-            if not await self._until(lambda: sensors.door(comp.sensor) is DoorState.CLOSED, self.opt.close_timeout_s):
-                res.problems.append("open-before")
-                return
         manual = self._manual(comp)
         res.doors = "manual" if manual else "spring"
         self.tech.say(f"Compartment {comp.id}: pulsing lock {comp.lock_driver}:{comp.lock}")
         await self.tech.before_pulse(comp, manual)
         mark = len(self._changes)
         t0 = self.clock.monotonic()
-        try:
-            await bank.pulse(comp.lock, self.pulse_ms)
-        except DriverError as e:
-            if not bank.online:
-                res.note = f"{bank.name} offline"
-                self._offline.setdefault(bank.name, str(e))
-            else:
-                res.problems.append("pulse-failed")
-                res.note = str(e)
+        if not await self._pulse(comp, res, bank):
             return
         self._step("pulsed", comp.id)
-
-        def opened() -> list[DoorChange]:
-            return [c for c in self._changes[mark:] if c.state is DoorState.OPEN]
-
-        got = await self._until(lambda: any((c.driver, c.channel) == expected for c in opened()),
-                                self.open_timeout_s)
-        if got or opened():
-            await asyncio.sleep(self.opt.settle_s)  # a while for other sensors to move too, if they will
-        moved = list(dict.fromkeys((c.driver, c.channel) for c in opened()))
-        res.moved = [f"{d}:{ch}" for d, ch in moved]
-        first = next((c for c in opened() if (c.driver, c.channel) == expected), None)
-        if first is not None:
-            res.open_ms = round((first.at - t0) * 1000, 3)
+        moved = await self._opened_after(comp, res, mark, t0)
 
         # The pulse must end: a relay that stays on burns the solenoid. The bank
         # reports a failed switch-off at once; do not wait out its retries.
@@ -306,6 +272,7 @@ class Bench:
             res.note = f"{gone.name} offline"
             self._offline.setdefault(gone.name, gone.detail)
             return
+        expected = (comp.sensor_driver, comp.sensor)
         if not moved:
             saw = await self.tech.saw_open(comp)
             res.problems.append({True: "sensor-dead", False: "lock-not-released", None: "no-change"}[saw])
@@ -321,6 +288,58 @@ class Bench:
             res.closed = ok
             if not ok:
                 res.problems.append("not-closed")
+
+    async def _ready(self, comp: Compartment, res: CompartmentResult, bank: LockBank, sensors: DoorSensors) -> bool:
+        """Are the lock's bank and the door's sensor online, and the door shut? If not, why is in ``res``."""
+        for d in {bank, sensors}:
+            if not d.online:
+                res.note = f"{d.name} offline"
+                self._offline.setdefault(d.name, d.detail)
+                return False
+        before = sensors.door(comp.sensor)
+        if before is DoorState.UNKNOWN:
+            res.problems.append("sensor-unknown")
+            res.note = "door sensor unreadable"
+            return False
+        if before is DoorState.OPEN:
+            await self.tech.close_door(comp)
+            if not await self._until(lambda: sensors.door(comp.sensor) is DoorState.CLOSED, self.opt.close_timeout_s):
+                res.problems.append("open-before")
+                return False
+        return True
+
+    async def _pulse(self, comp: Compartment, res: CompartmentResult, bank: LockBank) -> bool:
+        """Pulse the compartment's lock; False, with the reason in ``res``, if the bank would not."""
+        try:
+            await bank.pulse(comp.lock, self.pulse_ms)
+        except DriverError as e:
+            if not bank.online:
+                res.note = f"{bank.name} offline"
+                self._offline.setdefault(bank.name, str(e))
+            else:
+                res.problems.append("pulse-failed")
+                res.note = str(e)
+            return False
+        return True
+
+    async def _opened_after(self, comp: Compartment, res: CompartmentResult, mark: int,
+                            t0: float) -> list[tuple[str, int]]:
+        """Every sensor that opened after the pulse, once the expected one has (or the wait ran out)."""
+        expected = (comp.sensor_driver, comp.sensor)
+
+        def opened() -> list[DoorChange]:
+            return [c for c in self._changes[mark:] if c.state is DoorState.OPEN]
+
+        got = await self._until(lambda: any((c.driver, c.channel) == expected for c in opened()),
+                                self.open_timeout_s)
+        if got or opened():
+            await asyncio.sleep(self.opt.settle_s)  # a while for other sensors to move too, if they will
+        moved = list(dict.fromkeys((c.driver, c.channel) for c in opened()))
+        res.moved = [f"{d}:{ch}" for d, ch in moved]
+        first = next((c for c in opened() if (c.driver, c.channel) == expected), None)
+        if first is not None:
+            res.open_ms = round((first.at - t0) * 1000, 3)
+        return moved
 
     async def _pulse_stuck(self, bank: LockBank, comp: Compartment) -> bool:
         """Wait for this lock's pulse to end; True if its relay did not switch off."""
