@@ -27,7 +27,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_check_config(a: argparse.Namespace) -> int:
     cfg = load_runnable_config(a.file)
-    kinds = {}
+    kinds: dict[str, int] = {}
     for c in cfg.compartments.values():
         kinds[c.kind] = kinds.get(c.kind, 0) + 1
     print(f"{cfg.path}: OK: site {cfg.site}, node {cfg.node}, {len(cfg.cabinets)} cabinet(s), "

@@ -66,9 +66,9 @@ def cmd_status(a: argparse.Namespace) -> int:
             ("ALARM " + st["alarm"]) if st["alarm"] else "",
             ("FAULT " + "; ".join(st["faults"])) if st["faults"] else "") if x)
         print(f"  {cid:<6} door {st['door']:<7} {st['lock']:<8} {extra}")
-    for a in reply.get("alarms", []):
-        print(f"UNACKNOWLEDGED ALARM: {a['compartment']} {', '.join(a['alarms'])} (door {a['door']}): "
-              f"lockerd acknowledge-alarm {a['compartment']} --person ID")
+    for alarm in reply.get("alarms", []):
+        print(f"UNACKNOWLEDGED ALARM: {alarm['compartment']} {', '.join(alarm['alarms'])} (door {alarm['door']}): "
+              f"lockerd acknowledge-alarm {alarm['compartment']} --person ID")
     return 0
 
 
