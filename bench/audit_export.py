@@ -17,8 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lockerd import audit
+from lockerd.custody_report import custody_report
+from lockerd.export_verify import verify_export
 from lockerd.journal import Journal
+from lockerd.journal_export import export
+from lockerd.journal_reader import open_journal
 
 STEPS = ("scan", "access.granted", "lock.pulsed", "door.opened", "door.closed", "dossier.returned")
 
@@ -65,18 +68,18 @@ def main() -> None:
         asyncio.run(build(db, a.events))
         print(f"built a journal of {a.events} events in {time.perf_counter() - t0:.1f} s "
               f"({db.stat().st_size / 1e6:.1f} MB)")
-        with contextlib.closing(audit.open_journal(db)) as conn:
+        with contextlib.closing(open_journal(db)) as conn:
             for fmt in ("csv", "json"):
                 out = Path(t) / f"all.{fmt}"
                 with open(out, "w", encoding="utf-8", newline="") as f:
-                    timed(f"export {a.events} events as {fmt}", lambda f=f, fmt=fmt: audit.export(
+                    timed(f"export {a.events} events as {fmt}", lambda f=f, fmt=fmt: export(
                         conn, f, fmt, None, None))
                 print(f"  {out.name}: {out.stat().st_size / 1e6:.1f} MB")
-                r = timed(f"verify-export {fmt} against the journal", lambda out=out: audit.verify_export(out, conn))
+                r = timed(f"verify-export {fmt} against the journal", lambda out=out: verify_export(out, conn))
                 assert r.ok, r.reason
-                r = timed(f"verify-export {fmt} standalone", lambda out=out: audit.verify_export(out))
+                r = timed(f"verify-export {fmt} standalone", lambda out=out: verify_export(out))
                 assert r.ok, r.reason
-            c = timed("chain of custody of one dossier", lambda: audit.custody(conn, "D-2026-0042"))
+            c = timed("chain of custody of one dossier", lambda: custody_report(conn, "D-2026-0042"))
             print(f"  {len(c.events)} events in its chain")
 
 

@@ -31,17 +31,8 @@ from typing import Any
 
 from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import DoorChange, DoorSensors, DoorState, DriverStatus, LockBank, Scan
-from lockerd.hil.report import (
-    FAIL,
-    PASS,
-    UNTESTED,
-    BoardResult,
-    BrokerResult,
-    CompartmentResult,
-    Finding,
-    Report,
-    ScannerResult,
-)
+from lockerd.hil.findings import conclude
+from lockerd.hil.report import FAIL, PASS, BoardResult, BrokerResult, CompartmentResult, Report, ScannerResult
 from lockerd.hil.technician import Technician
 
 from lockerd.clock import Clock
@@ -258,52 +249,18 @@ class Bench:
         assert self.hw is not None
         bank = self.hw.lock_bank(comp.lock_driver)
         sensors = self.hw.sensors(comp.sensor_driver)
-        expected = (comp.sensor_driver, comp.sensor)
-        for d in {bank, sensors}:
-            if not d.online:
-                res.note = f"{d.name} offline"
-                self._offline.setdefault(d.name, d.detail)
-                return
-        before = sensors.door(comp.sensor)
-        if before is DoorState.UNKNOWN:
-            res.problems.append("sensor-unknown")
-            res.note = "door sensor unreadable"
+        if not await self._ready(comp, res, bank, sensors):
             return
-        if before is DoorState.OPEN:
-            await self.tech.close_door(comp)
-            if not await self._until(lambda: sensors.door(comp.sensor) is DoorState.CLOSED, self.opt.close_timeout_s):
-                res.problems.append("open-before")
-                return
         manual = self._manual(comp)
         res.doors = "manual" if manual else "spring"
         self.tech.say(f"Compartment {comp.id}: pulsing lock {comp.lock_driver}:{comp.lock}")
         await self.tech.before_pulse(comp, manual)
         mark = len(self._changes)
         t0 = self.clock.monotonic()
-        try:
-            await bank.pulse(comp.lock, self.pulse_ms)
-        except DriverError as e:
-            if not bank.online:
-                res.note = f"{bank.name} offline"
-                self._offline.setdefault(bank.name, str(e))
-            else:
-                res.problems.append("pulse-failed")
-                res.note = str(e)
+        if not await self._pulse(comp, res, bank):
             return
         self._step("pulsed", comp.id)
-
-        def opened() -> list[DoorChange]:
-            return [c for c in self._changes[mark:] if c.state is DoorState.OPEN]
-
-        got = await self._until(lambda: any((c.driver, c.channel) == expected for c in opened()),
-                                self.open_timeout_s)
-        if got or opened():
-            await asyncio.sleep(self.opt.settle_s)  # a while for other sensors to move too, if they will
-        moved = list(dict.fromkeys((c.driver, c.channel) for c in opened()))
-        res.moved = [f"{d}:{ch}" for d, ch in moved]
-        first = next((c for c in opened() if (c.driver, c.channel) == expected), None)
-        if first is not None:
-            res.open_ms = round((first.at - t0) * 1000, 3)
+        moved = await self._opened_after(comp, res, mark, t0)
 
         # The pulse must end: a relay that stays on burns the solenoid. The bank
         # reports a failed switch-off at once; do not wait out its retries.
@@ -315,6 +272,7 @@ class Bench:
             res.note = f"{gone.name} offline"
             self._offline.setdefault(gone.name, gone.detail)
             return
+        expected = (comp.sensor_driver, comp.sensor)
         if not moved:
             saw = await self.tech.saw_open(comp)
             res.problems.append({True: "sensor-dead", False: "lock-not-released", None: "no-change"}[saw])
@@ -330,6 +288,58 @@ class Bench:
             res.closed = ok
             if not ok:
                 res.problems.append("not-closed")
+
+    async def _ready(self, comp: Compartment, res: CompartmentResult, bank: LockBank, sensors: DoorSensors) -> bool:
+        """Are the lock's bank and the door's sensor online, and the door shut? If not, why is in ``res``."""
+        for d in {bank, sensors}:
+            if not d.online:
+                res.note = f"{d.name} offline"
+                self._offline.setdefault(d.name, d.detail)
+                return False
+        before = sensors.door(comp.sensor)
+        if before is DoorState.UNKNOWN:
+            res.problems.append("sensor-unknown")
+            res.note = "door sensor unreadable"
+            return False
+        if before is DoorState.OPEN:
+            await self.tech.close_door(comp)
+            if not await self._until(lambda: sensors.door(comp.sensor) is DoorState.CLOSED, self.opt.close_timeout_s):
+                res.problems.append("open-before")
+                return False
+        return True
+
+    async def _pulse(self, comp: Compartment, res: CompartmentResult, bank: LockBank) -> bool:
+        """Pulse the compartment's lock; False, with the reason in ``res``, if the bank would not."""
+        try:
+            await bank.pulse(comp.lock, self.pulse_ms)
+        except DriverError as e:
+            if not bank.online:
+                res.note = f"{bank.name} offline"
+                self._offline.setdefault(bank.name, str(e))
+            else:
+                res.problems.append("pulse-failed")
+                res.note = str(e)
+            return False
+        return True
+
+    async def _opened_after(self, comp: Compartment, res: CompartmentResult, mark: int,
+                            t0: float) -> list[tuple[str, int]]:
+        """Every sensor that opened after the pulse, once the expected one has (or the wait ran out)."""
+        expected = (comp.sensor_driver, comp.sensor)
+
+        def opened() -> list[DoorChange]:
+            return [c for c in self._changes[mark:] if c.state is DoorState.OPEN]
+
+        got = await self._until(lambda: any((c.driver, c.channel) == expected for c in opened()),
+                                self.open_timeout_s)
+        if got or opened():
+            await asyncio.sleep(self.opt.settle_s)  # a while for other sensors to move too, if they will
+        moved = list(dict.fromkeys((c.driver, c.channel) for c in opened()))
+        res.moved = [f"{d}:{ch}" for d, ch in moved]
+        first = next((c for c in opened() if (c.driver, c.channel) == expected), None)
+        if first is not None:
+            res.open_ms = round((first.at - t0) * 1000, 3)
+        return moved
 
     async def _pulse_stuck(self, bank: LockBank, comp: Compartment) -> bool:
         """Wait for this lock's pulse to end; True if its relay did not switch off."""
@@ -405,99 +415,10 @@ class Bench:
     # -- conclusions ----------------------------------------------------------------------------
 
     def _conclude(self) -> None:
-        """Turn the observations into findings: one per fault, never one per symptom."""
-        r = self.report
-        f = r.findings
-        for c in r.compartments:
-            if c.problems:
-                c.status = FAIL
-            elif c.open_ms is not None:
-                c.status = PASS
-            else:
-                c.status = UNTESTED
-        for b in r.boards:
-            if b.requests and b.answered == 0:
-                self._offline.setdefault(b.name, b.error)
-            elif b.answered < b.requests:
-                f.append(Finding("board-unreliable", b.name,
-                                 f"answered {b.answered} of {b.requests} reads ({b.rate:.0%}); last error: {b.error}",
-                                 {"answered": b.answered, "requests": b.requests}))
-        comps = {c.id: c for c in r.compartments}
-        by_sensor = {(c.sensor_driver, c.sensor): c.id for c in r.compartments}
-        for name, detail in self._offline.items():
-            untested = [c.id for c in r.compartments if name in (c.lock_driver, c.sensor_driver)
-                        and c.status == UNTESTED and c.note != "not selected"]
-            f.append(Finding("board-offline", name,
-                             f"not answering ({detail})" + (f"; not tested: {', '.join(untested)}" if untested else ""),
-                             {"untested": untested}))
-        # Wrong sensors: a lock that opened another compartment's door, folded into crossed pairs.
-        wrong: dict[str, str] = {}
-        for c in r.compartments:
-            if "wrong-sensor" in c.problems:
-                other = [by_sensor.get(_channel(m)) for m in c.moved]
-                wrong[c.id] = next((o for o in other if o), c.moved[0] if c.moved else "?")
-        done: set[str] = set()
-        for a, b in wrong.items():
-            if a in done:
-                continue
-            ca = comps[a]
-            if wrong.get(b) == a:
-                cb = comps[b]
-                done |= {a, b}
-                for x, y in ((ca, cb), (cb, ca)):
-                    x.problems = ["crossed" if p == "wrong-sensor" else p for p in x.problems]
-                    x.note = f"crossed with {y.id}"
-                f.append(Finding(
-                    "crossed", "+".join(sorted((a, b))),
-                    f"lock of {a} ({ca.lock_driver} channel {ca.lock}) opens the door seen on sensor "
-                    f"{cb.sensor_driver} channel {cb.sensor}, and lock of {b} ({cb.lock_driver} channel {cb.lock}) "
-                    f"the one on sensor {ca.sensor_driver} channel {ca.sensor}: those two channels are crossed "
-                    "(lock wires or sensor wires swapped)",
-                    {"compartments": sorted((a, b)), "channels": {a: [ca.lock, ca.sensor], b: [cb.lock, cb.sensor]}}))
-            else:
-                done.add(a)
-                f.append(Finding("wrong-sensor", a,
-                                 f"its lock ({ca.lock_driver} channel {ca.lock}) moved sensor {', '.join(ca.moved)} "
-                                 f"({b}), not its own ({ca.sensor_driver} channel {ca.sensor})",
-                                 {"moved": ca.moved}))
-        for c in r.compartments:
-            for p in c.problems:
-                if p in ("crossed", "wrong-sensor"):
-                    continue
-                f.append(Finding(p, c.id, _message(p, c), {"moved": c.moved, "note": c.note}))
-        for s in r.scanners:
-            if s.status == FAIL:
-                kind = ("scanner-offline" if s.error.startswith("offline") else
-                        "scanner-silent" if s.code is None and s.after_s is None else
-                        "scanner-bad-read" if s.code is None else "scanner-wrong-code")
-                f.append(Finding(kind, s.name, s.error))
-        for b in r.brokers:
-            if not b.ok:
-                f.append(Finding("broker-unreachable", b.broker, b.error))
-
-
-def _channel(moved: str) -> tuple[str, int]:
-    d, _, ch = moved.rpartition(":")
-    return d, int(ch)
-
-
-def _message(kind: str, c: CompartmentResult) -> str:
-    lock, sensor = f"{c.lock_driver} channel {c.lock}", f"{c.sensor_driver} channel {c.sensor}"
-    return {
-        "lock-not-released": f"the door did not open when its lock ({lock}) was pulsed: check the lock, its wiring "
-                             "and its relay",
-        "sensor-dead": f"the door opened but its sensor ({sensor}) did not change: check the sensor and its wiring",
-        "no-change": f"no door sensor changed after its lock ({lock}) was pulsed: the lock did not release or "
-                     f"the sensor ({sensor}) is dead; nobody was there to tell which",
-        "extra-sensor": f"its lock ({lock}) opened its own door and also moved "
-                        f"{', '.join(m for m in c.moved if m != f'{c.sensor_driver}:{c.sensor}')}",
-        "not-closed": f"sensor {', '.join(c.moved) or sensor} still reads open after the door should have closed",
-        "open-before": f"its sensor ({sensor}) reads open before the lock was pulsed and did not close: "
-                       "close the door, or the sensor is stuck or inverted (open_level)",
-        "sensor-unknown": f"its sensor ({sensor}) cannot be read",
-        "relay-stuck": f"the relay of its lock ({lock}) did not switch off after the pulse",
-        "pulse-failed": f"the board refused the pulse of {lock}: {c.note}",
-    }.get(kind, kind)
+        """Turn the observations into findings (see :mod:`lockerd.hil.findings`)."""
+        verdict = conclude(self.report, self._offline)
+        self.report.compartments = verdict.compartments
+        self.report.findings.extend(verdict.findings)
 
 
 def _now() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -15,10 +14,9 @@ from lockerd.hil.report import FINDING_LABELS, Report
 from lockerd.hil.technician import ConsoleTechnician, SimTechnician, Unattended
 
 from lockerd import config as config_mod
+from lockerd.cli_support import DEFAULT_CONFIG
 from lockerd.errors import ConfigError
 from lockerd.hwlock import HardwareBusy
-
-DEFAULT_CONFIG = os.environ.get("LOCKERD_CONFIG", "/etc/lockerd/lockerd.toml")
 
 # Exit codes: 0 all passed, 1 faults found, 2 bad config or arguments, 3 hardware busy, 130 interrupted.
 EXIT_FAULTS, EXIT_CONFIG, EXIT_BUSY, EXIT_INTERRUPTED = 1, 2, 3, 130

@@ -209,7 +209,7 @@ def check_anchors(path: Path, anchors: list[dict[str, Any]], key_hex: str | None
 
 def check_export_anchors(path: Path, anchors: list[dict[str, Any]], key_hex: str | None) -> list[str]:
     """The anchors within an export's range against its rows (a row dropped, renumbered or re-hashed shows)."""
-    from lockerd.audit import read_export
+    from lockerd.journal_export import read_export
 
     meta, _, rows = read_export(path)
     first, last = meta.get("first_seq") or 0, meta.get("last_seq") or 0

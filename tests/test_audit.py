@@ -11,8 +11,10 @@ from evidence_rig import data, deposit, toml
 from rig import Rig, close_rig, make_rig
 from test_camera import SIM, count, journaled, with_camera
 
-from lockerd import audit
 from lockerd.cli import main
+from lockerd.custody_report import CustodyReport, custody_report
+from lockerd.journal_reader import open_journal
+from lockerd.occupancy import occupancy
 
 pytestmark = pytest.mark.asyncio
 
@@ -33,9 +35,9 @@ async def cycle(rig: Rig, code: str, channel: int) -> None:
     await rig.clock.advance(3600)
 
 
-def chain(rig: Rig, code: str) -> audit.Custody:
-    with contextlib.closing(audit.open_journal(rig.cfg.journal_path)) as conn:
-        return audit.custody(conn, code)
+def chain(rig: Rig, code: str) -> CustodyReport:
+    with contextlib.closing(open_journal(rig.cfg.journal_path)) as conn:
+        return custody_report(conn, code)
 
 
 OPENING = ["scan", "access.granted", "lock.pulsed", "door.opened", "door.closed"]
@@ -137,8 +139,8 @@ async def test_occupancy_of_each_cabinet(rig, capsys):
     rig.d.force(4)  # d05 forced open and left open
     await rig.clock.advance(0.1)
     await rig.flush()
-    with contextlib.closing(audit.open_journal(rig.cfg.journal_path)) as conn:
-        occ = audit.occupancy(conn, rig.cfg)
+    with contextlib.closing(open_journal(rig.cfg.journal_path)) as conn:
+        occ = occupancy(conn, rig.cfg)
     cabs = {c["id"]: c for c in occ["cabinets"]}
     assert list(cabs) == ["d", "e"] and cabs["d"]["camera"] == "cam" and cabs["e"]["camera"] is None
     d = {c["id"]: c for c in cabs["d"]["compartments"]}
@@ -172,8 +174,8 @@ async def test_occupancy_shows_a_fault(rig, capsys):
         assert out.pulsed
         await rig.clock.advance(rig.cfg.timing.open_timeout_s + 1)
     await rig.flush()
-    with contextlib.closing(audit.open_journal(rig.cfg.journal_path)) as conn:
-        occ = audit.occupancy(conn, rig.cfg, "d")
+    with contextlib.closing(open_journal(rig.cfg.journal_path)) as conn:
+        occ = occupancy(conn, rig.cfg, "d")
     d02 = next(c for c in occ["cabinets"][0]["compartments"] if c["id"] == "d02")
     assert "jam" in d02["faults"]
     capsys.readouterr()
@@ -196,8 +198,8 @@ async def test_pass_through_cabinet_custody_stills_and_occupancy_include_the_rea
         rig.e.force(0)  # and someone pries the front open meanwhile
         await rig.clock.advance(0.1)
         await rig.flush()
-        with contextlib.closing(audit.open_journal(rig.cfg.journal_path)) as conn:
-            occ = audit.occupancy(conn, rig.cfg, "e")
+        with contextlib.closing(open_journal(rig.cfg.journal_path)) as conn:
+            occ = occupancy(conn, rig.cfg, "e")
         e01 = occ["cabinets"][0]["compartments"][0]
         assert (e01["id"], e01["door"], e01["alarms"]) == ("e01", "open", ["forced"])
         assert e01["rear"] == {"id": "e01-rear", "door": "open", "faults": {}, "alarms": []}

@@ -14,10 +14,12 @@ import pytest
 import pytest_asyncio
 from rig import Rig, close_rig, make_rig
 
-from lockerd import audit
 from lockerd.cli import main
 from lockerd.clock import iso_utc
-from lockerd.journal import GENESIS, chain_hash
+from lockerd.export_verify import ExportCheck, verify_export
+from lockerd.journal import GENESIS, canonical, chain_hash
+from lockerd.journal_export import ROW_FIELDS, read_export
+from lockerd.journal_reader import open_journal
 
 pytestmark = pytest.mark.asyncio
 
@@ -51,17 +53,17 @@ def export(rig: Rig, tmp: Path, fmt: str, *args: str) -> Path:
     return out
 
 
-def check(rig: Rig, path: Path, journal: bool = True) -> audit.ExportCheck:
+def check(rig: Rig, path: Path, journal: bool = True) -> ExportCheck:
     if not journal:
-        return audit.verify_export(path)
-    with contextlib.closing(audit.open_journal(rig.cfg.journal_path)) as conn:
-        return audit.verify_export(path, conn)
+        return verify_export(path)
+    with contextlib.closing(open_journal(rig.cfg.journal_path)) as conn:
+        return verify_export(path, conn)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 async def test_export_carries_the_hash_chain_and_verifies_against_the_journal(rig, tmp_path, fmt, capsys):
     path = export(rig, tmp_path, fmt)
-    meta, _, rows = audit.read_export(path)
+    meta, _, rows = read_export(path)
     journal = rig.journal.read(0, 100000)
     assert meta["count"] == len(rows) == len(journal) and meta["site"] == "test-site"
     assert meta["first_seq"] == 1 and meta["last_seq"] == journal[-1].seq and meta["last_hash"] == journal[-1].hash
@@ -87,7 +89,7 @@ async def test_export_carries_the_hash_chain_and_verifies_against_the_journal(ri
 async def test_export_of_a_time_range(rig, tmp_path, fmt):
     since, until = iso_utc(rig.marks[2]), iso_utc(rig.marks[3])  # the checkout hour only
     path = export(rig, tmp_path, fmt, "--since", since, "--until", until)
-    _, _, rows = audit.read_export(path)
+    _, _, rows = read_export(path)
     inside = [e for e in rig.journal.read(0, 100000) if since <= e.ts <= until]
     assert [int(r.cells["seq"]) for r in rows] == [e.seq for e in inside]
     assert {r.cells["kind"] for r in rows} >= {"dossier.checked_out", "door.closed"}
@@ -101,7 +103,7 @@ async def test_export_across_a_wall_clock_jump_stays_one_unbroken_chain(rig, tmp
     await rig.flush()
     since = iso_utc(rig.marks[2])
     path = export(rig, tmp_path, "csv", "--since", since)
-    _, _, rows = audit.read_export(path)
+    _, _, rows = read_export(path)
     seqs = [int(r.cells["seq"]) for r in rows]
     assert seqs == list(range(seqs[0], rig.journal.last_seq + 1))  # the jumped-back events ride along
     assert any(r.cells["ts"] < since for r in rows)
@@ -114,7 +116,7 @@ Rows = list  # the data rows of an export, each a dict of its cells (people as a
 
 
 def load(path: Path) -> tuple[str, dict, Rows]:
-    meta, fmt, rows = audit.read_export(path)
+    meta, fmt, rows = read_export(path)
     out = []
     for r in rows:
         cells = dict(r.cells)
@@ -134,9 +136,9 @@ def save(path: Path, fmt: str, meta: dict, rows: Rows) -> None:
         return
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(audit.ROW_FIELDS)
+    w.writerow(ROW_FIELDS)
     for r in rows:
-        w.writerow(["" if r[k] is None else ";".join(r[k]) if k == "people" else r[k] for k in audit.ROW_FIELDS])
+        w.writerow(["" if r[k] is None else ";".join(r[k]) if k == "people" else r[k] for k in ROW_FIELDS])
     path.write_text(path.read_text().splitlines(keepends=True)[0] + buf.getvalue())
 
 
@@ -151,7 +153,7 @@ def edit_payload(rows: Rows) -> None:
 def edit_and_rehash(rows: Rows) -> None:
     """A careful forger: changes the event and recomputes its hash (the next row's link then breaks)."""
     record = json.loads(rows[4]["payload"]) | {"compartment": "d06"}
-    rows[4].update(compartment="d06", payload=audit.canonical(record), hash=chain_hash(rows[4]["prev"], record))
+    rows[4].update(compartment="d06", payload=canonical(record), hash=chain_hash(rows[4]["prev"], record))
 
 
 def delete_row(rows: Rows) -> None:
@@ -166,7 +168,7 @@ def insert_forged(rows: Rows) -> None:
     """A row made up to chain onto row 5, with the next seq and a valid hash of its own."""
     record = json.loads(rows[4]["payload"]) | {"seq": rows[4]["seq"] + 1, "kind": "dossier.returned"}
     rows.insert(5, {**rows[4], "seq": record["seq"], "kind": record["kind"], "prev": rows[4]["hash"],
-                    "payload": audit.canonical(record), "hash": chain_hash(rows[4]["hash"], record)})
+                    "payload": canonical(record), "hash": chain_hash(rows[4]["hash"], record)})
 
 
 def reorder(rows: Rows) -> None:
@@ -226,7 +228,7 @@ async def test_export_matching_another_journal_is_caught(rig, tmp_path):
     prev = GENESIS
     for r in rows:  # rewrite history: every row re-hashed, chain intact
         record = json.loads(r["payload"]) | {"boot": "forged"}
-        r.update(prev=prev, payload=audit.canonical(record), hash=chain_hash(prev, record))
+        r.update(prev=prev, payload=canonical(record), hash=chain_hash(prev, record))
         prev = r["hash"]
     save(path, fmt, {**meta, "last_hash": prev}, rows)
     assert check(rig, path, journal=False).ok  # on its own it is consistent ...

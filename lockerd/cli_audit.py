@@ -10,43 +10,42 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from lockerd.cli import _load, existing_journal
-from lockerd.photos import photo_dir
-
-WithConfig = Callable[[argparse.ArgumentParser], argparse.ArgumentParser]
+from lockerd.cli_support import existing_journal, load_config, with_config, with_journal
 
 
 def cmd_chain_of_custody(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.custody_report import custody_report, custody_report_json, format_custody_report
+    from lockerd.journal_reader import open_journal
 
     path = existing_journal(a)
     if path is None:
         return 2
-    with contextlib.closing(audit.open_journal(path)) as conn:
-        c = audit.custody(conn, a.code)
+    with contextlib.closing(open_journal(path)) as conn:
+        c = custody_report(conn, a.code)
     if a.json:
-        print(json.dumps(audit.custody_json(c), ensure_ascii=False, indent=2))
+        print(json.dumps(custody_report_json(c), ensure_ascii=False, indent=2))
     else:
-        print(audit.format_custody(c))
+        print(format_custody_report(c))
     return 0 if c.item is not None or c.events else 1
 
 
 def cmd_occupancy(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.journal_reader import open_journal
+    from lockerd.occupancy import format_occupancy, occupancy
 
-    cfg = _load(a.config)
+    cfg = load_config(a.config)
     if a.cabinet is not None and a.cabinet not in cfg.cabinets:
         print(f"lockerd: no cabinet {a.cabinet!r} (known: {', '.join(cfg.cabinets)})", file=sys.stderr)
         return 2
     path = existing_journal(a, cfg)
     if path is None:
         return 2
-    with contextlib.closing(audit.open_journal(path)) as conn:
-        occ = audit.occupancy(conn, cfg, a.cabinet)
-    print(json.dumps(occ, ensure_ascii=False, indent=2) if a.json else audit.format_occupancy(occ))
+    with contextlib.closing(open_journal(path)) as conn:
+        occ = occupancy(conn, cfg, a.cabinet)
+    print(json.dumps(occ, ensure_ascii=False, indent=2) if a.json else format_occupancy(occ))
     return 0
 
 
@@ -64,28 +63,29 @@ def _wall(text: str | None, what: str) -> str | None:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.journal_export import export
+    from lockerd.journal_reader import open_journal
 
     since, until = _wall(a.since, "--since"), _wall(a.until, "--until")
     fmt = a.format or ("json" if a.output and a.output.lower().endswith(".json") else "csv")
     site = node = ""
     cfg = None
     if not a.journal:
-        cfg = _load(a.config)
+        cfg = load_config(a.config)
         site, node = cfg.site, cfg.node
     path = existing_journal(a, cfg)
     if path is None:
         return 2
-    with contextlib.closing(audit.open_journal(path)) as conn:
+    with contextlib.closing(open_journal(path)) as conn:
         if a.output:
             out = Path(a.output)
             tmp = out.with_name(out.name + ".part")
             # Written aside, then renamed: a half-written export never looks like a whole one.
             with open(tmp, "w", encoding="utf-8", newline="") as f:
-                meta = audit.export(conn, f, fmt, since, until, site, node)
+                meta = export(conn, f, fmt, since, until, site, node)
             tmp.replace(out)
         else:
-            meta = audit.export(conn, sys.stdout, fmt, since, until, site, node)
+            meta = export(conn, sys.stdout, fmt, since, until, site, node)
     if a.output:
         span = f"seq {meta['first_seq']}..{meta['last_seq']}" if meta["count"] else "no events in that range"
         print(f"{a.output}: {meta['count']} events ({span}), {fmt}", file=sys.stderr)
@@ -93,7 +93,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_verify_export(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.export_verify import verify_export
+    from lockerd.journal_reader import open_journal
 
     conn = None
     if not a.standalone:
@@ -102,9 +103,9 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
             print("lockerd: (use --standalone to check the export's own chain without the journal)",
                   file=sys.stderr)
             return 2
-        conn = audit.open_journal(path)
+        conn = open_journal(path)
     try:
-        r = audit.verify_export(Path(a.file), conn)
+        r = verify_export(Path(a.file), conn)
     finally:
         if conn is not None:
             conn.close()
@@ -123,14 +124,16 @@ def cmd_verify_export(a: argparse.Namespace) -> int:
 
 
 def cmd_verify_photos(a: argparse.Namespace) -> int:
-    from lockerd import audit
+    from lockerd.journal_reader import open_journal
+    from lockerd.photo_verify import verify_photos
+    from lockerd.photos import photo_dir
 
     path = existing_journal(a)
     if path is None:
         return 2
     folder = photo_dir(path)
-    with contextlib.closing(audit.open_journal(path)) as conn:
-        r = audit.verify_photos(conn, folder)
+    with contextlib.closing(open_journal(path)) as conn:
+        r = verify_photos(conn, folder)
     for seq, name in r.missing:
         print(f"MISSING  {name} (photo.taken seq {seq})")
     for seq, name in r.altered:
@@ -140,25 +143,21 @@ def cmd_verify_photos(a: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
-def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> None:
+def add_commands(sub: Any) -> None:
     """Add the audit commands to the lockerd parser."""
-    def journal_opt(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sp.add_argument("--journal", help="journal file (default: from the config)")
-        return sp
-
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "chain-of-custody", help="every event of one dossier or evidence item: what, who, when, which compartment")))
     sp.add_argument("code", help="the item's barcode")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_chain_of_custody)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "occupancy", help="what each compartment holds, with door, fault and alarm state as journaled")))
     sp.add_argument("--cabinet", help="only this cabinet")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_occupancy)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "export", help="export the events of a time range (CSV or JSON) with their hash chain")))
     sp.add_argument("--since", help="ISO 8601 wall time (UTC unless an offset is given); default: the start")
     sp.add_argument("--until", help="ISO 8601 wall time; default: now")
@@ -166,7 +165,7 @@ def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> No
     sp.add_argument("-o", "--output", help="file to write (default: standard output)")
     sp.set_defaults(func=cmd_export)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "verify-export", help="check an export's hash chain and each row against the journal")))
     sp.add_argument("file")
     sp.add_argument("--standalone", action="store_true", help="check the export on its own, without the journal")
@@ -176,6 +175,6 @@ def add_commands(sub: argparse._SubParsersAction, with_config: WithConfig) -> No
     sp.add_argument("--key", help="the controller's public key (hex): check each checkpoint's signature")
     sp.set_defaults(func=cmd_verify_export)
 
-    sp = journal_opt(with_config(sub.add_parser(
+    sp = with_journal(with_config(sub.add_parser(
         "verify-photos", help="check every journaled still in photos/ against its recorded SHA-256")))
     sp.set_defaults(func=cmd_verify_photos)
