@@ -107,13 +107,7 @@ class Controller:
         self.authorisations.load()
         recovery = Recovery(self, self.hw, self.doors)
         saved = recovery.saved()
-        # Listen before starting: a board found dead during start must be seen.
-        for d in self.hw.drivers.values():
-            d.on_status(self.doors.driver_status)
-            if hasattr(d, "on_lock_fault"):
-                d.on_lock_fault(lambda ch, detail, name=d.name: self.doors.lock_fault(name, ch, detail))
-        for sc in self.hw.scanners.values():
-            sc.on_status(self.doors.journal_status)
+        self.doors.listen(self.hw)  # before starting: a board found dead during start must be seen
         await self.hw.start()  # every lock bank switches all outputs off first
         if any(cab.camera for cab in self.config.cabinets.values()):
             from lockerd.photos import Photographer  # an observer of the journal, off the safety path
@@ -135,7 +129,7 @@ class Controller:
         for name, scanner in self.hw.scanners.items():
             self.spawn(self._scan_loop(name, scanner), f"scanner-{name}")
         if self.heartbeat.beat is not None:
-            self.spawn(self._tick(), "controller-tick")
+            self.spawn(self.heartbeat.journal_round_trips(self.journal, self.clock), "controller-tick")
         self.custody.start()
         self._accepting = True
 
@@ -201,26 +195,13 @@ class Controller:
     def off_outcome(self, listener: Callable[[Scan, Outcome], None]) -> None:
         self._outcome_listeners.remove(listener)
 
-    def state_of(self, slot: Slot) -> dict[str, Any]:
-        c = slot.cfg
-        return {
-            "compartment": c.id,
-            "cabinet": c.cabinet,
-            "kind": c.kind,
-            "door": str(slot.door),
-            "lock": "released" if slot.pulsing else "locked",
-            "items": self.registry.in_compartment(slot.compartment),
-            "faults": sorted(f"{k}: {v}" for k, v in slot.faults.items()),
-            "alarm": ",".join(sorted(slot.alarms)) or None,
-        }
-
     def states(self) -> dict[str, dict[str, Any]]:
-        return {cid: self.state_of(s) for cid, s in self.slots.items()}
+        return {cid: s.view(self.registry.in_compartment(s.compartment)) for cid, s in self.slots.items()}
 
     def _changed(self, slot: Slot) -> None:
         if not self._state_listeners:
             return
-        state = self.state_of(slot)
+        state = slot.view(self.registry.in_compartment(slot.compartment))
         for listener in list(self._state_listeners):
             try:
                 listener(state)
@@ -254,17 +235,6 @@ class Controller:
                 self.spawn(self.show(name, False, message), f"alarm-fb-{name}")
 
     # -- scans ---------------------------------------------------------------------
-
-    async def _tick(self) -> None:
-        """Beat "controller" after each round trip through the journal writer."""
-        beat = self.heartbeat.beat
-        assert beat is not None
-        while True:
-            # An unusable journal answers at once: that is fail-secure mode, logged elsewhere, not a hang.
-            with contextlib.suppress(JournalError):
-                await self.journal.flush()
-            beat("controller")
-            await self.clock.sleep(self.heartbeat.every_s)
 
     async def _scan_loop(self, name: str, scanner: Any) -> None:
         async for scan in self.heartbeat.through(scanner.scans(), f"scanner:{name}"):

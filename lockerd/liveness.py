@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
+
+from lockerd.clock import Clock
+from lockerd.errors import JournalError
+from lockerd.journal import Journal
 
 T = TypeVar("T")
 
@@ -15,6 +20,18 @@ class Heartbeat:
     def __init__(self) -> None:
         self.beat: Callable[[str], None] | None = None
         self.every_s = 1.0
+
+    async def journal_round_trips(self, journal: Journal, clock: Clock) -> None:
+        """Beat "controller" after each round trip through the journal writer: a writer hung in fsync leaves
+        every grant waiting, and the watchdog must see that."""
+        beat = self.beat
+        assert beat is not None
+        while True:
+            # An unusable journal answers at once: that is fail-secure mode, logged elsewhere, not a hang.
+            with contextlib.suppress(JournalError):
+                await journal.flush()
+            beat("controller")
+            await clock.sleep(self.every_s)
 
     async def through(self, items: AsyncIterable[T], name: str) -> AsyncIterator[T]:
         """Yield from ``items``, beating ``name`` per item and every ``every_s`` while waiting for one.

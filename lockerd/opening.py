@@ -59,6 +59,14 @@ class Slot:
         """The compartment this door belongs to (itself, or the front of a rear door)."""
         return self.parent or self.cfg.id
 
+    def view(self, items: list[str]) -> dict[str, Any]:
+        """This door as the station and the CLI see it, with the items in its compartment."""
+        c = self.cfg
+        return {"compartment": c.id, "cabinet": c.cabinet, "kind": c.kind, "door": str(self.door),
+                "lock": "released" if self.pulsing else "locked", "items": items,
+                "faults": sorted(f"{k}: {v}" for k, v in self.faults.items()),
+                "alarm": ",".join(sorted(self.alarms)) or None}
+
     def state_op(self) -> StateOp:
         """The compartments-table row of this door, journaled with each event that changes it."""
         return ("upsert", "compartments", {

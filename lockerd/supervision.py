@@ -17,6 +17,7 @@ from typing import Any
 
 from lockerd.clock import iso_utc
 from lockerd.domain import ITEM_EVENT, OFFICER_ROLES, Action, Item, ItemKind, ItemState, Role
+from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus
 from lockerd.errors import CommandError
 from lockerd.journal import StateOp
@@ -297,6 +298,15 @@ class Doors:
         return slot
 
     # -- boards ------------------------------------------------------------------------
+
+    def listen(self, hw: Hardware) -> None:
+        """Hear every board and scanner go and come back, and every relay a board reports stuck."""
+        for d in hw.drivers.values():
+            d.on_status(self.driver_status)
+            if hasattr(d, "on_lock_fault"):
+                d.on_lock_fault(lambda ch, detail, name=d.name: self.lock_fault(name, ch, detail))
+        for sc in hw.scanners.values():
+            sc.on_status(self.journal_status)
 
     def driver_status(self, st: DriverStatus) -> None:
         """A lock board gone or back: its compartments' lock fault follows it."""
