@@ -11,9 +11,15 @@ events after the last saved cursor (same id and seq: a redelivery).
 A PUBACK means the broker has the message, not that a subscriber got it: a
 broker that crashes (power cut, OOM kill) loses what it acknowledged but had
 not yet forwarded or saved. So after a lost connection the outbox also
-re-sends the events acknowledged in the last ``REWIND_S`` seconds before
-the loss (again redeliveries, same id and seq); anything older that a broker
-lost, the station finds by seq and asks for with a replay.
+re-sends the events acknowledged in the ``REWIND_S`` seconds before the
+broker was last heard (its last PUBACK, or the loss itself if that came
+first): a broker that dies silently (a power cut, no RST) is noticed only
+when the keepalive runs out, a minute or more after the acknowledgements it
+may have lost. These are redeliveries (same id and seq); anything older
+that a broker lost, the station finds by seq and asks for with a replay.
+What a station sees twice after a broker crash is more than this window:
+the broker, restarted, also delivers again what its last save of the
+subscriber's queue still held (up to its ``autosave_interval``).
 
 A broker that refuses an event (an MQTT v5 PUBACK with a failure reason
 code: an ACL, a quota) never makes the outbox skip it: the stream holds at
@@ -55,8 +61,9 @@ class Outbox:
     """Moves journal events to the broker, in order, at least once."""
 
     def __init__(self, journal: Journal, publish: Callable[[str, bytes], int | None], topic: str,
-                 batch_size: int, connected: Callable[[], bool]):
+                 batch_size: int, connected: Callable[[], bool], clock: Callable[[], float] = time.monotonic):
         self.journal = journal
+        self._now = clock  # monotonic seconds
         self.publish = publish
         self.topic = topic
         self.batch_size = batch_size
@@ -74,7 +81,8 @@ class Outbox:
         self._waiters: list[tuple[int, Any]] = []
         self._acks: deque[tuple[float, int]] = deque()  # (monotonic, acked) each time acked moved
         self._ack_floor = 0  # acked before the oldest entry of _acks
-        self._lost_at: float | None = None
+        self._lost_at: float | None = None  # when the broker was last heard before the connection was lost
+        self._heard_at: float | None = None  # the broker's last PUBACK
         self.rewound = 0  # events re-sent because a connection was lost after their PUBACK
         self.refused: tuple[int, str] | None = None  # (seq, reason) while the broker refuses the stream
         self.refusals = 0  # refusals in a row of the held event
@@ -118,7 +126,7 @@ class Outbox:
         self.next_seq = self._rewind_point() + 1
         self.rewound += self.acked + 1 - self.next_seq
         if self.next_seq <= self.acked:
-            log.info("station: re-sending events %d..%d, acknowledged in the %g s before the connection was lost",
+            log.info("station: re-sending events %d..%d, acknowledged in the %g s before the broker was last heard",
                      self.next_seq, self.acked, REWIND_S)
         self.schedule()
 
@@ -126,10 +134,11 @@ class Outbox:
         self._inflight.clear()
         self._acked_above.clear()
         if self._lost_at is None:
-            self._lost_at = time.monotonic()
+            now = self._now()
+            self._lost_at = now if self._heard_at is None else min(now, self._heard_at)
 
     def _rewind_point(self) -> int:
-        """The acknowledged seq as it stood ``REWIND_S`` before the connection was lost."""
+        """The acknowledged seq as it stood ``REWIND_S`` before the broker was last heard."""
         lost, self._lost_at = self._lost_at, None
         if lost is None:
             return self.acked
@@ -148,6 +157,7 @@ class Outbox:
         seq = self._inflight.pop(mid, None)
         if seq is None:
             return False
+        self._heard_at = self._now()
         if refused is not None:
             self._on_refused(seq, refused)
             return True
@@ -193,7 +203,7 @@ class Outbox:
         self.schedule()
 
     def _note_ack(self) -> None:
-        now = time.monotonic()
+        now = self._now()
         if self._acks and now - self._acks[-1][0] < ACK_NOTE_S:
             return  # a missed move only makes a rewind reach further back
         self._acks.append((now, self.acked))
