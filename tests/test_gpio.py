@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,11 @@ class Doors:
 
     def __init__(self, board: GpioBoard):
         self.queue: asyncio.Queue[DoorChange] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(board))
+        self._task = asyncio.create_task(self._run(board.door_changes()))
 
-    async def _run(self, board: GpioBoard) -> None:
-        async for change in board.door_changes():
+    async def _run(self, changes: AsyncIterator[DoorChange]) -> None:
+        async for change in changes:
             self.queue.put_nowait(change)
-
-    async def subscribed(self) -> Doors:
-        await asyncio.sleep(0)  # the generator registers its queue on its first step
-        return self
 
     async def next(self) -> DoorChange:
         return await asyncio.wait_for(self.queue.get(), WAIT)
@@ -218,7 +215,7 @@ async def test_close_switches_off_and_releases_the_pins(make_board, factory, clo
 async def test_sensor_edges_become_door_changes(make_board, factory) -> None:
     board = await make_board()  # pull_up, open_level 1: the pulled-up idle pin reads open
     assert (board.door(5), board.door(6)) == (DoorState.OPEN, DoorState.OPEN)
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         factory.pin(5).drive_low()
         change = await doors.next()
@@ -236,7 +233,7 @@ async def test_sensor_edges_become_door_changes(make_board, factory) -> None:
 async def test_open_level_inverted(make_board, factory) -> None:
     board = await make_board(open_level=0)
     assert board.door(5) is DoorState.CLOSED  # pulled up = high = closed
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         factory.pin(5).drive_low()
         assert ((c := await doors.next()).channel, c.state) == (5, DoorState.OPEN)
@@ -248,7 +245,7 @@ async def test_open_level_inverted(make_board, factory) -> None:
 async def test_pull_down_sensor_reads_its_level(make_board, factory) -> None:
     board = await make_board(pull_up=False)
     assert board.door(5) is DoorState.CLOSED  # pulled down = low, open_level 1
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         factory.pin(5).drive_high()
         assert ((c := await doors.next()).channel, c.state) == (5, DoorState.OPEN)
@@ -260,7 +257,7 @@ async def test_pull_down_sensor_reads_its_level(make_board, factory) -> None:
 async def test_edges_from_another_thread_reach_the_loop(make_board, factory) -> None:
     """Real pin libraries call back on their own thread; the change must land on the loop."""
     board = await make_board()
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         await asyncio.to_thread(factory.pin(6).drive_low)
         change = await doors.next()

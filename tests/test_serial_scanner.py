@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,10 @@ class Probe:
         self._changed = asyncio.Event()
         self._taken = 0
         scanner.on_status(self._on_status)
-        self._task = asyncio.create_task(self._consume())
+        self._task = asyncio.create_task(self._consume(scanner.scans()))
 
-    async def _consume(self) -> None:
-        async for scan in self.scanner.scans():
+    async def _consume(self, scans: AsyncIterator[Scan]) -> None:
+        async for scan in scans:
             self.scans.append((time.monotonic(), scan))
             self._changed.set()
 
@@ -102,7 +102,6 @@ async def rig(tmp_path: Path):
         scanner = SerialScanner(name, Clock(), options(pair.device, **over))
         scanner.retry_max = 0.4  # keep reconnect tests quick; the doubling is the same
         probe = Probe(scanner)
-        await asyncio.sleep(0)  # let the probe subscribe before anything is read
         await scanner.start()
         scanners.append((scanner, probe))
         if start_pair:
