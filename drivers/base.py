@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
+
+from lockerd.drivers.options import Opt, Spec
 
 from lockerd.clock import Clock
 from lockerd.errors import DriverError, DriverTimeout
@@ -236,6 +238,15 @@ class PowerBudget:
         self._sem.release()
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What the core hands a driver type when it builds one: the clock, the power budget, the buses built."""
+
+    clock: Clock
+    budget: PowerBudget
+    buses: Mapping[str, Driver] = field(default_factory=dict)
+
+
 class LockBank(Driver):
     """Solenoid locks on numbered channels, pulsed and never held.
 
@@ -373,6 +384,11 @@ class Scanner(Driver):
     The same code again within ``debounce_ms`` is one scan (scanners repeat
     a code while it stays in view); a different code is never held back.
     """
+
+    # Every scanner section has these, whatever its type.
+    OPTIONS: ClassVar[Spec] = {
+        "debounce_ms": Opt("int", 1500, min=0, max=60000, doc="same code again within this is one scan"),
+    }
 
     def __init__(self, name: str, clock: Clock, debounce_ms: int = 0, **kw):
         super().__init__(name, clock, **kw)

@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from lockerd.drivers.base import Scan, Scanner, decode_scan
+from lockerd.drivers.base import Parts, Scan, Scanner, decode_scan
+from lockerd.drivers.options import BAUD_RATES, Opt, Spec, with_defaults
 from lockerd.drivers.tty import open_problem, read_ready
 
 from lockerd.clock import Clock
@@ -153,8 +155,31 @@ class SerialScanner(Scanner):
     retry_max = 5.0
     watch_s = 1.0  # how often an open port's path is checked
     heartbeat_s = retry_max  # the supervisor beats each watch and each reopen attempt
+    OPTIONS: ClassVar[Spec] = {
+        **Scanner.OPTIONS,
+        "port": Opt("path", doc="e.g. /dev/serial/by-id/usb-...-if00"),
+        "baudrate": Opt("int", 9600, choices=BAUD_RATES),
+        "terminators": Opt("list-str", ("\r", "\n"), doc="bytes that end a scan; CR, LF and CRLF alike"),
+        "idle_timeout_ms": Opt("int", 200, min=5, max=10000,
+                               doc="bytes that wait this long without a terminator are an incomplete scan"),
+        "idle_ends_scan": Opt("bool", False, doc="only for a scanner that sends no terminator at all: a pause of "
+                              "idle_timeout_ms ends a scan. Risky: a scanner that pauses inside a scan splits it, "
+                              "and a part of a code may be a code"),
+        "max_length": Opt("int", 256, min=1, max=4096),
+        "aim": Opt("bool", False, doc="scans start with an AIM symbology identifier like ]C1"),
+        "symbologies": Opt(
+            "list-str", (),
+            doc='AIM identifiers allowed ("C1" exactly, "Q" any QR modifier); empty allows all; '
+            "a non-empty list requires AIM identifiers on every scan",
+        ),
+    }
 
-    def __init__(self, name: str, clock: Clock, options: dict[str, Any]):
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> SerialScanner:
+        return cls(name, parts.clock, options)
+
+    def __init__(self, name: str, clock: Clock, options: Mapping[str, Any]):
+        options = with_defaults(self.OPTIONS, options)
         super().__init__(name, clock, debounce_ms=options["debounce_ms"])
         self.port = str(options["port"])
         self.baudrate = int(options["baudrate"])

@@ -22,11 +22,11 @@ from lockerd.clock import Clock, iso_utc
 from lockerd.config import Compartment, Config
 from lockerd.custody import Custody
 from lockerd.domain import OFFICER_ROLES, Item, ItemState, Person, Registry, Role
-from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus, Feedback, Scan
 from lockerd.drivers.sim import ConsoleFeedback
 from lockerd.errors import CommandError, DriverError, DriverTimeout, JournalError
 from lockerd.evidence import Authorisations
+from lockerd.hardware import Hardware
 from lockerd.journal import Event, Journal, StateOp
 from lockerd.overrides import Overrides
 from lockerd.presence import PresenceChecks
