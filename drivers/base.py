@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from lockerd.drivers.options import Opt, Spec
 
@@ -257,10 +257,10 @@ class LockBank(Driver):
 
     hardware_timed = False
 
-    def __init__(self, name: str, clock: Clock, budget: PowerBudget, **kw):
+    def __init__(self, name: str, clock: Clock, budget: PowerBudget, **kw: Any):
         super().__init__(name, clock, **kw)
         self.budget = budget
-        self._pulses: set[asyncio.Task] = set()
+        self._pulses: set[asyncio.Task[None]] = set()
         self.energised: set[int] = set()
         self._fault_listeners: list[Callable[[int, str | None], None]] = []
 
@@ -356,7 +356,7 @@ class DoorSensors(Driver):
     # change is reported as it happens (GPIO edges, the sim).
     sample_period_s: float = 0.0
 
-    def __init__(self, name: str, clock: Clock, **kw):
+    def __init__(self, name: str, clock: Clock, **kw: Any):
         super().__init__(name, clock, **kw)
         self._doors: dict[int, DoorState] = {}
         self._door_fanout: Fanout[DoorChange] = Fanout()
@@ -390,7 +390,7 @@ class Scanner(Driver):
         "debounce_ms": Opt("int", 1500, min=0, max=60000, doc="same code again within this is one scan"),
     }
 
-    def __init__(self, name: str, clock: Clock, debounce_ms: int = 0, **kw):
+    def __init__(self, name: str, clock: Clock, debounce_ms: int = 0, **kw: Any):
         super().__init__(name, clock, **kw)
         self.debounce_s = debounce_ms / 1000
         self._last: tuple[bytes, float] | None = None

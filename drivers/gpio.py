@@ -259,7 +259,7 @@ class GpioFeedback(Feedback):
         self.factory_kind = str(options["pin_factory"] or "")
         self.factory = factory
         self._devs: dict[str, Any] = {}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from lockerd.drivers.base import DoorSensors, DoorState, LockBank, Parts, PowerBudget
 from lockerd.drivers.modbus_bus import ModbusBus
-from lockerd.drivers.modbus_request import BadReply, DriverRefused, Request
+from lockerd.drivers.modbus_request import BadReply, DriverRefused, ModbusClient, Request
 from lockerd.drivers.modbus_rtu import PollSlot, next_poll_at
 from lockerd.drivers.options import Channels, Opt, Problem, Spec, count_channels, with_defaults
 
@@ -108,7 +108,7 @@ class ModbusBoard(LockBank, DoorSensors):
         self._last_levels: tuple[int, ...] | None = None
         self._all_off_pending = True
         self._starting = 0  # pulse-on writes in flight
-        self._off_tasks: dict[int, asyncio.Task] = {}
+        self._off_tasks: dict[int, asyncio.Task[None]] = {}
         self._poll_req: Request | None = None
         self._slot: PollSlot | None = None  # the RTU line thread's view of this board's poll
         self.poll_attempt = 0  # RTU: attempts made so far at the poll being judged
@@ -199,7 +199,7 @@ class ModbusBoard(LockBank, DoorSensors):
     def _write_coil(self, address: int, on: bool, what: str, attempts: int | None = None) -> Awaitable[Any]:
         unit = self.unit
 
-        def send(c: Any) -> Awaitable[Any]:
+        def send(c: ModbusClient) -> Awaitable[Any]:
             return c.write_coil(address, on, device_id=unit)
 
         def check(r: Any) -> None:
@@ -239,7 +239,7 @@ class ModbusBoard(LockBank, DoorSensors):
         value = waveshare_flash_units(ms)
         request = self.bus.flash_request(flash, value, unit)
 
-        def send(c: Any) -> Awaitable[Any]:
+        def send(c: ModbusClient) -> Awaitable[Any]:
             return c.execute(False, request)
 
         def check(r: Any) -> None:
@@ -260,7 +260,7 @@ class ModbusBoard(LockBank, DoorSensors):
             raise DriverUnavailable(f"{self.name}: {self.misconfigured}")
         unit, first, n = self.unit, self.first_coil, self.coils
 
-        def send(c: Any) -> Awaitable[Any]:
+        def send(c: ModbusClient) -> Awaitable[Any]:
             return c.write_coils(first, [False] * n, device_id=unit)
 
         def check(r: Any) -> None:
@@ -276,8 +276,12 @@ class ModbusBoard(LockBank, DoorSensors):
             return
         task = asyncio.create_task(self._off_until_confirmed(channel, reason), name=f"{self.name}-ensure-off-{channel}")
         self._off_tasks[channel] = task
-        task.add_done_callback(lambda t, ch=channel: self._off_tasks.pop(ch, None) if self._off_tasks.get(ch) is t
-                               else None)
+
+        def forget(t: asyncio.Task[None]) -> None:
+            if self._off_tasks.get(channel) is t:
+                del self._off_tasks[channel]
+
+        task.add_done_callback(forget)
 
     async def _off_until_confirmed(self, channel: int, reason: str) -> None:
         # Until the board confirms, nobody knows whether the solenoid is energised:
@@ -304,7 +308,7 @@ class ModbusBoard(LockBank, DoorSensors):
             return "read coils"
         return "read discrete inputs" if self.input_kind == "discrete" else "read input registers"
 
-    def _poll_send(self) -> Callable[[Any], Awaitable[Any]]:
+    def _poll_send(self) -> Callable[[ModbusClient], Awaitable[Any]]:
         unit = self.unit
         if self.inputs == 0:  # no sensors: read the coils, as a heartbeat and a relay check
             first, n = self.first_coil, self.coils

@@ -92,7 +92,9 @@ class ModbusBus(Driver):
             gap_ms = rtu_frame_gap_ms(int(o["baudrate"])) if kind == "rtu" else 0.0
         self.gap_s = float(gap_ms) / 1000
         self.where = str(o.get("device")) if kind == "rtu" else f"{o.get('host')}:{o['port']}"
-        self._errors, lost, garbled = COMMON_ERRORS, (LineLost,), (BadFrame,)
+        self._errors = COMMON_ERRORS
+        lost: tuple[type[Exception], ...] = (LineLost,)
+        garbled: tuple[type[Exception], ...] = (BadFrame,)
         self._tcp: Any = None
         if kind == "tcp":
             from lockerd.drivers import modbus_tcp  # pymodbus: only a TCP bus needs it
@@ -109,7 +111,7 @@ class ModbusBus(Driver):
         self._client: Any = None
         self._commands: deque[Request] = deque()
         self._wakeup = Wakeup()  # the task's wait for a command, a schedule change or close
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_end = 0.0  # loop time the last transaction ended
         self._silent_streak = 0

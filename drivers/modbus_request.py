@@ -54,10 +54,26 @@ class Request:
 
     board: Polled
     what: str
-    send: Callable[[Any], Awaitable[Any]]  # given the bus's client, starts the request
+    send: Callable[[ModbusClient], Awaitable[Any]]  # given the bus's client, starts the request
     check: Callable[[Any], Any]  # validates the reply, returns the useful value or raises BadReply
     attempts: int
-    future: asyncio.Future | None = None  # commands: the caller waits on it; polls: None
+    future: asyncio.Future[Any] | None = None  # commands: the caller waits on it; polls: None
+
+
+class ModbusClient(Protocol):
+    """The part of pymodbus's client API a board's requests use; the RTU client offers the same."""
+
+    def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> Awaitable[Any]: ...
+
+    def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> Awaitable[Any]: ...
+
+    def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> Awaitable[Any]: ...
+
+    def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> Awaitable[Any]: ...
+
+    def write_coils(self, address: int, values: list[bool], *, device_id: int = 1) -> Awaitable[Any]: ...
+
+    def execute(self, no_response_expected: bool, request: Any) -> Awaitable[Any]: ...
 
 
 class Polled(Protocol):

@@ -58,6 +58,9 @@ from lockerd.drivers.tty import open_problem, read_ready
 
 log = logging.getLogger(__name__)
 
+# A call for the loop: a function and its arguments, for call_soon_threadsafe.
+Call = tuple[Any, ...]
+
 READ_SIZE = 512
 
 
@@ -126,20 +129,22 @@ class _Command:
     __slots__ = ("request", "unit", "fc", "count", "length", "future", "deadline")
     quiet_reply = None  # a command's reply always goes to its caller
 
-    def __init__(self, request: bytes, unit: int, fc: int, count: int, future: asyncio.Future) -> None:
+    def __init__(self, request: bytes, unit: int, fc: int, count: int, future: asyncio.Future[RtuReply]) -> None:
         self.request, self.unit, self.fc, self.count = request, unit, fc, count
         self.length = reply_length(fc, count)
         self.future = future
         self.deadline = 0.0
 
 
-def _settle(fut: asyncio.Future, reply: RtuReply | None, exc: Exception | None) -> None:
+def _settle(fut: asyncio.Future[RtuReply], reply: RtuReply | None, exc: Exception | None) -> None:
     if fut.done():
         return  # the caller gave up (its own bound, or cancelled)
     if exc is not None:
         fut.set_exception(exc)
-    else:
+    elif reply is not None:
         fut.set_result(reply)
+    else:  # a result is either a reply or an error: never neither
+        fut.set_exception(BadFrame("no reply and no error"))
 
 
 IDLE_WAIT_S = 1.0  # the longest the thread sleeps with nothing to do (beats and wake-ups cut it shorter)
@@ -265,22 +270,22 @@ class RtuClient:
 
     # -- commands (loop side; the subset of pymodbus's client API the bus uses) -------------
 
-    def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
+    def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future[RtuReply]:
         return self.send(codec.read_frame(device_id, 1, address, count), device_id, 1, count)
 
-    def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
+    def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future[RtuReply]:
         return self.send(codec.read_frame(device_id, 2, address, count), device_id, 2, count)
 
-    def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
+    def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future[RtuReply]:
         return self.send(codec.read_frame(device_id, 4, address, count), device_id, 4, count)
 
-    def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> asyncio.Future:
+    def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> asyncio.Future[RtuReply]:
         return self.send(codec.write_coil_frame(device_id, address, value), device_id, 5, 1)
 
-    def write_coils(self, address: int, values: list[bool], *, device_id: int = 1) -> asyncio.Future:
+    def write_coils(self, address: int, values: list[bool], *, device_id: int = 1) -> asyncio.Future[RtuReply]:
         return self.send(codec.write_coils_frame(device_id, address, values), device_id, 15, len(values))
 
-    def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future:
+    def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future[RtuReply]:
         """A request object of pymodbus's shape (``function_code``, ``dev_id``, ``encode()``), e.g. a flash pulse."""
         fc = int(request.function_code)
         if fc not in (5, 6, 15, 16):
@@ -288,7 +293,7 @@ class RtuClient:
         unit = int(request.dev_id)
         return self.send(frame(unit, bytes((fc,)) + request.encode()), unit, fc, 1)
 
-    def send(self, request: bytes, unit: int, fc: int, count: int) -> asyncio.Future:
+    def send(self, request: bytes, unit: int, fc: int, count: int) -> asyncio.Future[RtuReply]:
         """Send one request frame, now if the line is free, else next; a future for its reply.
 
         The thread fails the future with TimeoutError ``timeout_s`` after the
@@ -332,7 +337,7 @@ class RtuClient:
         # This loop runs twice per poll, all day: what it touches is kept in locals.
         owner, fd, wake_fd, lock, step = self._owner, self._fd, self._wake_fd, self._lock, self._step
         monotonic, readable, post = time.monotonic, self._readable, self._post
-        news: list[tuple] = []  # calls for the loop, made once the lock is released
+        news: list[Call] = []  # calls for the loop, made once the lock is released
         ep = select.epoll(2)
         try:
             ep.register(fd, select.EPOLLIN)  # type: ignore[arg-type]
@@ -372,11 +377,11 @@ class RtuClient:
         """The line is gone: fail what waits and tell the bus (thread side)."""
         self.last_error = self._lost
         exc = LineLost(self._lost)
-        news: list[tuple] = [(_settle, c.future, None, exc) for c in self._take_commands()]
+        news: list[Call] = [(_settle, c.future, None, exc) for c in self._take_commands()]
         news.append((self._owner.line_lost, self, self._lost))
         self._post(news)
 
-    def _post(self, news: list[tuple]) -> None:
+    def _post(self, news: list[Call]) -> None:
         try:
             for call in news:
                 self._loop.call_soon_threadsafe(*call)  # type: ignore[union-attr]
@@ -384,7 +389,7 @@ class RtuClient:
             self._stopping = True
         news.clear()
 
-    def _step(self, now: float, news: list[tuple]) -> float:
+    def _step(self, now: float, news: list[Call]) -> float:
         """Do what is due on the line (lock held); how long the thread may sleep."""
         p = self._inflight
         if p is not None:
@@ -414,7 +419,7 @@ class RtuClient:
         self.polls_sent += 1
         return self._send(best, now, news)
 
-    def _send(self, item: _Command | PollSlot, now: float, news: list[tuple]) -> float:
+    def _send(self, item: _Command | PollSlot, now: float, news: list[Call]) -> float:
         """Write ``item``; how long until its reply is late (0 when it failed: the next may go)."""
         try:
             self._write(item, now)
@@ -424,7 +429,7 @@ class RtuClient:
         return self.timeout_s
 
     def _finish(self, item: _Command | PollSlot, reply: RtuReply | None, exc: Exception | None, now: float,
-                news: list[tuple]) -> None:
+                news: list[Call]) -> None:
         """``item`` is over (lock held): its reply or error goes to the loop."""
         if self._inflight is item:
             self._inflight = None
@@ -435,7 +440,7 @@ class RtuClient:
             item.parked = True
             news.append((self._owner.line_polled, self, item, reply, exc))
 
-    def _readable(self, news: list[tuple]) -> None:
+    def _readable(self, news: list[Call]) -> None:
         data, gone = read_ready(self._fd, READ_SIZE)  # type: ignore[arg-type]
         if gone:
             self._lost = self.last_error = f"{self.device}: {gone}"
@@ -446,8 +451,8 @@ class RtuClient:
             p = self._inflight
             if p is None:
                 return  # nobody is waiting: noise, or a reply given up on; dropped
-            if data == p.quiet_reply and not self._buf and p.owner.quiet():  # type: ignore[union-attr]
-                self._quiet_poll(p, time.monotonic())  # type: ignore[arg-type]  # the usual poll: one read, one compare
+            if data == p.quiet_reply and not self._buf and p.owner.quiet():
+                self._quiet_poll(p, time.monotonic())  # the usual poll: one read, one compare
                 return
             self._buf += data
             self._match(p, self._buf, time.monotonic(), news)
@@ -459,7 +464,7 @@ class RtuClient:
         p.quiet_polls += 1
         p.due = next_poll_at(now, p.owner.period_s)
 
-    def _match(self, p: _Command | PollSlot, buf: bytearray, now: float, news: list[tuple]) -> None:
+    def _match(self, p: _Command | PollSlot, buf: bytearray, now: float, news: list[Call]) -> None:
         """Take a whole reply for ``p`` from the front of ``buf``, or fail it, or wait for more bytes."""
         whole, bad = take_reply(buf, p.unit, p.fc, p.length)
         if bad is not None:
@@ -474,11 +479,11 @@ class RtuClient:
         elif len(whole) != p.length:
             self._finish(p, None, BadFrame(f"{len(whole)}-byte reply to function {p.fc}, expected {p.length} bytes"),
                          now, news)
-        elif whole == p.quiet_reply and p.owner.quiet():  # type: ignore[union-attr]
-            self._quiet_poll(p, now)  # type: ignore[arg-type]
+        elif whole == p.quiet_reply and p.owner.quiet():
+            self._quiet_poll(p, now)
         else:
             self._finish(p, decode(p.fc, p.unit, whole, p.count), None, now, news)
 
-    def _reject(self, p: _Command | PollSlot, detail: str, now: float, news: list[tuple]) -> None:
+    def _reject(self, p: _Command | PollSlot, detail: str, now: float, news: list[Call]) -> None:
         self._buf.clear()
         self._finish(p, None, BadFrame(detail), now, news)

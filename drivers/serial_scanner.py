@@ -197,7 +197,7 @@ class SerialScanner(Scanner):
         self._serial: Any = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[str] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._closing = False
@@ -371,8 +371,8 @@ class SerialScanner(Scanner):
         at = self.clock.monotonic()
         raw = frame.raw
         if frame.too_long is not None:
-            error = f"scan too long ({frame.too_long} bytes, at most {self.max_length})"
-            return Scan(self.name, raw, None, at, None, error)
+            too_long = f"scan too long ({frame.too_long} bytes, at most {self.max_length})"
+            return Scan(self.name, raw, None, at, None, too_long)
         symbology = None
         body = raw
         if self.aim:
@@ -381,8 +381,8 @@ class SerialScanner(Scanner):
                 return Scan(self.name, raw, None, at, None, "no AIM symbology identifier (expected ]<letter><digit>)")
             if self.allowed and not self._allowed(symbology):
                 allowed = ", ".join("]" + s for s in self.allowed)
-                error = f"symbology ]{symbology} not accepted by this scanner (allowed: {allowed})"
-                return Scan(self.name, raw, None, at, symbology, error)
+                refused = f"symbology ]{symbology} not accepted by this scanner (allowed: {allowed})"
+                return Scan(self.name, raw, None, at, symbology, refused)
         code, error = decode_scan(body, self.max_length)
         return Scan(self.name, raw, code, at, symbology, error)
 

@@ -73,7 +73,7 @@ class SimBoard(LockBank, DoorSensors):
         self.state_file = Path(sf) if sf else None
         self.doors = [_Door() for _ in range(self.channels)]
         self.pulse_log: list[tuple[int, int, float]] = []  # (channel, ms, at)
-        self._bouncing: set[asyncio.Task] = set()
+        self._bouncing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> SimBoard:
