@@ -6,11 +6,10 @@ import compileall
 import json
 from pathlib import Path
 
-from lockerd.drivers import Hardware, build_hardware
-
 from lockerd import config, importer
 from lockerd.clock import Clock
 from lockerd.controller import Controller
+from lockerd.hardware import Hardware, build_hardware
 from lockerd.journal import Journal
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,14 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, ClassVar, Generic, TypeVar
+
+from lockerd.drivers.options import Opt, Spec
 
 from lockerd.clock import Clock
 from lockerd.errors import DriverError, DriverTimeout
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class DoorState(StrEnum):
@@ -141,24 +146,59 @@ class Driver:
                 log.exception("status listener failed for %s", self.name)
 
 
-class _Fanout:
+class Subscription(Generic[T]):
+    """One subscriber's stream of published items.
+
+    It is registered when it is made, not when it is first read: an item
+    published between subscribing and the first ``anext`` is kept for it. It
+    ends being fed when closed, or when it is dropped (a cancelled reader).
+    """
+
+    def __init__(self, fanout: Fanout[T]) -> None:
+        self._fanout: Fanout[T] | None = fanout
+        self._queue: asyncio.Queue[T] = asyncio.Queue()
+        fanout.add(self._queue)
+
+    def __aiter__(self) -> Subscription[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._fanout is None:
+            raise StopAsyncIteration
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """No more items for this subscriber."""
+        fanout, self._fanout = self._fanout, None
+        if fanout is not None:
+            fanout.discard(self._queue)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Fanout(Generic[T]):
     """Hands every item to each subscriber's queue; drivers call ``publish``."""
 
     def __init__(self) -> None:
-        self._queues: list[asyncio.Queue] = []
+        self._queues: list[asyncio.Queue[T]] = []
 
-    def publish(self, item: object) -> None:
+    def publish(self, item: T) -> None:
         for q in self._queues:
             q.put_nowait(item)
 
-    async def subscribe(self) -> AsyncIterator:
-        q: asyncio.Queue = asyncio.Queue()
-        self._queues.append(q)
-        try:
-            while True:
-                yield await q.get()
-        finally:
-            self._queues.remove(q)
+    def subscribe(self) -> Subscription[T]:
+        return Subscription(self)
+
+    def add(self, queue: asyncio.Queue[T]) -> None:
+        self._queues.append(queue)
+
+    def discard(self, queue: asyncio.Queue[T]) -> None:
+        with contextlib.suppress(ValueError):
+            self._queues.remove(queue)
 
 
 class PowerBudget:
@@ -198,6 +238,15 @@ class PowerBudget:
         self._sem.release()
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What the core hands a driver type when it builds one: the clock, the power budget, the buses built."""
+
+    clock: Clock
+    budget: PowerBudget
+    buses: Mapping[str, Driver] = field(default_factory=dict)
+
+
 class LockBank(Driver):
     """Solenoid locks on numbered channels, pulsed and never held.
 
@@ -208,10 +257,10 @@ class LockBank(Driver):
 
     hardware_timed = False
 
-    def __init__(self, name: str, clock: Clock, budget: PowerBudget, **kw):
+    def __init__(self, name: str, clock: Clock, budget: PowerBudget, **kw: Any):
         super().__init__(name, clock, **kw)
         self.budget = budget
-        self._pulses: set[asyncio.Task] = set()
+        self._pulses: set[asyncio.Task[None]] = set()
         self.energised: set[int] = set()
         self._fault_listeners: list[Callable[[int, str | None], None]] = []
 
@@ -307,10 +356,10 @@ class DoorSensors(Driver):
     # change is reported as it happens (GPIO edges, the sim).
     sample_period_s: float = 0.0
 
-    def __init__(self, name: str, clock: Clock, **kw):
+    def __init__(self, name: str, clock: Clock, **kw: Any):
         super().__init__(name, clock, **kw)
         self._doors: dict[int, DoorState] = {}
-        self._door_fanout = _Fanout()
+        self._door_fanout: Fanout[DoorChange] = Fanout()
 
     def sensor_channels(self) -> frozenset[int] | None:
         return None
@@ -318,7 +367,8 @@ class DoorSensors(Driver):
     def door(self, channel: int) -> DoorState:
         return self._doors.get(channel, DoorState.UNKNOWN)
 
-    def door_changes(self) -> AsyncIterator[DoorChange]:
+    def door_changes(self) -> Subscription[DoorChange]:
+        """Every door change from now on (subscribed at this call, not at the first read)."""
         return self._door_fanout.subscribe()
 
     def _set_door(self, channel: int, state: DoorState) -> None:
@@ -335,13 +385,19 @@ class Scanner(Driver):
     a code while it stays in view); a different code is never held back.
     """
 
-    def __init__(self, name: str, clock: Clock, debounce_ms: int = 0, **kw):
+    # Every scanner section has these, whatever its type.
+    OPTIONS: ClassVar[Spec] = {
+        "debounce_ms": Opt("int", 1500, min=0, max=60000, doc="same code again within this is one scan"),
+    }
+
+    def __init__(self, name: str, clock: Clock, debounce_ms: int = 0, **kw: Any):
         super().__init__(name, clock, **kw)
         self.debounce_s = debounce_ms / 1000
         self._last: tuple[bytes, float] | None = None
-        self._scan_fanout = _Fanout()
+        self._scan_fanout: Fanout[Scan] = Fanout()
 
-    def scans(self) -> AsyncIterator[Scan]:
+    def scans(self) -> Subscription[Scan]:
+        """Every scan from now on (subscribed at this call, not at the first read)."""
         return self._scan_fanout.subscribe()
 
     def _emit(self, scan: Scan) -> bool:

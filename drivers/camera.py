@@ -20,16 +20,23 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import re
 import signal
+import string
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from lockerd.drivers.options import Opt, Problem, Section, Spec, with_defaults
 
 from lockerd.clock import iso_utc
-from lockerd.config import Section
 from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
+
+# What a capture command may ask for in its arguments.
+PLACEHOLDERS = frozenset({"path", "compartment", "cabinet", "step", "seq"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +55,14 @@ class Camera:
 
     type_name = "abstract"
     extension = "jpg"
+    OPTIONS: ClassVar[Spec] = {}
 
     def __init__(self, name: str):
         self.name = name
+
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: object = None) -> Camera:
+        return cls(name)
 
     async def capture(self, path: Path, shot: Shot) -> None:
         """Write one still to ``path`` (which does not exist yet)."""
@@ -61,9 +73,31 @@ class CommandCamera(Camera):
     """A capture tool run as a subprocess, with a timeout."""
 
     type_name = "command"
+    OPTIONS: ClassVar[Spec] = {
+        "command": Opt("list-str", doc='argv with {path} where the still goes, e.g. ["rpicam-still", "-n", '
+                                       '"-o", "{path}"]; also {compartment}, {cabinet}, {step}, {seq}'),
+        "timeout_s": Opt("float", 10.0, min=0.1, max=300, doc="kill the capture after this long"),
+        "extension": Opt("str", "jpg", doc="file name extension of the stills"),
+    }
 
-    def __init__(self, name: str, options: dict[str, Any]):
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: object = None) -> CommandCamera:
+        return cls(name, options)
+
+    @staticmethod
+    def problems(options: Mapping[str, Any]) -> list[Problem]:
+        """A command that runs a program and says where the still goes; an extension fit for a file name."""
+        out: list[Problem] = []
+        argv, ext = options["command"], options["extension"]
+        if isinstance(argv, tuple):  # else its own check said what is wrong
+            out += _command_problems(argv)
+        if isinstance(ext, str) and not re.fullmatch(r"[a-z0-9]{1,8}", ext):
+            out.append(("extension", ext, "1-8 characters from a-z and 0-9"))
+        return out
+
+    def __init__(self, name: str, options: Mapping[str, Any]):
         super().__init__(name)
+        options = with_defaults(self.OPTIONS, options)
         self.command: tuple[str, ...] = tuple(options["command"])
         self.timeout_s = float(options["timeout_s"])
         self.extension = str(options["extension"])
@@ -106,6 +140,20 @@ class CommandCamera(Camera):
             raise DriverError(f"camera {self.name}: {argv[0]} wrote an empty file")
 
 
+def _command_problems(argv: tuple[str, ...]) -> list[Problem]:
+    try:
+        used = {f for arg in argv for _, f, _, _ in string.Formatter().parse(arg) if f is not None}
+    except ValueError:
+        return [("command", list(argv), "arguments whose braces are balanced ({path} and the like)")]
+    if not argv or not argv[0]:
+        return [("command", list(argv), "a program and its arguments")]
+    if used - PLACEHOLDERS:
+        return [("command", list(argv), "placeholders among {" + "}, {".join(sorted(PLACEHOLDERS)) + "}")]
+    if "path" not in used:
+        return [("command", list(argv), "an argument with {path}, where the still is written")]
+    return []
+
+
 async def _kill(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -146,10 +194,9 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
+CAMERA_TYPES: dict[str, type[Camera]] = {"command": CommandCamera, "sim": SimCamera}
+
+
 def create_camera(section: Section) -> Camera:
     """The camera a [cameras.NAME] section describes."""
-    if section.type == "command":
-        return CommandCamera(section.name, section.options)
-    if section.type == "sim":
-        return SimCamera(section.name)
-    raise ValueError(f"unknown camera type {section.type!r}")  # config validation makes this unreachable
+    return CAMERA_TYPES[section.type].build(section.name, section.options)

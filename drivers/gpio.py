@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from lockerd.drivers.base import DoorSensors, DoorState, Feedback, LockBank, PowerBudget
+from lockerd.drivers.base import DoorSensors, DoorState, Feedback, LockBank, Parts, PowerBudget
+from lockerd.drivers.options import Channels, Opt, Problem, Spec, with_defaults
 
 from lockerd.clock import Clock
 from lockerd.errors import DriverError, DriverUnavailable
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 # Real pin factories own a chip handle: one per kind, shared by every board
 # and feedback in the process. Mock factories are made per board.
 _shared_factories: dict[str, Any] = {}
+
+# The pin_factory option, shared by boards and feedback.
+PIN_FACTORY = Opt("str", "", choices=("", "lgpio", "rpigpio", "pigpio", "native", "mock"))
 
 
 def make_pin_factory(kind: str) -> Any:
@@ -57,11 +62,21 @@ class GpioBoard(LockBank, DoorSensors):
     """Lock relays and door switches wired straight to GPIO pins."""
 
     type_name = "gpio"
+    OPTIONS: ClassVar[Spec] = {
+        "pin_factory": PIN_FACTORY,
+        "locks": Opt("list-int", (), min=0, max=53, doc="BCM pins driving lock relays"),
+        "sensors": Opt("list-int", (), min=0, max=53, doc="BCM pins reading door switches"),
+        "active_high": Opt("bool", True, doc="relay energised when the pin is high"),
+        "pull_up": Opt("bool", True),
+        "bounce_ms": Opt("int", 20, min=0, max=1000),
+        "open_level": Opt("int", 1, min=0, max=1, doc="pin level that means the door is open"),
+    }
 
     def __init__(
-        self, name: str, clock: Clock, budget: PowerBudget, options: dict[str, Any], *, factory: Any = None
+        self, name: str, clock: Clock, budget: PowerBudget, options: Mapping[str, Any], *, factory: Any = None
     ):
         super().__init__(name, clock, budget=budget)
+        options = with_defaults(self.OPTIONS, options)
         self.lock_pins = tuple(options["locks"] or ())
         self.sensor_pins = tuple(options["sensors"] or ())
         self.active_high = bool(options["active_high"])
@@ -74,6 +89,24 @@ class GpioBoard(LockBank, DoorSensors):
         self._inputs: dict[int, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> GpioBoard:
+        return cls(name, parts.clock, parts.budget, options)
+
+    @staticmethod
+    def offered(options: Mapping[str, Any], role: str) -> Channels | None:
+        """The channels are the BCM pins listed for the role."""
+        pins = options.get("locks" if role == "lock" else "sensors")
+        return pins if isinstance(pins, tuple) else None
+
+    @staticmethod
+    def problems(options: Mapping[str, Any]) -> list[Problem]:
+        locks, sensors = options["locks"], options["sensors"]
+        if not isinstance(locks, tuple) or not isinstance(sensors, tuple):
+            return []  # their own checks said what is wrong
+        both = set(locks) & set(sensors)
+        return [("sensors", list(sensors), f"pins not also used as locks ({sorted(both)})")] if both else []
 
     def lock_channels(self) -> frozenset[int]:
         return frozenset(self.lock_pins)
@@ -204,9 +237,20 @@ class GpioFeedback(Feedback):
     beep_s = 0.1
     gap_s = 0.1
     lit_s = 1.0
+    OPTIONS: ClassVar[Spec] = {
+        "pin_factory": PIN_FACTORY,
+        "accept_pin": Opt("int", -1, min=-1, max=53, doc="green LED (-1: none)"),
+        "refuse_pin": Opt("int", -1, min=-1, max=53, doc="red LED (-1: none)"),
+        "buzzer_pin": Opt("int", -1, min=-1, max=53, doc="buzzer (-1: none)"),
+    }
 
-    def __init__(self, name: str, clock: Clock, options: dict[str, Any], *, factory: Any = None):
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> GpioFeedback:
+        return cls(name, parts.clock, options)
+
+    def __init__(self, name: str, clock: Clock, options: Mapping[str, Any], *, factory: Any = None):
         super().__init__(name, clock)
+        options = with_defaults(self.OPTIONS, options)
         self.pins = {
             "accept": int(options["accept_pin"]),
             "refuse": int(options["refuse_pin"]),
@@ -215,7 +259,7 @@ class GpioFeedback(Feedback):
         self.factory_kind = str(options["pin_factory"] or "")
         self.factory = factory
         self._devs: dict[str, Any] = {}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         try:

@@ -3,13 +3,11 @@
 Door polling is the only thing the daemon does all day: 16 boards x 10 polls a
 second on a busy line. Two choices keep it inside 2 % of a core:
 
-- Framing by hand. pymodbus's general machinery (framer classes, PDU objects,
-  transaction manager, its own timers) cost more than the whole budget. The
-  relay boards need five function codes, so this module frames them itself:
-  requests are built once and reused, the CRC-16 comes from a 256-entry table,
-  a reply is taken only when it is whole and right (CRC, unit id, function code,
-  length), an exception reply comes back as an error result naming its code,
-  leading noise is skipped and bytes left over from a late reply are dropped.
+- Framing by hand (:mod:`modbus_frame`): pymodbus's general machinery cost
+  more than the whole budget. A reply is taken only when it is whole and right
+  (CRC, unit id, function code, length), an exception reply comes back as an
+  error result naming its code, leading noise is skipped and bytes left over
+  from a late reply are dropped.
 - A thread for the line. On the event loop every poll costs two passes of
   asyncio's machinery (a timer for its due time, a reader callback for its
   reply): the bare I/O alone measured 1.9 % of a core. A thread blocked in
@@ -49,123 +47,25 @@ import logging
 import math
 import os
 import select
-import struct
 import threading
 import time
 from collections import deque
 from typing import Any, Protocol
 
+from lockerd.drivers import modbus_frame as codec
+from lockerd.drivers.modbus_frame import BadFrame, RtuReply, decode, frame, reply_length, take_reply
 from lockerd.drivers.tty import open_problem, read_ready
 
 log = logging.getLogger(__name__)
 
+# A call for the loop: a function and its arguments, for call_soon_threadsafe.
+Call = tuple[Any, ...]
+
 READ_SIZE = 512
-EXCEPTION_FLAG = 0x80
-MAX_BITS = 2000  # the Modbus limits per request
-MAX_REGISTERS = 125
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-CRC_TABLE = _crc_table()
-# The eight coil/input bits of each byte value, least significant first (the Modbus order).
-BYTE_BITS = tuple(tuple(bool(v >> i & 1) for i in range(8)) for v in range(256))
-
-
-def crc16(data: bytes | bytearray | memoryview) -> int:
-    """Modbus CRC-16 (poly 0xA001, init 0xFFFF), as the integer whose little-endian bytes end a frame."""
-    crc = 0xFFFF
-    table = CRC_TABLE
-    for b in data:
-        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
-    return crc
-
-
-def frame(unit: int, pdu: bytes) -> bytes:
-    """An RTU frame: unit id, PDU, CRC low byte first."""
-    body = bytes((unit,)) + pdu
-    return body + crc16(body).to_bytes(2, "little")
 
 
 class LineLost(ConnectionError):
     """The serial device went away (read error, hangup) or is not open."""
-
-
-class BadFrame(IOError):
-    """A reply that cannot be the answer: bad CRC, another unit, another function, wrong length."""
-
-
-class RtuReply:
-    """A decoded reply, with the attributes of the pymodbus reply objects the bus checks."""
-
-    __slots__ = ("function_code", "dev_id", "address", "value", "count", "bits", "registers", "exception_code",
-                 "frame")
-
-    def __init__(self, function_code: int, dev_id: int) -> None:
-        self.function_code = function_code
-        self.dev_id = dev_id
-        self.address = 0
-        self.value = 0
-        self.count = 0
-        self.bits: list[bool] = []
-        self.registers: list[int] = []
-        self.exception_code = 0
-        self.frame = b""  # the whole reply frame: the bus hands it back as a poll's quiet reply
-
-    def isError(self) -> bool:  # noqa: N802 (pymodbus's name)
-        return self.exception_code != 0
-
-    def __repr__(self) -> str:
-        if self.exception_code:
-            return f"RtuReply(unit {self.dev_id}, function {self.function_code}, exception {self.exception_code})"
-        return f"RtuReply(unit {self.dev_id}, function {self.function_code}, data {self.frame[2:-2].hex()})"
-
-
-def reply_length(fc: int, count: int) -> int:
-    """The length of a normal reply frame to a request of function ``fc`` for ``count`` items."""
-    if fc in (1, 2):
-        return 5 + (count + 7) // 8
-    if fc in (3, 4):
-        return 5 + 2 * count
-    return 8  # 5, 6, 15, 16: an echo of address and value or quantity
-
-
-def decode(fc: int, unit: int, whole: bytes, count: int) -> RtuReply:
-    """A whole, checked reply frame to a request of function ``fc`` for ``count`` items."""
-    r = RtuReply(fc, unit)
-    r.frame = whole
-    data = whole[2:-2]  # unit, function code and CRC stripped
-    if fc in (1, 2):
-        table = BYTE_BITS
-        bits: tuple[bool, ...] = ()
-        for byte in data[1:]:
-            bits += table[byte]
-        r.bits = list(bits)
-        r.count = count
-    elif fc in (3, 4):
-        r.registers = list(struct.unpack(f">{len(data[1:]) // 2}H", data[1:]))
-        r.count = count
-    else:
-        r.address, r.value = struct.unpack(">HH", data[:4])
-        r.count = r.value
-        r.bits = [r.value == 0xFF00] if fc == 5 else []
-    return r
-
-
-def read_frame(unit: int, fc: int, address: int, count: int) -> bytes:
-    """The request frame of a read (function 1, 2, 3 or 4), checked against the Modbus limits."""
-    limit = MAX_BITS if fc in (1, 2) else MAX_REGISTERS
-    if fc not in (1, 2, 3, 4) or not 1 <= count <= limit or not 0 <= address <= 0xFFFF or not 0 <= unit <= 247:
-        raise ValueError(f"cannot read {count} items of function {fc} at {address} from unit {unit}")
-    return frame(unit, struct.pack(">BHH", fc, address, count))
 
 
 def next_poll_at(now: float, period: float) -> float:
@@ -213,7 +113,7 @@ class PollSlot:
 
     def __init__(self, owner: Any, unit: int, fc: int, address: int, count: int) -> None:
         self.owner = owner  # the board: its period_s and quiet() are read from the line thread
-        self.request = read_frame(unit, fc, address, count)
+        self.request = codec.read_frame(unit, fc, address, count)
         self.unit, self.fc, self.count = unit, fc, count
         self.length = reply_length(fc, count)
         self.due = 0.0
@@ -229,20 +129,22 @@ class _Command:
     __slots__ = ("request", "unit", "fc", "count", "length", "future", "deadline")
     quiet_reply = None  # a command's reply always goes to its caller
 
-    def __init__(self, request: bytes, unit: int, fc: int, count: int, future: asyncio.Future) -> None:
+    def __init__(self, request: bytes, unit: int, fc: int, count: int, future: asyncio.Future[RtuReply]) -> None:
         self.request, self.unit, self.fc, self.count = request, unit, fc, count
         self.length = reply_length(fc, count)
         self.future = future
         self.deadline = 0.0
 
 
-def _settle(fut: asyncio.Future, reply: RtuReply | None, exc: Exception | None) -> None:
+def _settle(fut: asyncio.Future[RtuReply], reply: RtuReply | None, exc: Exception | None) -> None:
     if fut.done():
         return  # the caller gave up (its own bound, or cancelled)
     if exc is not None:
         fut.set_exception(exc)
-    else:
+    elif reply is not None:
         fut.set_result(reply)
+    else:  # a result is either a reply or an error: never neither
+        fut.set_exception(BadFrame("no reply and no error"))
 
 
 IDLE_WAIT_S = 1.0  # the longest the thread sleeps with nothing to do (beats and wake-ups cut it shorter)
@@ -368,31 +270,22 @@ class RtuClient:
 
     # -- commands (loop side; the subset of pymodbus's client API the bus uses) -------------
 
-    def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
-        return self.send(read_frame(device_id, 1, address, count), device_id, 1, count)
+    def read_coils(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future[RtuReply]:
+        return self.send(codec.read_frame(device_id, 1, address, count), device_id, 1, count)
 
-    def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
-        return self.send(read_frame(device_id, 2, address, count), device_id, 2, count)
+    def read_discrete_inputs(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future[RtuReply]:
+        return self.send(codec.read_frame(device_id, 2, address, count), device_id, 2, count)
 
-    def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future:
-        return self.send(read_frame(device_id, 4, address, count), device_id, 4, count)
+    def read_input_registers(self, address: int, *, count: int = 1, device_id: int = 1) -> asyncio.Future[RtuReply]:
+        return self.send(codec.read_frame(device_id, 4, address, count), device_id, 4, count)
 
-    def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> asyncio.Future:
-        pdu = struct.pack(">BHH", 5, address, 0xFF00 if value else 0x0000)
-        return self.send(frame(device_id, pdu), device_id, 5, 1)
+    def write_coil(self, address: int, value: bool, *, device_id: int = 1) -> asyncio.Future[RtuReply]:
+        return self.send(codec.write_coil_frame(device_id, address, value), device_id, 5, 1)
 
-    def write_coils(self, address: int, values: list[bool], *, device_id: int = 1) -> asyncio.Future:
-        n = len(values)
-        if not 1 <= n <= 1968:
-            raise ValueError(f"cannot write {n} coils in one request (1 to 1968)")
-        packed = bytearray((n + 7) // 8)
-        for i, v in enumerate(values):
-            if v:
-                packed[i // 8] |= 1 << (i % 8)
-        pdu = struct.pack(">BHHB", 15, address, n, len(packed)) + bytes(packed)
-        return self.send(frame(device_id, pdu), device_id, 15, n)
+    def write_coils(self, address: int, values: list[bool], *, device_id: int = 1) -> asyncio.Future[RtuReply]:
+        return self.send(codec.write_coils_frame(device_id, address, values), device_id, 15, len(values))
 
-    def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future:
+    def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future[RtuReply]:
         """A request object of pymodbus's shape (``function_code``, ``dev_id``, ``encode()``), e.g. a flash pulse."""
         fc = int(request.function_code)
         if fc not in (5, 6, 15, 16):
@@ -400,7 +293,7 @@ class RtuClient:
         unit = int(request.dev_id)
         return self.send(frame(unit, bytes((fc,)) + request.encode()), unit, fc, 1)
 
-    def send(self, request: bytes, unit: int, fc: int, count: int) -> asyncio.Future:
+    def send(self, request: bytes, unit: int, fc: int, count: int) -> asyncio.Future[RtuReply]:
         """Send one request frame, now if the line is free, else next; a future for its reply.
 
         The thread fails the future with TimeoutError ``timeout_s`` after the
@@ -444,7 +337,7 @@ class RtuClient:
         # This loop runs twice per poll, all day: what it touches is kept in locals.
         owner, fd, wake_fd, lock, step = self._owner, self._fd, self._wake_fd, self._lock, self._step
         monotonic, readable, post = time.monotonic, self._readable, self._post
-        news: list[tuple] = []  # calls for the loop, made once the lock is released
+        news: list[Call] = []  # calls for the loop, made once the lock is released
         ep = select.epoll(2)
         try:
             ep.register(fd, select.EPOLLIN)  # type: ignore[arg-type]
@@ -484,11 +377,11 @@ class RtuClient:
         """The line is gone: fail what waits and tell the bus (thread side)."""
         self.last_error = self._lost
         exc = LineLost(self._lost)
-        news: list[tuple] = [(_settle, c.future, None, exc) for c in self._take_commands()]
+        news: list[Call] = [(_settle, c.future, None, exc) for c in self._take_commands()]
         news.append((self._owner.line_lost, self, self._lost))
         self._post(news)
 
-    def _post(self, news: list[tuple]) -> None:
+    def _post(self, news: list[Call]) -> None:
         try:
             for call in news:
                 self._loop.call_soon_threadsafe(*call)  # type: ignore[union-attr]
@@ -496,7 +389,7 @@ class RtuClient:
             self._stopping = True
         news.clear()
 
-    def _step(self, now: float, news: list[tuple]) -> float:
+    def _step(self, now: float, news: list[Call]) -> float:
         """Do what is due on the line (lock held); how long the thread may sleep."""
         p = self._inflight
         if p is not None:
@@ -526,7 +419,7 @@ class RtuClient:
         self.polls_sent += 1
         return self._send(best, now, news)
 
-    def _send(self, item: _Command | PollSlot, now: float, news: list[tuple]) -> float:
+    def _send(self, item: _Command | PollSlot, now: float, news: list[Call]) -> float:
         """Write ``item``; how long until its reply is late (0 when it failed: the next may go)."""
         try:
             self._write(item, now)
@@ -536,7 +429,7 @@ class RtuClient:
         return self.timeout_s
 
     def _finish(self, item: _Command | PollSlot, reply: RtuReply | None, exc: Exception | None, now: float,
-                news: list[tuple]) -> None:
+                news: list[Call]) -> None:
         """``item`` is over (lock held): its reply or error goes to the loop."""
         if self._inflight is item:
             self._inflight = None
@@ -547,7 +440,7 @@ class RtuClient:
             item.parked = True
             news.append((self._owner.line_polled, self, item, reply, exc))
 
-    def _readable(self, news: list[tuple]) -> None:
+    def _readable(self, news: list[Call]) -> None:
         data, gone = read_ready(self._fd, READ_SIZE)  # type: ignore[arg-type]
         if gone:
             self._lost = self.last_error = f"{self.device}: {gone}"
@@ -558,8 +451,8 @@ class RtuClient:
             p = self._inflight
             if p is None:
                 return  # nobody is waiting: noise, or a reply given up on; dropped
-            if data == p.quiet_reply and not self._buf and p.owner.quiet():  # type: ignore[union-attr]
-                self._quiet_poll(p, time.monotonic())  # type: ignore[arg-type]  # the usual poll: one read, one compare
+            if data == p.quiet_reply and not self._buf and p.owner.quiet():
+                self._quiet_poll(p, time.monotonic())  # the usual poll: one read, one compare
                 return
             self._buf += data
             self._match(p, self._buf, time.monotonic(), news)
@@ -571,47 +464,26 @@ class RtuClient:
         p.quiet_polls += 1
         p.due = next_poll_at(now, p.owner.period_s)
 
-    def _match(self, p: _Command | PollSlot, buf: bytearray, now: float, news: list[tuple]) -> None:
+    def _match(self, p: _Command | PollSlot, buf: bytearray, now: float, news: list[Call]) -> None:
         """Take a whole reply for ``p`` from the front of ``buf``, or fail it, or wait for more bytes."""
-        unit, fc = p.unit, p.fc
-        while len(buf) >= 3:
-            head_fc = buf[1]
-            if head_fc == fc:
-                # A read says its own byte count: a reply of another length is still framed right.
-                length = 5 + buf[2] if fc <= 4 else p.length
-            elif head_fc == fc | EXCEPTION_FLAG:
-                length = 5
-            else:
-                del buf[0]  # noise before the reply: resynchronise on the next byte
-                continue
-            if len(buf) < length:
-                return  # the rest is still on the wire
-            if crc16(memoryview(buf)[: length - 2]) != buf[length - 2] | buf[length - 1] << 8:
-                if buf[0] != unit:
-                    del buf[0]  # noise that looked like a header
-                    continue
-                self._reject(p, f"CRC error in the reply ({bytes(buf[:length]).hex()})", now, news)
-                return
-            if buf[0] != unit:
-                self._reject(p, f"reply from unit {buf[0]} to a request for unit {unit}", now, news)
-                return
-            whole = bytes(buf[:length])
-            del buf[:length]
-            if head_fc != fc:
-                r = RtuReply(fc, unit)
-                r.exception_code = whole[2] or 0xFF
-                r.frame = whole
-                self._finish(p, r, None, now, news)
-            elif length != p.length:
-                self._finish(p, None, BadFrame(f"{length}-byte reply to function {fc}, expected {p.length} bytes"),
-                             now, news)
-            elif whole == p.quiet_reply and p.owner.quiet():  # type: ignore[union-attr]
-                self._quiet_poll(p, now)  # type: ignore[arg-type]
-            else:
-                r = decode(fc, unit, whole, p.count)
-                self._finish(p, r, None, now, news)
-            return
+        whole, bad = take_reply(buf, p.unit, p.fc, p.length)
+        if bad is not None:
+            self._reject(p, bad, now, news)
+        elif whole is None:
+            return  # the rest is still on the wire
+        elif whole[1] != p.fc:
+            r = RtuReply(p.fc, p.unit)
+            r.exception_code = whole[2] or 0xFF
+            r.frame = whole
+            self._finish(p, r, None, now, news)
+        elif len(whole) != p.length:
+            self._finish(p, None, BadFrame(f"{len(whole)}-byte reply to function {p.fc}, expected {p.length} bytes"),
+                         now, news)
+        elif whole == p.quiet_reply and p.owner.quiet():
+            self._quiet_poll(p, now)
+        else:
+            self._finish(p, decode(p.fc, p.unit, whole, p.count), None, now, news)
 
-    def _reject(self, p: _Command | PollSlot, detail: str, now: float, news: list[tuple]) -> None:
+    def _reject(self, p: _Command | PollSlot, detail: str, now: float, news: list[Call]) -> None:
         self._buf.clear()
         self._finish(p, None, BadFrame(detail), now, news)

@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from lockerd.drivers.base import Scan, Scanner, decode_scan
+from lockerd.drivers.base import Parts, Scan, Scanner, decode_scan
+from lockerd.drivers.options import BAUD_RATES, Opt, Spec, with_defaults
 from lockerd.drivers.tty import open_problem, read_ready
 
 from lockerd.clock import Clock
@@ -153,8 +155,31 @@ class SerialScanner(Scanner):
     retry_max = 5.0
     watch_s = 1.0  # how often an open port's path is checked
     heartbeat_s = retry_max  # the supervisor beats each watch and each reopen attempt
+    OPTIONS: ClassVar[Spec] = {
+        **Scanner.OPTIONS,
+        "port": Opt("path", doc="e.g. /dev/serial/by-id/usb-...-if00"),
+        "baudrate": Opt("int", 9600, choices=BAUD_RATES),
+        "terminators": Opt("list-str", ("\r", "\n"), doc="bytes that end a scan; CR, LF and CRLF alike"),
+        "idle_timeout_ms": Opt("int", 200, min=5, max=10000,
+                               doc="bytes that wait this long without a terminator are an incomplete scan"),
+        "idle_ends_scan": Opt("bool", False, doc="only for a scanner that sends no terminator at all: a pause of "
+                              "idle_timeout_ms ends a scan. Risky: a scanner that pauses inside a scan splits it, "
+                              "and a part of a code may be a code"),
+        "max_length": Opt("int", 256, min=1, max=4096),
+        "aim": Opt("bool", False, doc="scans start with an AIM symbology identifier like ]C1"),
+        "symbologies": Opt(
+            "list-str", (),
+            doc='AIM identifiers allowed ("C1" exactly, "Q" any QR modifier); empty allows all; '
+            "a non-empty list requires AIM identifiers on every scan",
+        ),
+    }
 
-    def __init__(self, name: str, clock: Clock, options: dict[str, Any]):
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> SerialScanner:
+        return cls(name, parts.clock, options)
+
+    def __init__(self, name: str, clock: Clock, options: Mapping[str, Any]):
+        options = with_defaults(self.OPTIONS, options)
         super().__init__(name, clock, debounce_ms=options["debounce_ms"])
         self.port = str(options["port"])
         self.baudrate = int(options["baudrate"])
@@ -172,7 +197,7 @@ class SerialScanner(Scanner):
         self._serial: Any = None
         self._fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[str] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._closing = False
@@ -346,8 +371,8 @@ class SerialScanner(Scanner):
         at = self.clock.monotonic()
         raw = frame.raw
         if frame.too_long is not None:
-            error = f"scan too long ({frame.too_long} bytes, at most {self.max_length})"
-            return Scan(self.name, raw, None, at, None, error)
+            too_long = f"scan too long ({frame.too_long} bytes, at most {self.max_length})"
+            return Scan(self.name, raw, None, at, None, too_long)
         symbology = None
         body = raw
         if self.aim:
@@ -356,8 +381,8 @@ class SerialScanner(Scanner):
                 return Scan(self.name, raw, None, at, None, "no AIM symbology identifier (expected ]<letter><digit>)")
             if self.allowed and not self._allowed(symbology):
                 allowed = ", ".join("]" + s for s in self.allowed)
-                error = f"symbology ]{symbology} not accepted by this scanner (allowed: {allowed})"
-                return Scan(self.name, raw, None, at, symbology, error)
+                refused = f"symbology ]{symbology} not accepted by this scanner (allowed: {allowed})"
+                return Scan(self.name, raw, None, at, symbology, refused)
         code, error = decode_scan(body, self.max_length)
         return Scan(self.name, raw, code, at, symbology, error)
 

@@ -15,20 +15,23 @@ import json
 import logging
 import os
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lockerd.drivers.base import (
     DoorSensors,
     DoorState,
     Feedback,
     LockBank,
+    Parts,
     PowerBudget,
     Scan,
     Scanner,
     decode_scan,
 )
+from lockerd.drivers.options import Channels, Opt, Problem, Spec, count_channels, with_defaults
 
 from lockerd.clock import Clock
 from lockerd.errors import DriverError, DriverUnavailable
@@ -49,29 +52,52 @@ class SimBoard(LockBank, DoorSensors):
     """A relay board with locks and door sensors on the same channel numbers."""
 
     type_name = "sim"
+    OPTIONS: ClassVar[Spec] = {
+        "channels": Opt("int", 32, min=1, max=256, doc="lock and sensor channels of the simulated board"),
+        "crossed": Opt("list-int", (), doc="two channels whose door sensors are swapped (bench fault)"),
+        "state_file": Opt("path", "", doc="keeps the simulated doors across restarts, as real doors are"),
+        "spring": Opt("bool", False, doc="doors pop open when released, with nobody pulling"),
+    }
 
-    def __init__(self, name: str, clock: Clock, budget: PowerBudget, options: dict[str, Any]):
+    def __init__(self, name: str, clock: Clock, budget: PowerBudget, options: Mapping[str, Any]):
         super().__init__(name, clock, budget=budget)
-        self.channels = int(options.get("channels", 32))
-        crossed = tuple(options.get("crossed") or ())
+        self.options = with_defaults(self.OPTIONS, options)
+        self.channels = int(self.options["channels"])
+        crossed = tuple(self.options["crossed"] or ())
         self._sensor_of = {c: c for c in range(self.channels)}
         if len(crossed) == 2:
             a, b = crossed
             self._sensor_of[a], self._sensor_of[b] = b, a
-        self.spring = bool(options.get("spring", False))
-        sf = options.get("state_file") or ""
+        self.spring = bool(self.options["spring"])
+        sf = self.options["state_file"] or ""
         self.state_file = Path(sf) if sf else None
         self.doors = [_Door() for _ in range(self.channels)]
         self.pulse_log: list[tuple[int, int, float]] = []  # (channel, ms, at)
-        self._bouncing: set[asyncio.Task] = set()
+        self._bouncing: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> SimBoard:
+        return cls(name, parts.clock, parts.budget, options)
+
+    @staticmethod
+    def offered(options: Mapping[str, Any], role: str) -> Channels | None:
+        """Locks and sensors share the channel numbers 0 to channels-1."""
+        return count_channels(options.get("channels"))
+
+    @staticmethod
+    def problems(options: Mapping[str, Any]) -> list[Problem]:
+        crossed = options["crossed"]
+        if isinstance(crossed, tuple) and crossed and len(crossed) != 2:
+            return [("crossed", list(crossed), "exactly two channels")]
+        return []
 
     # -- driver life -------------------------------------------------------
 
     def lock_channels(self) -> frozenset[int]:
-        return frozenset(range(self.channels))
+        return frozenset(self.offered(self.options, "lock") or ())
 
     def sensor_channels(self) -> frozenset[int]:
-        return frozenset(range(self.channels))
+        return frozenset(self.offered(self.options, "sensor") or ())
 
     async def start(self) -> None:
         self._load()
@@ -226,6 +252,11 @@ class SimScanner(Scanner):
     """A scanner driven by ``inject``: the CLI and tests play the person scanning."""
 
     type_name = "sim"
+    OPTIONS: ClassVar[Spec] = Scanner.OPTIONS
+
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> SimScanner:
+        return cls(name, parts.clock, debounce_ms=with_defaults(cls.OPTIONS, options)["debounce_ms"])
 
     def inject(self, data: str | bytes, symbology: str | None = None) -> bool:
         raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
@@ -237,6 +268,11 @@ class ConsoleFeedback(Feedback):
     """Prints what the person at the cabinet would see or hear."""
 
     type_name = "console"
+    OPTIONS: ClassVar[Spec] = {}
+
+    @classmethod
+    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> ConsoleFeedback:
+        return cls(name, parts.clock)
 
     def __init__(self, name: str, clock: Clock, **kw: Any):
         super().__init__(name, clock, **kw)

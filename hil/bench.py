@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import DoorChange, DoorSensors, DoorState, DriverStatus, LockBank, Scan
 from lockerd.hil.findings import conclude
 from lockerd.hil.report import FAIL, PASS, BoardResult, BrokerResult, CompartmentResult, Report, ScannerResult
@@ -38,6 +37,7 @@ from lockerd.hil.technician import Technician
 from lockerd.clock import Clock
 from lockerd.config import Compartment, Config
 from lockerd.errors import DriverError
+from lockerd.hardware import Hardware, build_hardware
 from lockerd.hwlock import HardwareLock, hardware_lock_path
 
 log = logging.getLogger(__name__)

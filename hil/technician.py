@@ -14,9 +14,8 @@ import sys
 import threading
 from typing import TextIO
 
-from lockerd.drivers import Hardware
-
 from lockerd.config import Compartment
+from lockerd.hardware import Hardware
 
 
 class Technician:

@@ -114,8 +114,8 @@ def cmd_all_off(a: argparse.Namespace) -> int:
 
 async def _all_off(cfg: Any) -> int:
     from lockerd.clock import Clock
-    from lockerd.drivers import build_hardware
     from lockerd.drivers.base import LockBank
+    from lockerd.hardware import build_hardware
 
     hw = build_hardware(cfg, Clock())
     failed = 0

@@ -23,11 +23,11 @@ from lockerd.clock import Clock
 from lockerd.config import Config
 from lockerd.custody import Custody
 from lockerd.domain import Action, Item, ItemKind, ItemState, Person, Registry
-from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorState, Feedback, Scan
 from lockerd.drivers.sim import ConsoleFeedback
 from lockerd.errors import CommandError, DriverError, DriverTimeout, JournalError
 from lockerd.evidence import Authorisations
+from lockerd.hardware import Hardware
 from lockerd.journal import Journal
 from lockerd.liveness import Heartbeat
 from lockerd.opening import OpenRequest, Outcome, Session, Slot, scan_fields

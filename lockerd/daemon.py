@@ -37,9 +37,9 @@ from lockerd.clock import Clock
 from lockerd.config import Config
 from lockerd.control_socket import ControlServer
 from lockerd.controller import Controller
-from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import DriverStatus
 from lockerd.errors import ConfigError, JournalError
+from lockerd.hardware import Hardware, build_hardware
 from lockerd.hwlock import HardwareBusy, HardwareLock, hardware_lock_path
 from lockerd.journal import Journal
 from lockerd.sdnotify import Heartbeats, Notifier, Watchdog

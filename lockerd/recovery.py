@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockerd.domain import Action
-from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorState
+from lockerd.hardware import Hardware
 from lockerd.opening import STAYING_ALARMS, Core, Session, Slot
 from lockerd.supervision import Doors
 

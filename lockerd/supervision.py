@@ -17,9 +17,9 @@ from typing import Any
 
 from lockerd.clock import iso_utc
 from lockerd.domain import ITEM_EVENT, OFFICER_ROLES, Action, Item, ItemKind, ItemState, Role
-from lockerd.drivers import Hardware
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus
 from lockerd.errors import CommandError
+from lockerd.hardware import Hardware
 from lockerd.journal import StateOp
 from lockerd.liveness import Heartbeat
 from lockerd.opening import STAYING_ALARMS, Core, Session, Slot

@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lockerd.drivers import Hardware, build_hardware
 from lockerd.drivers.base import Scan
 from lockerd.drivers.sim import SimBoard, SimScanner
 
@@ -15,6 +14,7 @@ from lockerd import config, importer
 from lockerd.clock import ManualClock
 from lockerd.controller import Controller
 from lockerd.errors import JournalError
+from lockerd.hardware import Hardware, build_hardware
 from lockerd.journal import Event, Journal
 from lockerd.opening import Outcome
 

@@ -102,3 +102,32 @@ def test_more_input_registers_than_one_modbus_read_can_carry(tmp_path):
              '[drivers.regs]\ntype = "modbus"\nbus = "line"\nunit = 1\ninput_kind = "input-register"\ninputs = 126\n')
     text = "\n".join(problems(tmp_path, TOML + board))
     assert "drivers.regs.inputs = 126: expected at most 125 sensors read as input registers" in text
+
+
+def test_a_driver_option_out_of_bounds_is_a_problem_not_a_crash(tmp_path):
+    drivers = ('[drivers.pins]\ntype = "gpio"\nlocks = [100]\nsensors = [6]\n'
+               '[drivers.bench]\ntype = "sim"\ncrossed = "1,2"\n'
+               '[cabinets.x]\nkind = "dossier"\nlock_driver = "bench"\ncount = 1\nfirst_lock = -5\n')
+    text = "\n".join(problems(tmp_path, TOML + drivers))
+    assert "drivers.pins.locks = [100]: expected a list of integers from 0 to 53" in text
+    assert "drivers.bench.crossed = '1,2': expected a list of integers" in text
+    assert "cabinets.x.first_lock = -5: expected an integer from 0 to 65535" in text
+
+
+def test_a_driver_option_is_declared_once_beside_its_driver():
+    from lockerd.drivers.gpio import GpioBoard
+    from lockerd.drivers.modbus_board import ModbusBoard
+    from lockerd.drivers.sim import SimBoard
+
+    assert config.DRIVER_TYPES == {"sim": SimBoard.OPTIONS, "modbus": ModbusBoard.OPTIONS, "gpio": GpioBoard.OPTIONS}
+
+
+def test_checking_a_config_loads_no_hardware_library_and_drivers_load_no_config():
+    code = ("import sys, lockerd.config, lockerd.drivers.registry; "
+            "print(sorted(m for m in ('pymodbus', 'serial', 'gpiozero', 'paho') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+    code = ("import sys, lockerd.drivers.registry, lockerd.drivers.modbus; "
+            "print(sorted(m for m in sys.modules if m.startswith('lockerd.') and not m.startswith('lockerd.drivers')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "['lockerd.clock', 'lockerd.errors']"

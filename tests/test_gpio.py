@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,29 +12,23 @@ import pytest_asyncio
 from gpiozero import OutputDevice
 from gpiozero.pins.mock import MockFactory
 from hwconfig import load
-from lockerd.drivers import build_hardware
 from lockerd.drivers.base import DoorChange, DoorState, PowerBudget
 from lockerd.drivers.gpio import GpioBoard, GpioFeedback, make_pin_factory
 
 from lockerd.clock import Clock, ManualClock
-from lockerd.config import DRIVER_TYPES, FEEDBACK_TYPES
 from lockerd.errors import DriverError, DriverUnavailable
+from lockerd.hardware import build_hardware
 
 WAIT = 2.0
 
 
 def board_options(**over: Any) -> dict[str, Any]:
-    opts = {k: o.default for k, o in DRIVER_TYPES["gpio"].items()}
-    opts.update(locks=(17, 27, 22), sensors=(5, 6))
-    opts.update(over)
-    return opts
+    """The pins of the test bench; every other option is the driver's own default."""
+    return {"locks": (17, 27, 22), "sensors": (5, 6)} | over
 
 
 def feedback_options(**over: Any) -> dict[str, Any]:
-    opts = {k: o.default for k, o in FEEDBACK_TYPES["gpio"].items()}
-    opts.update(accept_pin=23, refuse_pin=24, buzzer_pin=25)
-    opts.update(over)
-    return opts
+    return {"accept_pin": 23, "refuse_pin": 24, "buzzer_pin": 25} | over
 
 
 @pytest.fixture
@@ -69,15 +64,11 @@ class Doors:
 
     def __init__(self, board: GpioBoard):
         self.queue: asyncio.Queue[DoorChange] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(board))
+        self._task = asyncio.create_task(self._run(board.door_changes()))
 
-    async def _run(self, board: GpioBoard) -> None:
-        async for change in board.door_changes():
+    async def _run(self, changes: AsyncIterator[DoorChange]) -> None:
+        async for change in changes:
             self.queue.put_nowait(change)
-
-    async def subscribed(self) -> Doors:
-        await asyncio.sleep(0)  # the generator registers its queue on its first step
-        return self
 
     async def next(self) -> DoorChange:
         return await asyncio.wait_for(self.queue.get(), WAIT)
@@ -218,7 +209,7 @@ async def test_close_switches_off_and_releases_the_pins(make_board, factory, clo
 async def test_sensor_edges_become_door_changes(make_board, factory) -> None:
     board = await make_board()  # pull_up, open_level 1: the pulled-up idle pin reads open
     assert (board.door(5), board.door(6)) == (DoorState.OPEN, DoorState.OPEN)
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         factory.pin(5).drive_low()
         change = await doors.next()
@@ -236,7 +227,7 @@ async def test_sensor_edges_become_door_changes(make_board, factory) -> None:
 async def test_open_level_inverted(make_board, factory) -> None:
     board = await make_board(open_level=0)
     assert board.door(5) is DoorState.CLOSED  # pulled up = high = closed
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         factory.pin(5).drive_low()
         assert ((c := await doors.next()).channel, c.state) == (5, DoorState.OPEN)
@@ -248,7 +239,7 @@ async def test_open_level_inverted(make_board, factory) -> None:
 async def test_pull_down_sensor_reads_its_level(make_board, factory) -> None:
     board = await make_board(pull_up=False)
     assert board.door(5) is DoorState.CLOSED  # pulled down = low, open_level 1
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         factory.pin(5).drive_high()
         assert ((c := await doors.next()).channel, c.state) == (5, DoorState.OPEN)
@@ -260,7 +251,7 @@ async def test_pull_down_sensor_reads_its_level(make_board, factory) -> None:
 async def test_edges_from_another_thread_reach_the_loop(make_board, factory) -> None:
     """Real pin libraries call back on their own thread; the change must land on the loop."""
     board = await make_board()
-    doors = await Doors(board).subscribed()
+    doors = Doors(board)
     try:
         await asyncio.to_thread(factory.pin(6).drive_low)
         change = await doors.next()

@@ -478,7 +478,8 @@ async def test_serial_port_vanishing_mid_run(rtu, tmp_path):
 
 async def test_built_from_the_config(tmp_path):
     from hwconfig import load
-    from lockerd.drivers import build_hardware
+
+    from lockerd.hardware import build_hardware
 
     peer = RelayPeer([1, 2])
     port = await peer.start_tcp()
@@ -719,7 +720,7 @@ async def test_a_lost_line_reported_first_by_a_poll_still_brings_the_bus_back(rt
     bus, b, peer = rtu.bus, rtu.boards[1], rtu.peer
     bus.reconnect_first_s = 0.05
     watch = StatusWatch(bus)
-    bus.line_polled(bus._client, b._poll_slot(), None, LineLost("gone"))
+    bus.line_polled(bus._client, b.poll_slot(), None, LineLost("gone"))
     await watch.wait(online=False)
     await watch.wait(online=True, timeout=5)
     await peer.set_input(1, 7, True)

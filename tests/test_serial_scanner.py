@@ -12,31 +12,26 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 from hwconfig import load
-from lockerd.drivers import build_hardware
 from lockerd.drivers.base import DriverStatus, Scan
 from lockerd.drivers.serial_scanner import SerialScanner
 from ptys import SocatPair
 
 from lockerd.clock import Clock
-from lockerd.config import SCANNER_COMMON, SCANNER_TYPES
+from lockerd.hardware import build_hardware
 
 WAIT = 3.0  # generous bound for a condition on a busy 2-core machine
 
 
 def options(port: Path, **over: Any) -> dict[str, Any]:
-    """A scanner section as the config checker would produce it: schema defaults plus overrides."""
-    spec = SCANNER_COMMON | SCANNER_TYPES["serial"]
-    opts = {k: o.default for k, o in spec.items() if not o.required}
-    opts.update(cabinets=("cab-a",), port=port, debounce_ms=0)
-    opts.update(over)
-    return opts
+    """A scanner section's options; the driver fills in its own defaults for the rest."""
+    return {"cabinets": ("cab-a",), "port": port, "debounce_ms": 0} | over
 
 
 class Probe:
@@ -49,10 +44,10 @@ class Probe:
         self._changed = asyncio.Event()
         self._taken = 0
         scanner.on_status(self._on_status)
-        self._task = asyncio.create_task(self._consume())
+        self._task = asyncio.create_task(self._consume(scanner.scans()))
 
-    async def _consume(self) -> None:
-        async for scan in self.scanner.scans():
+    async def _consume(self, scans: AsyncIterator[Scan]) -> None:
+        async for scan in scans:
             self.scans.append((time.monotonic(), scan))
             self._changed.set()
 
@@ -102,7 +97,6 @@ async def rig(tmp_path: Path):
         scanner = SerialScanner(name, Clock(), options(pair.device, **over))
         scanner.retry_max = 0.4  # keep reconnect tests quick; the doubling is the same
         probe = Probe(scanner)
-        await asyncio.sleep(0)  # let the probe subscribe before anything is read
         await scanner.start()
         scanners.append((scanner, probe))
         if start_pair:
