@@ -65,7 +65,7 @@ class Notifier:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 # Never let a stalled service manager block the event loop:
                 # a dropped datagram costs less than a frozen controller.
-                self._sock.setblocking(False)
+                self._sock.settimeout(0.0)
             self._sock.sendto(payload, self.address)
         except OSError as e:
             # Logged once per outage: the watchdog would repeat it every few seconds.

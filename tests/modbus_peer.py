@@ -184,12 +184,12 @@ class RelayPeer:
         """A person pulls door ``channel``: it opens (its input goes to 1) only while its coil is on."""
         if not (await self.coils_of(unit))[channel]:
             return False
-        await self.set_input(unit, channel, True)
+        await self.set_input(unit, channel, level=True)
         return True
 
     async def shut(self, unit: int, channel: int) -> None:
         """A person pushes door ``channel`` shut: its input goes back to 0."""
-        await self.set_input(unit, channel, False)
+        await self.set_input(unit, channel, level=False)
 
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 3.0) -> None:
         """Wait until ``predicate()`` (sync or async) holds; checked after every request and timer."""

@@ -221,7 +221,7 @@ async def test_exception_response_gives_driver_error_and_no_coil_on(rig):
 
 async def test_waveshare_flash_encoding_matches_the_vendor_example():
     # Waveshare wiki, "Modbus RTU Relay" development protocol: relay 0 flash on for 700 ms at unit 1.
-    frame = FramerRTU(DecodePDU(False)).buildFrame(WaveshareFlashRequest(0x0200, 7, dev_id=1))
+    frame = FramerRTU(DecodePDU(is_server=False)).buildFrame(WaveshareFlashRequest(0x0200, 7, dev_id=1))
     assert frame == bytes.fromhex("0105020000078db0")
     assert [waveshare_flash_units(ms) for ms in (20, 100, 101, 500, 5000)] == [1, 1, 2, 5, 50]
 
@@ -252,9 +252,9 @@ async def _coil_off(peer: RelayPeer, unit: int, coil: int) -> bool:
 async def test_door_input_changes_arrive_as_door_changes(rig):
     peer, b = rig.peer, rig.boards[2]
     assert b.door(7) is DoorState.CLOSED  # read at start
-    await peer.set_input(2, 7, True)
+    await peer.set_input(2, 7, level=True)
     await wait_door(b, 7, DoorState.OPEN)
-    await peer.set_input(2, 7, False)
+    await peer.set_input(2, 7, level=False)
     await wait_door(b, 7, DoorState.CLOSED)
     assert rig.boards[1].door(7) is DoorState.CLOSED  # another unit's input, untouched
 
@@ -265,7 +265,7 @@ async def test_input_registers_and_open_level_zero(tcp):
     await b.start()
     try:
         assert b.door(4) is DoorState.OPEN  # level 0 = open on this wiring
-        await tcp.peer.set_input(1, 4, True)
+        await tcp.peer.set_input(1, 4, level=True)
         await wait_door(b, 4, DoorState.CLOSED)
     finally:
         await b.close()
@@ -284,7 +284,7 @@ async def test_a_silent_board_goes_offline_while_the_other_keeps_working(rig):
     assert alive.online
     # The other board on the same line still polls, sees its doors and pulses.
     polls = alive.polls
-    await peer.set_input(1, 9, True)
+    await peer.set_input(1, 9, level=True)
     await wait_door(alive, 9, DoorState.OPEN)
     await alive.pulse(1, 50)
     assert (await peer.coils_of(1))[1] is True
@@ -414,7 +414,7 @@ async def test_a_mangled_poll_reply_is_retried_without_the_board_going_offline(r
     before = peer.count(2, 2)
     peer.mangle[(2, 2)] = [bad_crc]
     await peer.wait_for(lambda: not peer.mangle[(2, 2)] and peer.count(2, 2) >= before + 2)
-    await peer.set_input(2, 3, True)
+    await peer.set_input(2, 3, level=True)
     await wait_door(b, 3, DoorState.OPEN)  # the retry and the polls after it came through whole
     assert b.online and not [st for st in watch.seen if not st.online]
 
@@ -649,7 +649,7 @@ async def test_polls_that_read_as_before_never_wake_the_loop(rtu):
     await peer.wait_for(lambda: peer.count(2, 2) >= sent + 20, timeout=5.0)  # a second at 20 Hz
     assert judged == []
     assert b.polls >= polls + 19  # counted all the same
-    await peer.set_input(2, 5, True)
+    await peer.set_input(2, 5, level=True)
     await wait_door(b, 5, DoorState.OPEN)  # news: judged on the loop
     assert [args[1].owner for args in judged] == [b]
 
@@ -688,7 +688,7 @@ async def test_a_line_thread_that_fails_is_replaced_and_polling_resumes(rtu, cap
     assert any("the line thread failed" in r.getMessage() for r in caplog.records)
     await watch.wait(online=True, timeout=5)
     await board_watch.wait(online=True, timeout=5)
-    await peer.set_input(1, 2, True)
+    await peer.set_input(1, 2, level=True)
     await wait_door(b, 2, DoorState.OPEN)  # polled again by the new thread
 
 
@@ -722,7 +722,7 @@ async def test_a_lost_line_reported_first_by_a_poll_still_brings_the_bus_back(rt
     bus.line_polled(bus._client, b._poll_slot(), None, LineLost("gone"))
     await watch.wait(online=False)
     await watch.wait(online=True, timeout=5)
-    await peer.set_input(1, 7, True)
+    await peer.set_input(1, 7, level=True)
     await wait_door(b, 7, DoorState.OPEN)
 
 
