@@ -417,7 +417,8 @@ class Controller:
         except JournalError as e:
             slot.session = None
             msg = f"refused: cannot record the opening ({e}); nothing opened"
-            log.error("%s: %s", cid, msg)
+            # One line, no traceback: an unusable journal is expected, and msg carries its error.
+            log.error("%s: %s", cid, msg)  # noqa: TRY400
             # Held and journaled late with the scan before it: the record says it was refused, and why.
             self.journal.append("access.denied", compartment=cid, dossier=req.dossier, people=req.people,
                                 reason="journal unavailable", error=str(e), **command)

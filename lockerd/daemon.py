@@ -223,7 +223,7 @@ class Daemon:
             assert c.checkpoint_key is not None  # config.parse gives the default beside the journal
             key = checkpoints.load_or_create_key(c.checkpoint_key)
         except OSError as e:
-            log.error("checkpoints: no signing key (%s): the journal runs unsigned", e)
+            log.error("checkpoints: no signing key (%s): the journal runs unsigned", e)  # noqa: TRY400 - e says why
             self.checkpointer = None
             return
         self.checkpointer = checkpoints.Checkpointer(self.journal, self.clock, c.site, c.node, key,
@@ -347,7 +347,7 @@ class Daemon:
         try:
             await self.journal.record(kind, **data)
         except JournalError as e:
-            log.error("cannot journal %s: %s", kind, e)
+            log.error("cannot journal %s: %s", kind, e)  # noqa: TRY400 - an unusable journal is expected; e says why
 
 
 def run(config: Config) -> int:
@@ -355,5 +355,5 @@ def run(config: Config) -> int:
     try:
         return asyncio.run(Daemon(config).run())
     except HardwareBusy as e:
-        log.error("not starting: %s; the bench harness must finish first", e)
+        log.error("not starting: %s; the bench harness must finish first", e)  # noqa: TRY400 - expected, e says who
         return 1
