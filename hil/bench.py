@@ -171,10 +171,10 @@ class Bench:
             self._changes.append(change)
             self._changed.set()
 
-    async def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds after a door change, or ``timeout`` passes."""
+    async def _until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``predicate()`` holds after a door change, or ``timeout_s`` passes."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout_s):
                 while not predicate():
                     self._changed.clear()
                     await self._changed.wait()

@@ -318,9 +318,9 @@ class Daemon:
         self.notifier.ready("ready: reloaded; " + self.status_line())
         return True
 
-    async def _wait_quiet(self, timeout: float) -> str | None:
+    async def _wait_quiet(self, timeout_s: float) -> str | None:
         """Wait until nothing is in flight (or a stop is asked for); what is still busy, or None."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout_s
         while (busy := self.controller.busy()) is not None and not self.stopping.is_set():
             if time.monotonic() >= deadline:
                 return busy

@@ -425,13 +425,13 @@ class Node:
         assert self.journal is not None
         return [e.as_dict() for e in self.journal.read(0, 10**9)]
 
-    async def delivered(self, timeout: float = 20.0) -> None:
+    async def delivered(self, timeout_s: float = 20.0) -> None:
         """Wait until the saved cursor covers the whole journal."""
         assert self.link is not None and self.link.outbox is not None and self.journal is not None
-        await asyncio.wait_for(self.link.outbox.wait_saved(self.journal.last_seq), timeout)
+        await asyncio.wait_for(self.link.outbox.wait_saved(self.journal.last_seq), timeout_s)
 
 
-async def arrived(rec: Recorder, node: Node, timeout: float = 20.0, suffix: str = "/events") -> dict[str, int]:
+async def arrived(rec: Recorder, node: Node, timeout_s: float = 20.0, suffix: str = "/events") -> dict[str, int]:
     """Wait until every journal event reached the recorder, then check the stream (up to the last seq awaited:
     the journal may have grown meanwhile, e.g. by a snapshot written once the burst was over)."""
     events = node.events()
@@ -442,12 +442,12 @@ async def arrived(rec: Recorder, node: Node, timeout: float = 20.0, suffix: str 
         return want <= r.seqs_on(base)
 
     try:
-        await asyncio.to_thread(rec.wait, done, timeout)
+        await asyncio.to_thread(rec.wait, done, timeout_s)
     except TimeoutError:
         got = rec.seqs_on(base)
         missing = sorted(want - got)
         link = node.link
-        raise AssertionError(f"{len(missing)} of {len(want)} events missing after {timeout} s (first {missing[:5]}, "
+        raise AssertionError(f"{len(missing)} of {len(want)} events missing after {timeout_s} s (first {missing[:5]}, "
                              f"last {missing[-1]}, got {len(rec.messages)} messages, max {max(got, default=0)}); "
                              f"link connected={link.connected} acked={link.outbox.acked} "
                              f"published={link.outbox.published} inflight={link.outbox.inflight} "
@@ -497,8 +497,8 @@ async def outages_mid_burst(node: Node, broker: Mosquitto, take_down: Callable[[
     await node.journal.record("test.end")
 
 
-async def wait_for(rec: Recorder, pred: Any, timeout: float = 10.0) -> None:
-    await asyncio.to_thread(rec.wait, pred, timeout)
+async def wait_for(rec: Recorder, pred: Any, timeout_s: float = 10.0) -> None:
+    await asyncio.to_thread(rec.wait, pred, timeout_s)
 
 
 def _paho_state(link: Any) -> str:

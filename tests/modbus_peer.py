@@ -191,7 +191,7 @@ class RelayPeer:
         """A person pushes door ``channel`` shut: its input goes back to 0."""
         await self.set_input(unit, channel, level=False)
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 3.0) -> None:
+    async def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 3.0) -> None:
         """Wait until ``predicate()`` (sync or async) holds; checked after every request and timer."""
         assert self._changed is not None
 
@@ -204,7 +204,7 @@ class RelayPeer:
         # The predicate is checked holding the condition's lock, which every
         # notify takes too: a change between the check and the wait (an async
         # predicate yields) is not missed.
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(timeout_s), self._changed:
             while not await holds():
                 await self._changed.wait()
 

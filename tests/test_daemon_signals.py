@@ -567,11 +567,11 @@ async def started(tmp_path: Path, manager: ServiceManager, cfg: Path) -> Daemon:
     return daemon
 
 
-async def until(daemon: Daemon, pred: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(daemon: Daemon, pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
     """Wait until ``pred()`` holds, checked whenever a compartment's state changes."""
     changed = asyncio.Event()
     daemon.controller.on_state(lambda state: changed.set())
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(timeout_s):
         while not pred():
             changed.clear()
             await changed.wait()

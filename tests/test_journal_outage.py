@@ -20,8 +20,8 @@ from lockerd.errors import JournalError
 from lockerd.journal import Journal, verify
 
 
-async def until(pred: Any, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
+async def until(pred: Any, timeout_s: float = 15.0) -> None:
+    async with asyncio.timeout(timeout_s):
         while not pred():
             await asyncio.sleep(0.01)
 

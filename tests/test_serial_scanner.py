@@ -60,8 +60,8 @@ class Probe:
         self.statuses.append(status)
         self._changed.set()
 
-    async def until(self, cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def until(self, cond: Callable[[], bool], what: str, timeout_s: float = WAIT) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while not cond():
             self._changed.clear()
             left = deadline - asyncio.get_running_loop().time()
@@ -71,9 +71,9 @@ class Probe:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.02))
 
-    async def next(self, timeout: float = WAIT) -> Scan:
+    async def next(self, timeout_s: float = WAIT) -> Scan:
         """The next scan not yet taken by the test."""
-        await self.until(lambda: len(self.scans) > self._taken, "a scan", timeout)
+        await self.until(lambda: len(self.scans) > self._taken, "a scan", timeout_s)
         self._taken += 1
         return self.scans[self._taken - 1][1]
 

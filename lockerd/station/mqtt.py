@@ -135,7 +135,7 @@ class Connection:
         self._loop_thread = threading.get_ident()
         self._task = self._loop.create_task(self._run(), name="mqtt-connection")
 
-    async def stop(self, timeout: float = 2.0) -> None:
+    async def stop(self, timeout_s: float = 2.0) -> None:
         """Disconnect cleanly (no last will) and stop reconnecting."""
         self._stopping = True
         client = self.client
@@ -144,7 +144,7 @@ class Connection:
             # Let the DISCONNECT reach the broker; the broker closing the
             # socket (or our own close) ends the wait.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), timeout)
+                await asyncio.wait_for(self._lost.wait(), timeout_s)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
