@@ -75,7 +75,7 @@ async def run(n: int, events: int, rate: float) -> dict[str, float]:
 
 
 def _stamping(rec: Recorder, arrivals: list[float]):
-    inner = rec._on_message
+    inner = rec.on_message
 
     def on_message(client, userdata, msg):
         with rec.cond:

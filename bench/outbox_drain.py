@@ -50,7 +50,7 @@ def plain_paho(port: int, topic: str, payloads: list[bytes], window: int) -> flo
     room = threading.Semaphore(window)
     acked = 0
 
-    def on_publish(client, userdata, mid, rc, props):
+    def on_publish(*_):
         nonlocal acked
         acked += 1
         room.release()

@@ -77,7 +77,7 @@ class Daemon:
     def __init__(self, config: Config, clock: Clock | None = None, notifier: Notifier | None = None):
         self.config = config
         self.clock = clock or Clock()
-        self.notifier = notifier or sdnotify._notifier()
+        self.notifier = notifier or sdnotify.process_notifier()
         self.journal = Journal(config.journal_path, self.clock)
         self.beats = Heartbeats(self.clock)
         self.watchdog: Watchdog | None = None
@@ -173,7 +173,7 @@ class Daemon:
         ok, why = self.beats.check()
         return (True, self.status_line()) if ok else (False, why)
 
-    def _driver_status(self, st: DriverStatus) -> None:
+    def _driver_status(self, _st: DriverStatus) -> None:
         if self._ready:
             self.notifier.status(self.status_line())
 

@@ -204,7 +204,7 @@ class Recorder:
         if auth.get("ca"):
             c.tls_set(ca_certs=str(auth["ca"]))
         c.on_connect = self._on_connect
-        c.on_message = self._on_message
+        c.on_message = self.on_message
         self._sub_mid: int | None = None  # the SUBSCRIBE whose acknowledgement means "subscribed"
         c.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
@@ -217,16 +217,17 @@ class Recorder:
             self.close()
             raise TimeoutError("recorder did not subscribe")
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not reason.is_failure:
             # One SUBSCRIBE for every topic: "subscribed" means all of them, not the first one acknowledged.
             self._sub_mid = client.subscribe([(t, 1) for t in self.topics])[1]
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, *rest: Any) -> None:
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
         if mid == self._sub_mid:  # both run on paho's network thread, the acknowledgement after the send
             self.subscribed.set()
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        """paho's on_message; public so that a benchmark can wrap it to time arrivals."""
         payload = bytes(msg.payload)
         try:
             body = json.loads(payload)

@@ -95,7 +95,7 @@ class DoorWatcher(Technician):
     def say(self, text: str) -> None:
         self.lines.append(text)
 
-    async def before_pulse(self, comp: Compartment, manual: bool) -> None:
+    async def before_pulse(self, comp: Compartment, _manual: bool) -> None:
         peer, unit = self.peers[comp.lock_driver]
         self._before[comp.id] = peer.opened[(unit, comp.lock)]
 

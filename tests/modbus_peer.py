@@ -244,8 +244,8 @@ class RelayPeer:
         handle = loop.call_later(delay, fire)
         self._timers.add(handle)
 
-    async def _action(self, unit: int, fc: int, start: int, address: int, count: int, regs: list[int],
-                      values: Any) -> ExcCodes | None:
+    async def _action(self, unit: int, fc: int, _start: int, _address: int, _count: int, _regs: list[int],
+                      _values: Any) -> ExcCodes | None:
         if unit in self.dead:
             return ExcCodes.DEVICE_FAILURE  # nothing is applied; the reply is dropped below
         refused = self.refuse.get((unit, fc))

@@ -179,7 +179,7 @@ async def test_scanner_test_card_silent_wrong_and_right(tmp_path):
     cfg = write_config(tmp_path, SIM)
 
     class Mute(SimTechnician):
-        async def scan_card(self, scanner, card):
+        async def scan_card(self, _scanner, _card):
             return True  # says yes, scans nothing
 
     for tech, card, expected in ((SimTechnician(), "CARD-1", set()),
@@ -193,7 +193,7 @@ async def test_scanner_test_card_silent_wrong_and_right(tmp_path):
     assert r.scanners[0].status == PASS
 
     class WrongCard(SimTechnician):
-        async def scan_card(self, scanner, card):
+        async def scan_card(self, scanner, _card):
             return await super().scan_card(scanner, "SOMETHING-ELSE")
 
     r = await Bench(cfg, WrongCard(), BenchOptions(**(QUICK | {"compartments": ("d01",), "test_card": "CARD-1"}))).run()

@@ -529,7 +529,7 @@ class Beats:
         self._event = asyncio.Event()
         driver.on_heartbeat(self._on)
 
-    def _on(self, name: str) -> None:
+    def _on(self, _name: str) -> None:
         self.count += 1
         self._event.set()
 
@@ -598,7 +598,7 @@ async def test_a_bus_task_stuck_in_a_request_stops_beating(rig):
                 await release.wait()
         return _Reply()
 
-    call = asyncio.create_task(bus.call(board, "a request that hangs", hang, lambda r: "done", attempts=1))
+    call = asyncio.create_task(bus.call(board, "a request that hangs", hang, lambda _r: "done", attempts=1))
     async with asyncio.timeout(3):
         await entered.wait()
     stuck_at = beats.count

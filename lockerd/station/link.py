@@ -149,7 +149,7 @@ class StationLink:
 
     # -- connection events --------------------------------------------------------------
 
-    def _on_connect(self, session_present: bool) -> None:
+    def _on_connect(self, _session_present: bool) -> None:
         assert self.conn is not None and self.outbox is not None
         self.conn.subscribe(self.topics.commands, qos=1)
         self.conn.publish(self.topics.presence, self._presence("online"), qos=1, retain=True)
@@ -179,7 +179,7 @@ class StationLink:
 
     def _on_events(self, events: list[Any]) -> None:
         if not self._stopped and self.outbox is not None:
-            self.outbox.on_events(events)
+            self.outbox.on_events()
         for ev in events:
             if ev.kind == "journal.checkpoint" and self.connected and self.conn is not None:
                 self.conn.publish(self.topics.checkpoint, _json(ev.data), qos=1, retain=True)

@@ -107,10 +107,10 @@ class Connection:
                  on_publish: Callable[[int, str | None], None] | None = None):
         self.settings = settings
         self.will = will
-        self.on_connect = on_connect or (lambda sp: None)
+        self.on_connect = on_connect or (lambda _sp: None)
         self.on_disconnect = on_disconnect or (lambda: None)
-        self.on_message = on_message or (lambda m: None)
-        self.on_publish = on_publish or (lambda mid, refused: None)
+        self.on_message = on_message or (lambda _m: None)
+        self.on_publish = on_publish or (lambda _mid, _refused: None)
         self.client: paho.Client | None = None
         self.connected = False
         self.broker: tuple[str, int] | None = None
@@ -207,7 +207,7 @@ class Connection:
             fut = self._loop.run_in_executor(self._executor, call)
             rc = await asyncio.shield(fut)
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: _close_quietly(client))
+            fut.add_done_callback(lambda _f: _close_quietly(client))
             raise
         except (OSError, ssl.SSLError, ValueError) as e:
             self._note_failure(f"cannot connect to {host}:{port}: {e}")
