@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from broker import SIGNER_SEEDS, public_key  # noqa: E402
+from broker import SIGNER_SEEDS, public_key
 
-from lockerd.clock import iso_utc  # noqa: E402
-from lockerd.station import signing  # noqa: E402
-from lockerd.station.gate import Gate, Vetting  # noqa: E402
-from lockerd.station.intake import parse  # noqa: E402
-from lockerd.station.signing import Authority, Signer  # noqa: E402
+from lockerd.clock import iso_utc
+from lockerd.station import signing
+from lockerd.station.gate import Gate, Vetting
+from lockerd.station.intake import parse
+from lockerd.station.signing import Authority, Signer
 
 
 def timed(fn, n: int) -> list[float]:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from broker import Mosquitto, Node, Recorder  # noqa: E402
+from broker import Mosquitto, Node, Recorder
 
-from lockerd.clock import parse_time  # noqa: E402
+from lockerd.clock import parse_time
 
 
 async def run(n: int, events: int, rate: float) -> dict[str, float]:
@@ -74,10 +74,10 @@ async def run(n: int, events: int, rate: float) -> dict[str, float]:
         broker.kill()
 
 
-def _stamping(rec: Recorder, arrivals: list[float]):  # noqa: ANN202
-    inner = rec._on_message
+def _stamping(rec: Recorder, arrivals: list[float]):
+    inner = rec.on_message
 
-    def on_message(client, userdata, msg):  # noqa: ANN001
+    def on_message(client, userdata, msg):
         with rec.cond:
             arrivals.append(time.time())
             inner(client, userdata, msg)

@@ -21,15 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import paho.mqtt.client as paho  # noqa: E402
-from broker import Mosquitto, station_config  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as paho
+from broker import Mosquitto, station_config
+from paho.mqtt.enums import CallbackAPIVersion
 
-from lockerd import config as cfg  # noqa: E402
-from lockerd.clock import Clock  # noqa: E402
-from lockerd.journal import Journal  # noqa: E402
-from lockerd.station import StationLink  # noqa: E402
-from lockerd.station.outbox import encode_event  # noqa: E402
+from lockerd import config as cfg
+from lockerd.clock import Clock
+from lockerd.journal import Journal
+from lockerd.station import StationLink
+from lockerd.station.outbox import encode_event
 
 
 def rss_mb() -> float:
@@ -50,7 +50,7 @@ def plain_paho(port: int, topic: str, payloads: list[bytes], window: int) -> flo
     room = threading.Semaphore(window)
     acked = 0
 
-    def on_publish(client, userdata, mid, rc, props):  # noqa: ANN001
+    def on_publish(*_):
         nonlocal acked
         acked += 1
         room.release()

@@ -193,7 +193,7 @@ class Station:
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"station-{uuid.uuid4().hex[:6]}",
                         protocol=paho.MQTTv5)
         c.on_message = self._on_message
-        c.on_subscribe = lambda *a: subscribed.set()
+        c.on_subscribe = lambda *_: subscribed.set()
         c.connect("127.0.0.1", port, 30)
         # A station server wants its commands out at once: no Nagle delay behind its own PUBACKs.
         c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,7 +203,7 @@ class Station:
             raise TimeoutError("the station did not subscribe")
         self.client = c
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
         t = time.monotonic_ns()
         try:
             body = json.loads(msg.payload)

@@ -137,7 +137,8 @@ class Bench:
                 try:
                     await asyncio.wait_for(d.all_off(), 5.0)
                 except (DriverError, TimeoutError) as e:
-                    log.error("%s: switching every relay off failed: %s", d.name, e)
+                    # A board offline or silent: e says which; a traceback adds nothing.
+                    log.error("%s: switching every relay off failed: %s", d.name, e)  # noqa: TRY400
         await self.hw.close()
         self.report.finished = _now()
 
@@ -170,10 +171,10 @@ class Bench:
             self._changes.append(change)
             self._changed.set()
 
-    async def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds after a door change, or ``timeout`` passes."""
+    async def _until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait until ``predicate()`` holds after a door change, or ``timeout_s`` passes."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout_s):
                 while not predicate():
                     self._changed.clear()
                     await self._changed.wait()
@@ -194,7 +195,8 @@ class Bench:
             self.tech.say(f"Board {board.name}: {self.opt.modbus_requests} reads")
             res = BoardResult(board.name, board.bus.name, board.unit)
             # The board's own poll request: the bench measures what the service will see.
-            send, check = board._poll_send(), board._poll_check()
+            # ModbusBoard keeps them private; they want public names there.
+            send, check = board._poll_send(), board._poll_check()  # noqa: SLF001
             silent_run = 0
             for _ in range(self.opt.modbus_requests):
                 res.requests += 1

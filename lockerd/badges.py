@@ -47,7 +47,9 @@ class BadgeKey:
         try:
             return cls.load_or_create(path)
         except (OSError, ValueError) as e:
-            log.error("badges: cannot read or make the badge secret %s (%s): no badge is recognised", path, e)
+            # An installation problem, not a bug: one line naming the file and the cause.
+            log.error(  # noqa: TRY400
+                "badges: cannot read or make the badge secret %s (%s): no badge is recognised", path, e)
             return cls(os.urandom(32), unusable=f"badge secret {path} unusable: {e}")
 
     @classmethod

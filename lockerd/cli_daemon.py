@@ -125,10 +125,12 @@ async def _all_off(cfg: Any) -> int:
         for name, d in hw.drivers.items():
             if not isinstance(d, LockBank):
                 continue
+            # Report every bank, whatever one of them does: one bank's failure,
+            # of any kind, must not leave the next one's relays on.
             try:
                 await d.all_off()
                 print(f"{name}: every relay off")
-            except Exception as e:  # report every bank, whatever one of them does
+            except Exception as e:  # noqa: BLE001
                 print(f"lockerd: {name}: could not switch its relays off: {e}", file=sys.stderr)
                 failed += 1
     finally:

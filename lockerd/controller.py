@@ -232,7 +232,7 @@ class Controller:
         log.warning("%s", message)
         for name, sec in self.config.scanners.items():
             if slot.cfg.cabinet in sec.options["cabinets"]:
-                self.spawn(self.show(name, False, message), f"alarm-fb-{name}")
+                self.spawn(self.show(name, accepted=False, message=message), f"alarm-fb-{name}")
 
     # -- scans ---------------------------------------------------------------------
 
@@ -254,7 +254,7 @@ class Controller:
             outcome = await self._decide_and_act(scan)
         except Exception as e:  # never let one scan take the loop down
             log.exception("scan from %s failed", scan.scanner)
-            outcome = Outcome(False, f"internal error: {e}", reason="internal error")
+            outcome = Outcome(accepted=False, message=f"internal error: {e}", reason="internal error")
         finally:
             self._inflight -= 1
             if self._inflight == 0:
@@ -279,7 +279,8 @@ class Controller:
             self.journal.append("scan", compartment=compartment, dossier=dossier, **scan_fields(scan))
         self.journal.append("access.denied", compartment=compartment, dossier=dossier, people=people,
                             scanner=scan.scanner, reason=reason)
-        return Outcome(False, message or f"refused: {reason}", compartment, reason)
+        return Outcome(accepted=False, message=message or f"refused: {reason}", compartment=compartment,
+                       reason=reason)
 
     async def _decide_and_act(self, scan: Scan) -> Outcome:
         if scan.code is None:
@@ -335,7 +336,7 @@ class Controller:
         self._who[scan.scanner] = (person.id, scan.at)
         if not self.evidence.serves_evidence(served):
             journal_badge(self, scan, person)
-            return Outcome(True, f"badge of {person.name} accepted: scan the dossier")
+            return Outcome(accepted=True, message=f"badge of {person.name} accepted: scan the dossier")
         if (out := self.presence.badge(scan, person, served)) is not None:
             return out
         return await self.evidence.badge(scan, person)
@@ -386,11 +387,12 @@ class Controller:
         except JournalError as e:
             slot.session = None
             msg = f"refused: cannot record the opening ({e}); nothing opened"
-            log.error("%s: %s", cid, msg)
+            # One line, no traceback: an unusable journal is expected, and msg carries its error.
+            log.error("%s: %s", cid, msg)  # noqa: TRY400
             # Held and journaled late with the scan before it: the record says it was refused, and why.
             self.journal.append("access.denied", compartment=cid, dossier=req.dossier, people=req.people,
                                 reason="journal unavailable", error=str(e), **command)
-            return Outcome(False, msg, cid, "journal unavailable")
+            return Outcome(accepted=False, message=msg, compartment=cid, reason="journal unavailable")
         session.grant_seq = grant.seq
 
         bank = self.hw.lock_bank(slot.cfg.lock_driver)
@@ -403,14 +405,15 @@ class Controller:
                                 driver=bank.name, channel=slot.cfg.lock)
             slot.open_task = self.spawn(self.doors.expect_open(slot, session), f"expect-open-{cid}")
             self._changed(slot)
-            return Outcome(True, f"opening {cid}, not confirmed by the board ({e}): pull the door", cid,
-                           reason="lock unconfirmed")
+            return Outcome(accepted=True, message=f"opening {cid}, not confirmed by the board ({e}): pull the door",
+                           compartment=cid, reason="lock unconfirmed")
         except DriverError as e:
             slot.session = None
             self.doors.set_fault(slot, "lock", str(e))
             self.journal.append("lock.failed", compartment=cid, grant_seq=grant.seq, error=str(e),
                                 driver=bank.name, channel=slot.cfg.lock)
-            return Outcome(False, f"refused: lock of {cid} did not respond ({e})", cid, "lock failed")
+            return Outcome(accepted=False, message=f"refused: lock of {cid} did not respond ({e})", compartment=cid,
+                           reason="lock failed")
         slot.pulsing = True
         self.journal.append("lock.pulsed", compartment=cid, grant_seq=grant.seq, ms=self.timing.pulse_ms,
                             driver=bank.name, channel=slot.cfg.lock,
@@ -419,7 +422,7 @@ class Controller:
         self.spawn(self.doors.relock(slot), f"relock-{cid}")
         self._changed(slot)
         what = ", ".join(f"{a} {c}" for c, a in req.items.items()) or "open"
-        return Outcome(True, f"open {cid}: {what}", cid, pulsed=True)
+        return Outcome(accepted=True, message=f"open {cid}: {what}", compartment=cid, pulsed=True)
 
     def _join_opening(self, slot: Slot, req: OpenRequest) -> Outcome:
         """Already unlocking or open: never pulse twice. The items join the running session, so the close
@@ -438,7 +441,7 @@ class Controller:
                             no_pulse="repeat scan, door already open" if repeat else "door already open",
                             **({} if req.scan is not None else req.origin()), **req.note)
         what = ", ".join(f"{a} {c}" for c, a in req.items.items()) or "open"
-        return Outcome(True, f"compartment {cid} is already open ({what})", cid)
+        return Outcome(accepted=True, message=f"compartment {cid} is already open ({what})", compartment=cid)
 
     def _journal_scan(self, req: OpenRequest, cid: str) -> None:
         if req.scan is not None and not req.scan_journaled:

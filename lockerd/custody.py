@@ -328,7 +328,7 @@ class Custody:
             self.deadlines[d.id] = d
             self.poke()
 
-    def moved(self, item: Item, action: str, note: dict[str, Any] | None = None
+    def moved(self, item: Item, note: dict[str, Any] | None = None
               ) -> tuple[dict[str, Any], list[StateOp]]:
         """An item changed hands (door closed after a grant): event data and deadline rows to journal with it.
 

@@ -77,7 +77,7 @@ class Daemon:
     def __init__(self, config: Config, clock: Clock | None = None, notifier: Notifier | None = None):
         self.config = config
         self.clock = clock or Clock()
-        self.notifier = notifier or sdnotify._notifier()
+        self.notifier = notifier or sdnotify.process_notifier()
         self.journal = Journal(config.journal_path, self.clock)
         self.beats = Heartbeats(self.clock)
         self.watchdog: Watchdog | None = None
@@ -173,7 +173,7 @@ class Daemon:
         ok, why = self.beats.check()
         return (True, self.status_line()) if ok else (False, why)
 
-    def _driver_status(self, st: DriverStatus) -> None:
+    def _driver_status(self, _st: DriverStatus) -> None:
         if self._ready:
             self.notifier.status(self.status_line())
 
@@ -223,7 +223,7 @@ class Daemon:
             assert c.checkpoint_key is not None  # config.parse gives the default beside the journal
             key = checkpoints.load_or_create_key(c.checkpoint_key)
         except OSError as e:
-            log.error("checkpoints: no signing key (%s): the journal runs unsigned", e)
+            log.error("checkpoints: no signing key (%s): the journal runs unsigned", e)  # noqa: TRY400 - e says why
             self.checkpointer = None
             return
         self.checkpointer = checkpoints.Checkpointer(self.journal, self.clock, c.site, c.node, key,
@@ -318,9 +318,9 @@ class Daemon:
         self.notifier.ready("ready: reloaded; " + self.status_line())
         return True
 
-    async def _wait_quiet(self, timeout: float) -> str | None:
+    async def _wait_quiet(self, timeout_s: float) -> str | None:
         """Wait until nothing is in flight (or a stop is asked for); what is still busy, or None."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout_s
         while (busy := self.controller.busy()) is not None and not self.stopping.is_set():
             if time.monotonic() >= deadline:
                 return busy
@@ -347,7 +347,7 @@ class Daemon:
         try:
             await self.journal.record(kind, **data)
         except JournalError as e:
-            log.error("cannot journal %s: %s", kind, e)
+            log.error("cannot journal %s: %s", kind, e)  # noqa: TRY400 - an unusable journal is expected; e says why
 
 
 def run(config: Config) -> int:
@@ -355,5 +355,5 @@ def run(config: Config) -> int:
     try:
         return asyncio.run(Daemon(config).run())
     except HardwareBusy as e:
-        log.error("not starting: %s; the bench harness must finish first", e)
+        log.error("not starting: %s; the bench harness must finish first", e)  # noqa: TRY400 - expected, e says who
         return 1

@@ -48,7 +48,7 @@ def verify_export(path: Path, journal: sqlite3.Connection | None = None) -> Expo
     try:
         meta, fmt, rows = read_export(path)
     except (OSError, UnicodeDecodeError, ExportFormatError) as e:
-        return ExportCheck(False, 0, 0, None, f"{path}: {e}")
+        return ExportCheck(ok=False, rows=0, first_bad=0, reason=f"{path}: {e}")
     prev_hash: str | None = None
     prev_seq: int | None = None
     later = {_seq_of(r): r.number for r in reversed(rows)}  # seq -> first row holding it
@@ -58,18 +58,21 @@ def verify_export(path: Path, journal: sqlite3.Connection | None = None) -> Expo
         if problem.endswith("(rows deleted)") and prev_seq is not None and later.get(prev_seq + 1, 0) > row.number:
             problem = f"seq {prev_seq + 1} should come next but is in row {later[prev_seq + 1]} (rows reordered)"
         if problem:
-            return ExportCheck(False, len(rows), row.number, seq, f"{row.where}"
-                               + (f", seq {seq}" if seq is not None else "") + f": {problem}", journal is not None)
+            return ExportCheck(ok=False, rows=len(rows), first_bad=row.number, seq=seq,
+                               reason=f"{row.where}" + (f", seq {seq}" if seq is not None else "") + f": {problem}",
+                               against_journal=journal is not None)
         if row.number == 1:
             start = _first_row_problem(meta, seq, row.cells["prev"], journal)
             if start:
-                return ExportCheck(False, len(rows), 1, seq, f"{row.where}, seq {seq}: {start}", journal is not None)
+                return ExportCheck(ok=False, rows=len(rows), first_bad=1, seq=seq,
+                                   reason=f"{row.where}, seq {seq}: {start}", against_journal=journal is not None)
         prev_seq, prev_hash = seq, row.cells["hash"]
     end = _end_problem(meta, rows, prev_seq, prev_hash, journal)
     if end:
         n = len(rows)
-        return ExportCheck(False, n, n + 1 if rows else 0, None, end, journal is not None)
-    return ExportCheck(True, len(rows), against_journal=journal is not None)
+        return ExportCheck(ok=False, rows=n, first_bad=n + 1 if rows else 0, reason=end,
+                           against_journal=journal is not None)
+    return ExportCheck(ok=True, rows=len(rows), against_journal=journal is not None)
 
 
 def _seq_of(row: ExportRow) -> int | None:

@@ -80,12 +80,12 @@ class PresenceChecks:
             self.core.journal.append("scan", people=(person.id,), **scan_fields(scan))
             self.core.journal.append("access.denied", people=(other, person.id), scanner=scan.scanner, reason=reason,
                                   override_seq=p.seq)
-            return Outcome(False, f"refused: {reason}", reason=reason)
+            return Outcome(accepted=False, message=f"refused: {reason}", reason=reason)
         p.seen[person.id] = (scan.scanner, scan.at)
         journal_badge(self.core, scan, person, override_seq=p.seq)
         missing = p.missing()
         if missing:
-            return Outcome(True, f"badge of {person.name} accepted for the {p.action}: waiting for "
+            return Outcome(accepted=True, message=f"badge of {person.name} accepted for the {p.action}: waiting for "
                                  f"{' and '.join(missing)}")
         p.complete.set()
-        return Outcome(True, f"badge of {person.name} accepted: the {p.action} goes ahead")
+        return Outcome(accepted=True, message=f"badge of {person.name} accepted: the {p.action} goes ahead")

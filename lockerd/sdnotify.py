@@ -65,7 +65,7 @@ class Notifier:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                 # Never let a stalled service manager block the event loop:
                 # a dropped datagram costs less than a frozen controller.
-                self._sock.setblocking(False)
+                self._sock.settimeout(0.0)
             self._sock.sendto(payload, self.address)
         except OSError as e:
             # Logged once per outage: the watchdog would repeat it every few seconds.
@@ -117,7 +117,8 @@ def _one_line(text: str) -> str:
 _default: Notifier | None = None
 
 
-def _notifier() -> Notifier:
+def process_notifier() -> Notifier:
+    """The one notifier of this process (the module-level helpers below share it)."""
     global _default
     if _default is None:
         _default = Notifier()
@@ -126,27 +127,27 @@ def _notifier() -> Notifier:
 
 def ready(status: str | None = None) -> bool:
     """Send READY=1 (and a status) through the process-wide notifier."""
-    return _notifier().ready(status)
+    return process_notifier().ready(status)
 
 
 def status(text: str) -> bool:
     """Send STATUS=text through the process-wide notifier."""
-    return _notifier().status(text)
+    return process_notifier().status(text)
 
 
 def watchdog() -> bool:
     """Send WATCHDOG=1 through the process-wide notifier."""
-    return _notifier().watchdog()
+    return process_notifier().watchdog()
 
 
 def stopping() -> bool:
     """Send STOPPING=1 through the process-wide notifier."""
-    return _notifier().stopping()
+    return process_notifier().stopping()
 
 
 def reloading() -> bool:
     """Send RELOADING=1 with MONOTONIC_USEC through the process-wide notifier."""
-    return _notifier().reloading()
+    return process_notifier().reloading()
 
 
 def watchdog_interval(environ: dict[str, str] | None = None, pid: int | None = None) -> float | None:
@@ -197,7 +198,7 @@ class Watchdog:
     @classmethod
     def from_env(cls, health: Health, notifier: Notifier | None = None, clock: Clock | None = None) -> Watchdog | None:
         """A watchdog as systemd asked for it, or None when it did not (or there is no socket)."""
-        notifier = notifier or _notifier()
+        notifier = notifier or process_notifier()
         interval = watchdog_interval()
         if interval is None or not notifier.enabled:
             return None

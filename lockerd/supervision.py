@@ -32,7 +32,7 @@ ALARM_ACK_ROLES = frozenset({Role.SUPERVISOR, Role.CASE_MANAGER})
 CLEARED_BY_HAND = ("jam", "lock", "relay", "wiring")
 
 # custody.moved: an item changed hands; returns its deadline's fields and state ops
-Moved = Callable[[Item, Action, dict[str, Any]], tuple[dict[str, Any], list[StateOp]]]
+Moved = Callable[[Item, dict[str, Any]], tuple[dict[str, Any], list[StateOp]]]
 
 
 @dataclass
@@ -192,7 +192,7 @@ class Doors:
                 if item.kind is ItemKind.EVIDENCE and action is Action.DEPOSIT:
                     item.depositor = self._officer_of(s)
             item.since = ts
-            due, due_ops = self.moved(item, action, s.note)  # a return deadline, same transaction
+            due, due_ops = self.moved(item, s.note)  # a return deadline, same transaction
             self.core.journal.append(ITEM_EVENT[(item.kind, action)], compartment=slot.compartment, dossier=code,
                                      people=tuple(s.people), grant_seq=s.grant_seq, case_name=item.case_name,
                                      officer=item.officer, **s.note, **due,

@@ -85,7 +85,7 @@ class TwoPersonRule:
         journal_badge(self.core, scan, person)
         if pend.item is not None:
             return await self._try(scan, pend, scanned=False)
-        return Outcome(True, f"badge of {person.name} ({person.role}) accepted: "
+        return Outcome(accepted=True, message=f"badge of {person.name} ({person.role}) accepted: "
                              "scan the item and the second person's badge")
 
     async def reason_card(self, scan: Scan, code: str, card: tuple[str, bool], served: tuple[str, ...]) -> Outcome:
@@ -101,7 +101,7 @@ class TwoPersonRule:
         if pend.item is not None:
             return await self._try(scan, pend, scanned=False)
         what = "release for good" if release else "retrieval"
-        return Outcome(True, f"reason {text!r} ({what}) accepted: scan the item and both badges")
+        return Outcome(accepted=True, message=f"reason {text!r} ({what}) accepted: scan the item and both badges")
 
     # -- the window ------------------------------------------------------------------
 
@@ -134,7 +134,7 @@ class TwoPersonRule:
         self.core.journal.append("access.denied", compartment=item.compartment if item else None, dossier=p.item,
                                  people=tuple(p.badges), scanner=scanner, reason=reason)
         with contextlib.suppress(Exception):
-            await self.core.show(scanner, False, f"refused: {reason}")
+            await self.core.show(scanner, accepted=False, message=f"refused: {reason}")
 
     # -- the rule --------------------------------------------------------------------
 
@@ -189,7 +189,8 @@ class TwoPersonRule:
             self.core.journal.append("access.pending", compartment=item.compartment, dossier=item.code,
                                      people=tuple(pend.badges), scanner=scan.scanner, reason=missing)
             # Not a refusal yet: the second person may still come within the window.
-            return Outcome(True, f"evidence {item.code}: {missing}", item.compartment, missing)
+            return Outcome(accepted=True, message=f"evidence {item.code}: {missing}",
+                           compartment=item.compartment, reason=missing)
         people = tuple(pend.badges)
         self._drop(scan.scanner, pend)
         note: dict[str, Any] = {}

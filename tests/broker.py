@@ -204,7 +204,7 @@ class Recorder:
         if auth.get("ca"):
             c.tls_set(ca_certs=str(auth["ca"]))
         c.on_connect = self._on_connect
-        c.on_message = self._on_message
+        c.on_message = self.on_message
         self._sub_mid: int | None = None  # the SUBSCRIBE whose acknowledgement means "subscribed"
         c.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
@@ -217,16 +217,17 @@ class Recorder:
             self.close()
             raise TimeoutError("recorder did not subscribe")
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not reason.is_failure:
             # One SUBSCRIBE for every topic: "subscribed" means all of them, not the first one acknowledged.
             self._sub_mid = client.subscribe([(t, 1) for t in self.topics])[1]
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, *rest: Any) -> None:
+    def _on_subscribe(self, _client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
         if mid == self._sub_mid:  # both run on paho's network thread, the acknowledgement after the send
             self.subscribed.set()
 
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        """paho's on_message; public so that a benchmark can wrap it to time arrivals."""
         payload = bytes(msg.payload)
         try:
             body = json.loads(payload)
@@ -425,13 +426,13 @@ class Node:
         assert self.journal is not None
         return [e.as_dict() for e in self.journal.read(0, 10**9)]
 
-    async def delivered(self, timeout: float = 20.0) -> None:
+    async def delivered(self, timeout_s: float = 20.0) -> None:
         """Wait until the saved cursor covers the whole journal."""
         assert self.link is not None and self.link.outbox is not None and self.journal is not None
-        await asyncio.wait_for(self.link.outbox.wait_saved(self.journal.last_seq), timeout)
+        await asyncio.wait_for(self.link.outbox.wait_saved(self.journal.last_seq), timeout_s)
 
 
-async def arrived(rec: Recorder, node: Node, timeout: float = 20.0, suffix: str = "/events") -> dict[str, int]:
+async def arrived(rec: Recorder, node: Node, timeout_s: float = 20.0, suffix: str = "/events") -> dict[str, int]:
     """Wait until every journal event reached the recorder, then check the stream (up to the last seq awaited:
     the journal may have grown meanwhile, e.g. by a snapshot written once the burst was over)."""
     events = node.events()
@@ -442,12 +443,12 @@ async def arrived(rec: Recorder, node: Node, timeout: float = 20.0, suffix: str 
         return want <= r.seqs_on(base)
 
     try:
-        await asyncio.to_thread(rec.wait, done, timeout)
+        await asyncio.to_thread(rec.wait, done, timeout_s)
     except TimeoutError:
         got = rec.seqs_on(base)
         missing = sorted(want - got)
         link = node.link
-        raise AssertionError(f"{len(missing)} of {len(want)} events missing after {timeout} s (first {missing[:5]}, "
+        raise AssertionError(f"{len(missing)} of {len(want)} events missing after {timeout_s} s (first {missing[:5]}, "
                              f"last {missing[-1]}, got {len(rec.messages)} messages, max {max(got, default=0)}); "
                              f"link connected={link.connected} acked={link.outbox.acked} "
                              f"published={link.outbox.published} inflight={link.outbox.inflight} "
@@ -497,8 +498,8 @@ async def outages_mid_burst(node: Node, broker: Mosquitto, take_down: Callable[[
     await node.journal.record("test.end")
 
 
-async def wait_for(rec: Recorder, pred: Any, timeout: float = 10.0) -> None:
-    await asyncio.to_thread(rec.wait, pred, timeout)
+async def wait_for(rec: Recorder, pred: Any, timeout_s: float = 10.0) -> None:
+    await asyncio.to_thread(rec.wait, pred, timeout_s)
 
 
 def _paho_state(link: Any) -> str:

@@ -60,14 +60,14 @@ class DoorPeer(RelayPeer):
                 return
             self.door_open.add(key)
             self.opened[key] += 1
-            self._sensor(unit, ch, True)
+            self._sensor(unit, ch, level=True)
         elif key in self.door_open:
             self._closers[key] = asyncio.get_running_loop().call_later(self.close_after_s, self._close, unit, ch)
 
     def _close(self, unit: int, ch: int) -> None:
         self._closers.pop((unit, ch), None)
         self.door_open.discard((unit, ch))
-        self._sensor(unit, ch, False)
+        self._sensor(unit, ch, level=False)
 
     def _sensor(self, unit: int, door: int, level: bool) -> None:
         if (unit, door) in self.dead_sensors:
@@ -95,7 +95,7 @@ class DoorWatcher(Technician):
     def say(self, text: str) -> None:
         self.lines.append(text)
 
-    async def before_pulse(self, comp: Compartment, manual: bool) -> None:
+    async def before_pulse(self, comp: Compartment, _manual: bool) -> None:
         peer, unit = self.peers[comp.lock_driver]
         self._before[comp.id] = peer.opened[(unit, comp.lock)]
 

@@ -184,14 +184,14 @@ class RelayPeer:
         """A person pulls door ``channel``: it opens (its input goes to 1) only while its coil is on."""
         if not (await self.coils_of(unit))[channel]:
             return False
-        await self.set_input(unit, channel, True)
+        await self.set_input(unit, channel, level=True)
         return True
 
     async def shut(self, unit: int, channel: int) -> None:
         """A person pushes door ``channel`` shut: its input goes back to 0."""
-        await self.set_input(unit, channel, False)
+        await self.set_input(unit, channel, level=False)
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 3.0) -> None:
+    async def wait_for(self, predicate: Callable[[], Any], timeout_s: float = 3.0) -> None:
         """Wait until ``predicate()`` (sync or async) holds; checked after every request and timer."""
         assert self._changed is not None
 
@@ -204,7 +204,7 @@ class RelayPeer:
         # The predicate is checked holding the condition's lock, which every
         # notify takes too: a change between the check and the wait (an async
         # predicate yields) is not missed.
-        async with asyncio.timeout(timeout), self._changed:
+        async with asyncio.timeout(timeout_s), self._changed:
             while not await holds():
                 await self._changed.wait()
 
@@ -244,8 +244,8 @@ class RelayPeer:
         handle = loop.call_later(delay, fire)
         self._timers.add(handle)
 
-    async def _action(self, unit: int, fc: int, start: int, address: int, count: int, regs: list[int],
-                      values: Any) -> ExcCodes | None:
+    async def _action(self, unit: int, fc: int, _start: int, _address: int, _count: int, _regs: list[int],
+                      _values: Any) -> ExcCodes | None:
         if unit in self.dead:
             return ExcCodes.DEVICE_FAILURE  # nothing is applied; the reply is dropped below
         refused = self.refuse.get((unit, fc))

@@ -28,8 +28,8 @@ def journal_kinds(daemon: Any, kind: str) -> list[dict[str, Any]]:
     return [e.as_dict() for e in daemon.journal.read(0, 10**6) if e.kind == kind]
 
 
-async def until(pred: Any, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
+async def until(pred: Any, timeout_s: float = 15.0) -> None:
+    async with asyncio.timeout(timeout_s):
         while not pred():
             await asyncio.sleep(0.01)
 

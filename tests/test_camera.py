@@ -43,8 +43,8 @@ def script(tmp: Path, name: str, body: str) -> str:
     return str(path)
 
 
-async def journaled(rig: Rig, done: Callable[[list[Event]], bool], timeout: float = 10.0) -> list[Event]:
-    """Wait (on journal commits, with a timeout) until the events so far satisfy ``done``."""
+async def journaled(rig: Rig, done: Callable[[list[Event]], bool], timeout_s: float = 10.0) -> list[Event]:
+    """Wait (on journal commits, with a timeout_s) until the events so far satisfy ``done``."""
     changed = asyncio.Event()
 
     def listener(_: list[Event]) -> None:
@@ -52,7 +52,7 @@ async def journaled(rig: Rig, done: Callable[[list[Event]], bool], timeout: floa
 
     rig.journal.subscribe(listener)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             while True:
                 changed.clear()
                 events = rig.journal.read(0, 100000)

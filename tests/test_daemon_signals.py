@@ -494,7 +494,7 @@ async def test_a_failing_board_is_logged_once_then_quietly_then_recovered(caplog
     try:
         board = rig.boards[1]
         changed = asyncio.Event()
-        board.on_status(lambda st: changed.set())
+        board.on_status(lambda _st: changed.set())
         rig.peer.dead.add(1)
         async with asyncio.timeout(5):
             while board.online:
@@ -524,7 +524,7 @@ async def test_an_unplugged_scanner_is_logged_once_then_quietly_then_recovered(t
     scanner = SerialScanner("front", Clock(), opts["front"].options)
     scanner.retry_max = 0.1  # many retries in little time; the backoff doubles the same way
     changed = asyncio.Event()
-    scanner.on_status(lambda st: changed.set())
+    scanner.on_status(lambda _st: changed.set())
     await scanner.start()
     try:
         pair.stop()
@@ -567,11 +567,11 @@ async def started(tmp_path: Path, manager: ServiceManager, cfg: Path) -> Daemon:
     return daemon
 
 
-async def until(daemon: Daemon, pred: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(daemon: Daemon, pred: Callable[[], bool], timeout_s: float = 5.0) -> None:
     """Wait until ``pred()`` holds, checked whenever a compartment's state changes."""
     changed = asyncio.Event()
-    daemon.controller.on_state(lambda state: changed.set())
-    async with asyncio.timeout(timeout):
+    daemon.controller.on_state(lambda _state: changed.set())
+    async with asyncio.timeout(timeout_s):
         while not pred():
             changed.clear()
             await changed.wait()
@@ -619,7 +619,7 @@ async def test_a_reload_with_a_door_held_open_by_a_grant_is_refused_after_waitin
         board = daemon.hw.drivers["sim-d"]
         board.pull(0, 2.0)  # the person is already pulling when the lock releases
         done = asyncio.get_running_loop().create_future()
-        daemon.controller.on_outcome(lambda scan, outcome: done.done() or done.set_result(outcome))
+        daemon.controller.on_outcome(lambda _scan, outcome: done.done() or done.set_result(outcome))
         daemon.hw.scanners["front"].inject("D-1")
         assert (await asyncio.wait_for(done, 5)).pulsed
         slot = daemon.controller.slots["d01"]

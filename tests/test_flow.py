@@ -235,7 +235,7 @@ async def test_jammed_lock_ends_in_fault_and_refusals(rig):
     assert not out.accepted and "fault" in out.message
     assert "jam" in " ".join(rig.c.states()["d02"]["faults"])
     assert len(rig.d.pulse_log) == 3
-    rig.d.jam(1, False)
+    rig.d.jam(1, jammed=False)
     assert rig.c.doors.clear_faults("d02", "nowak") == ["jam"]
     assert (await rig.scan("D-3")).pulsed
 
@@ -299,7 +299,7 @@ async def test_stuck_relay_is_reported_and_the_compartment_faulted(rig):
     await rig.scan("D-3")
     await rig.clock.advance(1)
     assert any("relay" in f for f in rig.c.states()["d02"]["faults"])
-    rig.d.stick(1, False)
+    rig.d.stick(1, stuck=False)
     await rig.clock.advance(3)
     assert rig.c.states()["d02"]["faults"] == []
     assert 1 not in rig.d.energised

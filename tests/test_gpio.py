@@ -288,7 +288,7 @@ def lights(factory: MockFactory) -> tuple[bool, bool, bool]:
 @pytest.mark.asyncio
 async def test_accepted_lights_green_with_one_short_beep(feedback, factory, clock) -> None:
     assert lights(factory) == (False, False, False)
-    await feedback.show("front", True, "opened D-01")
+    await feedback.show("front", accepted=True, message="opened D-01")
     assert lights(factory) == (True, False, False)  # the LED at once; the beep from its task
     await clock.settle()
     assert lights(factory) == (True, False, True)
@@ -302,7 +302,7 @@ async def test_accepted_lights_green_with_one_short_beep(feedback, factory, cloc
 
 @pytest.mark.asyncio
 async def test_refused_lights_red_with_two_beeps(feedback, factory, clock) -> None:
-    await feedback.show("front", False, "unknown code")
+    await feedback.show("front", accepted=False, message="unknown code")
     await clock.settle()
     seen = [lights(factory)]
     for _ in range(3):
@@ -320,9 +320,9 @@ async def test_refused_lights_red_with_two_beeps(feedback, factory, clock) -> No
 
 @pytest.mark.asyncio
 async def test_new_outcome_replaces_the_previous_one(feedback, factory, clock) -> None:
-    await feedback.show("front", False, "refused")
+    await feedback.show("front", accepted=False, message="refused")
     await clock.advance(0.5)
-    await feedback.show("front", True, "accepted")
+    await feedback.show("front", accepted=True, message="accepted")
     await clock.settle()
     assert lights(factory) == (True, False, True)
     await clock.advance(1.0)
@@ -334,8 +334,8 @@ async def test_missing_pins_are_skipped(factory, clock) -> None:
     fb = GpioFeedback("panel", clock, feedback_options(refuse_pin=-1, buzzer_pin=-1, accept_pin=0), factory=factory)
     await fb.start()
     try:
-        await fb.show("front", False, "refused")  # nothing fitted for it: quietly nothing
-        await fb.show("front", True, "accepted")
+        await fb.show("front", accepted=False, message="refused")  # nothing fitted for it: quietly nothing
+        await fb.show("front", accepted=True, message="accepted")
         await clock.settle()
         assert factory.pin(0).state is True  # pin 0 is a real pin, not "none"
         await clock.advance(1.0)
@@ -347,11 +347,11 @@ async def test_missing_pins_are_skipped(factory, clock) -> None:
 @pytest.mark.asyncio
 async def test_show_never_raises(feedback, factory, clock, caplog) -> None:
     feedback._devs["accept"].close()  # the LED's device is gone underneath
-    await feedback.show("front", True, "accepted")
+    await feedback.show("front", accepted=True, message="accepted")
     await clock.advance(1.0)
     assert any("could not switch accept" in r.getMessage() for r in caplog.records)
     unstarted = GpioFeedback("other", clock, feedback_options())
-    await unstarted.show("front", True, "accepted")  # never started: no pins, no error
+    await unstarted.show("front", accepted=True, message="accepted")  # never started: no pins, no error
 
 
 # -- wiring --------------------------------------------------------------------------------

@@ -188,7 +188,7 @@ async def test_a_killed_daemons_relay_is_switched_off_by_the_service_managers_al
             assert (await asyncio.to_thread(cli, cfg, "import", str(tmp_path / "data.json"))).returncode == 0
             out = await asyncio.to_thread(cli, cfg, "sim", "scan", "D-9")
             assert "open d02" in out.stdout, out
-            await peer.wait_for(lambda: peer.coils_of(1), timeout=3.0)
+            await peer.wait_for(lambda: peer.coils_of(1), timeout_s=3.0)
             assert (await peer.coils_of(1))[1] is True  # a 5 s pulse: the solenoid is energised ...
         finally:
             proc.kill()  # ... and the daemon dies in the middle of it

@@ -179,7 +179,7 @@ async def test_scanner_test_card_silent_wrong_and_right(tmp_path):
     cfg = write_config(tmp_path, SIM)
 
     class Mute(SimTechnician):
-        async def scan_card(self, scanner, card):
+        async def scan_card(self, _scanner, _card):
             return True  # says yes, scans nothing
 
     for tech, card, expected in ((SimTechnician(), "CARD-1", set()),
@@ -193,7 +193,7 @@ async def test_scanner_test_card_silent_wrong_and_right(tmp_path):
     assert r.scanners[0].status == PASS
 
     class WrongCard(SimTechnician):
-        async def scan_card(self, scanner, card):
+        async def scan_card(self, scanner, _card):
             return await super().scan_card(scanner, "SOMETHING-ELSE")
 
     r = await Bench(cfg, WrongCard(), BenchOptions(**(QUICK | {"compartments": ("d01",), "test_card": "CARD-1"}))).run()
@@ -336,7 +336,7 @@ async def test_cancelled_mid_pulse_switches_every_relay_off(tmp_path):
     async with door_boards(tmp_path, pulse_ms=3000) as boards:
         bench = Bench(boards.cfg, Unattended(), BenchOptions(**(QUICK | {"doors": "spring", "skip_boards": True})))
         task = asyncio.create_task(bench.run())
-        await boards.a.wait_for(lambda: _any_on(boards.a), timeout=5)  # a solenoid is energised now
+        await boards.a.wait_for(lambda: _any_on(boards.a), timeout_s=5)  # a solenoid is energised now
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -358,7 +358,7 @@ async def test_sigint_of_the_command_mid_pulse_switches_every_relay_off(tmp_path
             "--doors", "spring", "--skip", "boards", "-o", str(tmp_path / "out"),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
-            await boards.a.wait_for(lambda: _any_on(boards.a), timeout=15)
+            await boards.a.wait_for(lambda: _any_on(boards.a), timeout_s=15)
             proc.send_signal(signal.SIGINT)
             proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not cut the switch-off short
             out, err = await asyncio.wait_for(proc.communicate(), 15)

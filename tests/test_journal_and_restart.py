@@ -163,13 +163,14 @@ async def test_import_is_all_or_nothing(tmp_path):
 async def test_csv_import(tmp_path):
     r = await make_rig(tmp_path, data=None)
     try:
-        people = importer.parse("id,name,role\nb1,Bea,officer\n", True)
-        items = importer.parse("code,kind,case_name,category,officer,compartment\nD-7,dossier,C,cat,b1,d02\n", True)
+        people = importer.parse("id,name,role\nb1,Bea,officer\n", is_csv=True)
+        items = importer.parse("code,kind,case_name,category,officer,compartment\nD-7,dossier,C,cat,b1,d02\n",
+                               is_csv=True)
         await importer.apply(r.c, people)
         await importer.apply(r.c, items)
         assert r.c.registry.items["D-7"].compartment == "d02"
         with pytest.raises(CommandError, match="unrecognised CSV header"):
-            importer.parse("foo,bar\n1,2\n", True)
+            importer.parse("foo,bar\n1,2\n", is_csv=True)
     finally:
         await close_rig(r)
 

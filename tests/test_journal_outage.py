@@ -20,8 +20,8 @@ from lockerd.errors import JournalError
 from lockerd.journal import Journal, verify
 
 
-async def until(pred: Any, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
+async def until(pred: Any, timeout_s: float = 15.0) -> None:
+    async with asyncio.timeout(timeout_s):
         while not pred():
             await asyncio.sleep(0.01)
 
@@ -155,7 +155,7 @@ async def test_with_no_room_to_spill_the_oldest_are_dropped_and_counted(
         disk: DiskFault) -> None:
     monkeypatch.setattr(journal_mod, "HELD_MAX", 6)
     (tmp_path / "no-room").write_text("a file where the spill folder should be")
-    monkeypatch.setattr(journal_mod, "spill_path_for", lambda p: tmp_path / "no-room" / "spill")
+    monkeypatch.setattr(journal_mod, "spill_path_for", lambda _p: tmp_path / "no-room" / "spill")
     async with station_daemon(tmp_path, mosquitto, recorders) as (daemon, station, rec):
         j = daemon.journal
         last = await overflow(daemon, disk)

@@ -129,8 +129,8 @@ class StatusWatch:
         self.seen.append(st)
         self._event.set()
 
-    async def wait(self, online: bool, timeout: float = 3.0):
-        async with asyncio.timeout(timeout):
+    async def wait(self, online: bool, timeout_s: float = 3.0):
+        async with asyncio.timeout(timeout_s):
             while True:
                 for st in self.seen:
                     if st.online == online:
@@ -139,10 +139,10 @@ class StatusWatch:
                 await self._event.wait()
 
 
-async def wait_door(board: ModbusBoard, channel: int, state: DoorState, timeout: float = 3.0) -> None:
+async def wait_door(board: ModbusBoard, channel: int, state: DoorState, timeout_s: float = 3.0) -> None:
     if board.door(channel) == state:
         return
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(timeout_s):
         async for change in board.door_changes():
             if change.channel == channel and change.state == state:
                 return
@@ -221,7 +221,7 @@ async def test_exception_response_gives_driver_error_and_no_coil_on(rig):
 
 async def test_waveshare_flash_encoding_matches_the_vendor_example():
     # Waveshare wiki, "Modbus RTU Relay" development protocol: relay 0 flash on for 700 ms at unit 1.
-    frame = FramerRTU(DecodePDU(False)).buildFrame(WaveshareFlashRequest(0x0200, 7, dev_id=1))
+    frame = FramerRTU(DecodePDU(is_server=False)).buildFrame(WaveshareFlashRequest(0x0200, 7, dev_id=1))
     assert frame == bytes.fromhex("0105020000078db0")
     assert [waveshare_flash_units(ms) for ms in (20, 100, 101, 500, 5000)] == [1, 1, 2, 5, 50]
 
@@ -238,7 +238,7 @@ async def test_waveshare_pulse_is_one_hardware_timed_request_that_survives_a_cra
         t.cancel()
     await asyncio.gather(*b._pulses, return_exceptions=True)
     # The (simulated) board switches the relay off by itself.
-    await peer.wait_for(lambda: _coil_off(peer, 3, 5), timeout=10.0)  # the board's 300 ms, or never
+    await peer.wait_for(lambda: _coil_off(peer, 3, 5), timeout_s=10.0)  # the board's 300 ms, or never
     assert peer.count(3, 5) == before + 1
 
 
@@ -252,9 +252,9 @@ async def _coil_off(peer: RelayPeer, unit: int, coil: int) -> bool:
 async def test_door_input_changes_arrive_as_door_changes(rig):
     peer, b = rig.peer, rig.boards[2]
     assert b.door(7) is DoorState.CLOSED  # read at start
-    await peer.set_input(2, 7, True)
+    await peer.set_input(2, 7, level=True)
     await wait_door(b, 7, DoorState.OPEN)
-    await peer.set_input(2, 7, False)
+    await peer.set_input(2, 7, level=False)
     await wait_door(b, 7, DoorState.CLOSED)
     assert rig.boards[1].door(7) is DoorState.CLOSED  # another unit's input, untouched
 
@@ -265,7 +265,7 @@ async def test_input_registers_and_open_level_zero(tcp):
     await b.start()
     try:
         assert b.door(4) is DoorState.OPEN  # level 0 = open on this wiring
-        await tcp.peer.set_input(1, 4, True)
+        await tcp.peer.set_input(1, 4, level=True)
         await wait_door(b, 4, DoorState.CLOSED)
     finally:
         await b.close()
@@ -284,7 +284,7 @@ async def test_a_silent_board_goes_offline_while_the_other_keeps_working(rig):
     assert alive.online
     # The other board on the same line still polls, sees its doors and pulses.
     polls = alive.polls
-    await peer.set_input(1, 9, True)
+    await peer.set_input(1, 9, level=True)
     await wait_door(alive, 9, DoorState.OPEN)
     await alive.pulse(1, 50)
     assert (await peer.coils_of(1))[1] is True
@@ -308,7 +308,7 @@ async def test_offline_board_is_polled_slowly_and_logged_once(tcp, caplog):
     start = peer.count(2, 2)
     # Let the alive boards poll at 20 Hz for a while: wait for 20 more polls of board 1.
     target = peer.count(1, 2) + 20
-    await peer.wait_for(lambda: peer.count(1, 2) >= target, timeout=5.0)
+    await peer.wait_for(lambda: peer.count(1, 2) >= target, timeout_s=5.0)
     silent_polls = peer.count(2, 2) - start
     assert silent_polls <= 6  # slower retry rate (0.1 s doubling to 0.3 s), one attempt each
     offline_logs = [r for r in caplog.records if "offline" in r.getMessage() and "board-2" in r.getMessage()]
@@ -326,11 +326,11 @@ async def test_lost_reply_to_a_pulse_never_leaves_the_relay_on(rig):
     assert any(e[1:] == (1, 5, 4, 0xFF00) for e in peer.log)  # it did switch on
     assert faults and faults[0][0] == 4  # we cannot know it went off: the lock is in fault
     peer.lose_replies.discard(1)
-    await peer.wait_for(lambda: _coil_off(peer, 1, 4), timeout=5.0)
+    await peer.wait_for(lambda: _coil_off(peer, 1, 4), timeout_s=5.0)
     # The safety loop keeps at it until the board confirms.
     async with asyncio.timeout(5):
         while not faults or faults[-1] != (4, None):
-            await peer.wait_for(lambda: bool(faults) and faults[-1] == (4, None), timeout=5.0)
+            await peer.wait_for(lambda: bool(faults) and faults[-1] == (4, None), timeout_s=5.0)
     assert faults[0][0] == 4 and "may still be on" in faults[0][1]
 
 
@@ -345,7 +345,7 @@ async def test_a_slow_board_hits_the_timeout_and_no_relay_stays_on(rig):
     assert rig.budget.in_use == 0
     peer.delay.pop((1, 5))
     # The late on-writes land at the board after our timeout; the offs come after them.
-    await peer.wait_for(lambda: _settled_off(peer, 1, 6), timeout=5.0)
+    await peer.wait_for(lambda: _settled_off(peer, 1, 6), timeout_s=5.0)
 
 
 async def _settled_off(peer: RelayPeer, unit: int, coil: int) -> bool:
@@ -384,7 +384,7 @@ async def test_mangled_replies_on_every_attempt_fail_cleanly(rtu):
     with pytest.raises(DriverError):
         await b.pulse(2, 50)
     assert rtu.budget.in_use == 0
-    await peer.wait_for(lambda: _settled_off(peer, 1, 2), timeout=5.0)
+    await peer.wait_for(lambda: _settled_off(peer, 1, 2), timeout_s=5.0)
 
 
 # -- the bus itself --------------------------------------------------------------------------------
@@ -401,7 +401,7 @@ async def test_commands_cut_into_fast_rtu_polls_one_request_at_a_time(rtu, caplo
         await b.pulse(ch, 20)
         assert (await peer.coils_of(1))[ch] is True
         await b.wait_pulses()
-    await peer.wait_for(lambda: all(peer.count(u, 2) >= polled[u] + 20 for u in UNITS), timeout=5.0)
+    await peer.wait_for(lambda: all(peer.count(u, 2) >= polled[u] + 20 for u in UNITS), timeout_s=5.0)
     assert peer.count(1, 5) >= 16  # every on and every off went out
     assert await peer.coils_of(1) == [False] * 16
     assert all(board.online for board in rtu.boards.values())
@@ -414,7 +414,7 @@ async def test_a_mangled_poll_reply_is_retried_without_the_board_going_offline(r
     before = peer.count(2, 2)
     peer.mangle[(2, 2)] = [bad_crc]
     await peer.wait_for(lambda: not peer.mangle[(2, 2)] and peer.count(2, 2) >= before + 2)
-    await peer.set_input(2, 3, True)
+    await peer.set_input(2, 3, level=True)
     await wait_door(b, 3, DoorState.OPEN)  # the retry and the polls after it came through whole
     assert b.online and not [st for st in watch.seen if not st.online]
 
@@ -439,9 +439,9 @@ async def test_a_missing_device_never_stops_start_and_reconnects(tmp_path):
         pty.start()
         await peer.start_rtu(pty.b)
         await peer.set_coils(1, [True] * 16)
-        await watch.wait(online=True, timeout=5)
-        await wait_door(boards[1], 0, DoorState.CLOSED, timeout=5)
-        await peer.wait_for(lambda: _all_off(peer, 1), timeout=5)  # the all-off start could not do
+        await watch.wait(online=True, timeout_s=5)
+        await wait_door(boards[1], 0, DoorState.CLOSED, timeout_s=5)
+        await peer.wait_for(lambda: _all_off(peer, 1), timeout_s=5)  # the all-off start could not do
     finally:
         for b in boards.values():
             await b.close()
@@ -460,8 +460,8 @@ async def test_serial_port_vanishing_mid_run(rtu, tmp_path):
     watch = StatusWatch(bus)
     board_watch = StatusWatch(b)
     rtu.pty.stop()  # the USB adapter is pulled out
-    await watch.wait(online=False, timeout=5)
-    await board_watch.wait(online=False, timeout=5)
+    await watch.wait(online=False, timeout_s=5)
+    await board_watch.wait(online=False, timeout_s=5)
     assert b.door(0) is DoorState.UNKNOWN
     with pytest.raises(DriverUnavailable):
         await b.pulse(0, 50)
@@ -470,8 +470,8 @@ async def test_serial_port_vanishing_mid_run(rtu, tmp_path):
     rtu.pty.start()
     rtu.peer = RelayPeer(list(UNITS), waveshare=(3,))
     await rtu.peer.start_rtu(rtu.pty.b)
-    await watch.wait(online=True, timeout=5)
-    await board_watch.wait(online=True, timeout=5)
+    await watch.wait(online=True, timeout_s=5)
+    await board_watch.wait(online=True, timeout_s=5)
     await b.pulse(0, 50)
     assert (await rtu.peer.coils_of(1))[0] is True
 
@@ -530,13 +530,13 @@ class Beats:
         self._event = asyncio.Event()
         driver.on_heartbeat(self._on)
 
-    def _on(self, name: str) -> None:
+    def _on(self, _name: str) -> None:
         self.count += 1
         self._event.set()
 
-    async def more(self, n: int, timeout: float = 3.0) -> None:
+    async def more(self, n: int, timeout_s: float = 3.0) -> None:
         target = self.count + n
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout_s):
             while self.count < target:
                 self._event.clear()
                 await self._event.wait()
@@ -550,7 +550,7 @@ async def test_an_idle_bus_beats_with_nothing_on_the_line(rig):
     for b in rig.boards.values():
         await b.close()  # polling stops; every relay off
     sent = bus.transactions
-    await beats.more(5, timeout=10)  # a safety net: 0.25 s when beating
+    await beats.more(5, timeout_s=10)  # a safety net: 0.25 s when beating
     assert bus.transactions == sent
 
 
@@ -562,7 +562,7 @@ async def test_a_bus_whose_boards_are_all_offline_keeps_beating(rig):
     rig.peer.dead.update(UNITS)
     for w in watches:
         await w.wait(online=False)
-    await beats.more(5, timeout=10)  # a safety net: 0.25 s when beating
+    await beats.more(5, timeout_s=10)  # a safety net: 0.25 s when beating
     assert bus.online  # the line is fine: only the boards are silent
 
 
@@ -574,7 +574,7 @@ async def test_a_bus_whose_gateway_is_gone_keeps_beating_while_it_reconnects(tcp
     watch = StatusWatch(bus)
     await tcp.peer.stop()
     await watch.wait(online=False)
-    await beats.more(5, timeout=2)  # well inside the 5 s before the reconnect: beats while it waits
+    await beats.more(5, timeout_s=2)  # well inside the 5 s before the reconnect: beats while it waits
 
 
 class _Reply:
@@ -599,7 +599,7 @@ async def test_a_bus_task_stuck_in_a_request_stops_beating(rig):
                 await release.wait()
         return _Reply()
 
-    call = asyncio.create_task(bus.call(board, "a request that hangs", hang, lambda r: "done", attempts=1))
+    call = asyncio.create_task(bus.call(board, "a request that hangs", hang, lambda _r: "done", attempts=1))
     async with asyncio.timeout(3):
         await entered.wait()
     stuck_at = beats.count
@@ -647,10 +647,10 @@ async def test_polls_that_read_as_before_never_wake_the_loop(rtu):
     await peer.wait_for(lambda: all(peer.count(u, 2) >= 3 for u in UNITS))  # each board's first poll is news
     judged.clear()
     polls, sent = b.polls, peer.count(2, 2)
-    await peer.wait_for(lambda: peer.count(2, 2) >= sent + 20, timeout=5.0)  # a second at 20 Hz
+    await peer.wait_for(lambda: peer.count(2, 2) >= sent + 20, timeout_s=5.0)  # a second at 20 Hz
     assert judged == []
     assert b.polls >= polls + 19  # counted all the same
-    await peer.set_input(2, 5, True)
+    await peer.set_input(2, 5, level=True)
     await wait_door(b, 5, DoorState.OPEN)  # news: judged on the loop
     assert [args[1].owner for args in judged] == [b]
 
@@ -663,7 +663,7 @@ async def test_boards_of_one_rate_are_polled_together_each_cycle(rtu):
     await asyncio.sleep(next_poll_at(loop.time(), period) - loop.time() + period / 2)  # mid-cycle
     bus.poll_soon(late)
     since = time.monotonic_ns()
-    await peer.wait_for(lambda: sum(1 for e in peer.log if e[0] > since and e[1:3] == (2, 2)) >= 6, timeout=5.0)
+    await peer.wait_for(lambda: sum(1 for e in peer.log if e[0] > since and e[1:3] == (2, 2)) >= 6, timeout_s=5.0)
     polls = [e for e in peer.log if e[0] > since and e[2] == 2]
     late_polls = [e[0] for e in polls if e[1] == 2][1:]  # after the mid-cycle one
     other_polls = [e[0] for e in polls if e[1] == 1]
@@ -687,9 +687,9 @@ async def test_a_line_thread_that_fails_is_replaced_and_polling_resumes(rtu, cap
     st = await watch.wait(online=False)
     assert "line thread failed (injected)" in st.detail
     assert any("the line thread failed" in r.getMessage() for r in caplog.records)
-    await watch.wait(online=True, timeout=5)
-    await board_watch.wait(online=True, timeout=5)
-    await peer.set_input(1, 2, True)
+    await watch.wait(online=True, timeout_s=5)
+    await board_watch.wait(online=True, timeout_s=5)
+    await peer.set_input(1, 2, level=True)
     await wait_door(b, 2, DoorState.OPEN)  # polled again by the new thread
 
 
@@ -722,8 +722,8 @@ async def test_a_lost_line_reported_first_by_a_poll_still_brings_the_bus_back(rt
     watch = StatusWatch(bus)
     bus.line_polled(bus._client, b.poll_slot(), None, LineLost("gone"))
     await watch.wait(online=False)
-    await watch.wait(online=True, timeout=5)
-    await peer.set_input(1, 7, True)
+    await watch.wait(online=True, timeout_s=5)
+    await peer.set_input(1, 7, level=True)
     await wait_door(b, 7, DoorState.OPEN)
 
 

@@ -18,7 +18,7 @@ class Wire:
         self.sent: list[tuple[int, int]] = []  # (mid, seq)
         self.up = True
 
-    def publish(self, topic: str, payload: bytes) -> int | None:
+    def publish(self, _topic: str, payload: bytes) -> int | None:
         if not self.up:
             return None
         import json
@@ -41,7 +41,7 @@ async def outbox_acked_one_per_second(tmp_path: Path, events: int) -> tuple[Outb
     wire = Wire()
     box = Outbox(journal, wire.publish, "t/events", batch_size=1, connected=lambda: wire.up,
                  clock=lambda: now[0])
-    journal.subscribe(box.on_events)
+    journal.subscribe(lambda _events: box.on_events())
     box.on_connect()
     acked = 0
 

@@ -35,7 +35,7 @@ class Manager:
         an empty queue here proves nothing was sent.
         """
         out = []
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.0)
         try:
             while True:
                 try:
@@ -44,7 +44,7 @@ class Manager:
                     return out
                 out.append(dict(line.split("=", 1) for line in data.split("\n")))
         finally:
-            self.sock.setblocking(True)
+            self.sock.settimeout(None)
 
 
 @pytest.fixture(params=["path", "abstract"])

@@ -55,8 +55,8 @@ class Probe:
         self.statuses.append(status)
         self._changed.set()
 
-    async def until(self, cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def until(self, cond: Callable[[], bool], what: str, timeout_s: float = WAIT) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
         while not cond():
             self._changed.clear()
             left = deadline - asyncio.get_running_loop().time()
@@ -66,9 +66,9 @@ class Probe:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), min(left, 0.02))
 
-    async def next(self, timeout: float = WAIT) -> Scan:
+    async def next(self, timeout_s: float = WAIT) -> Scan:
         """The next scan not yet taken by the test."""
-        await self.until(lambda: len(self.scans) > self._taken, "a scan", timeout)
+        await self.until(lambda: len(self.scans) > self._taken, "a scan", timeout_s)
         self._taken += 1
         return self.scans[self._taken - 1][1]
 
@@ -294,10 +294,10 @@ async def test_unplug_reports_offline_and_replug_recovers(rig) -> None:
     pair.write_now(b"BEFORE\r")
     assert (await probe.next()).code == "BEFORE"
     pair.stop()
-    await probe.online(False)
+    await probe.online(want=False)
     assert scanner.detail  # says why
     pair.start()
-    await probe.online(True)
+    await probe.online(want=True)
     pair.write_now(b"AFTER\r")
     assert (await probe.next()).code == "AFTER"
     assert [s.online for s in probe.statuses if s.online] == [True]
@@ -312,7 +312,7 @@ async def test_unplug_mid_scan_refuses_the_half_read_scan(rig) -> None:
     scan = await probe.next()
     assert (scan.code, scan.raw) == (None, b"HALF-")
     assert scan.error == "scanner disconnected in the middle of a scan"
-    await probe.online(False)
+    await probe.online(want=False)
 
 
 @pytest.mark.asyncio
@@ -344,7 +344,7 @@ async def test_missing_port_at_start_is_offline_with_clear_log_then_comes_online
     assert "does not exist" in scanner.detail
     assert any(str(pair.device) in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records)
     pair.start()  # plugged in later
-    await probe.online(True)
+    await probe.online(want=True)
     pair.write_now(b"LATE-1\r")
     assert (await probe.next()).code == "LATE-1"
 
@@ -354,14 +354,14 @@ async def test_one_scanner_unplugged_while_another_keeps_delivering(rig) -> None
     pair_a, scanner_a, probe_a = await rig("front")
     pair_b, _, probe_b = await rig("back")
     pair_a.stop()
-    await probe_a.online(False)
+    await probe_a.online(want=False)
     pair_b.write_now(b"B-1\r")
     assert (await probe_b.next()).code == "B-1"
     pair_b.write_now(b"B-2\r")
     assert (await probe_b.next()).code == "B-2"
     assert scanner_a.online is False
     pair_a.start()
-    await probe_a.online(True)
+    await probe_a.online(want=True)
     pair_a.write_now(b"A-1\r")
     pair_b.write_now(b"B-3\r")
     assert (await probe_a.next()).code == "A-1"

@@ -94,7 +94,7 @@ async def test_broker_sigkilled_mid_burst_and_restarted(tmp_path: Path, recorder
     node = await Node(tmp_path, [f"127.0.0.1:{broker.port}"], batch_size=100).start()
     try:
         await outages_mid_burst(node, broker, broker.kill, moving=300)  # SIGKILL: nothing saved at exit
-        stats = await arrived(rec, node, timeout=30)
+        stats = await arrived(rec, node, timeout_s=30)
         assert node.link.conn.connects >= 4
         assert node.link.outbox.rewound > 0
         assert stats["events"] > 1000
@@ -135,7 +135,7 @@ async def test_events_refused_by_the_broker_are_held_not_skipped(tmp_path: Path,
         # The ACL is fixed and reloaded: the held event goes, and the rest after it, in order.
         acl.write_text(allow)
         broker.proc.send_signal(signal.SIGHUP)
-        stats = await arrived(rec, node, timeout=15)
+        stats = await arrived(rec, node, timeout_s=15)
         assert stats["events"] == node.journal.last_seq
         assert outbox.refused is None
     finally:
@@ -220,7 +220,7 @@ async def test_bridge_from_station_broker_to_central(tmp_path: Path, recorders: 
             await asyncio.gather(*(n.append(300) for n in nodes))
             await asyncio.to_thread(central.start)
             for n in nodes:
-                await arrived(rec, n, timeout=30)
+                await arrived(rec, n, timeout_s=30)
         finally:
             for n in nodes:
                 await n.stop()

@@ -93,7 +93,7 @@ async def test_broker_restarted_mid_burst_several_times(tmp_path: Path, recorder
     node = await Node(tmp_path, [f"127.0.0.1:{broker.port}"], batch_size=100).start()
     try:
         await outages_mid_burst(node, broker, broker.stop)
-        stats = await arrived(rec, node, timeout=30)
+        stats = await arrived(rec, node, timeout_s=30)
         assert node.link.conn.connects >= 4
         assert stats["events"] > 1000
     finally:

@@ -68,10 +68,10 @@ def door_action(op: str) -> Any:
         {
             "close": lambda: board.close_door(channel),
             "force": lambda: board.force(channel),
-            "jam": lambda: board.jam(channel, True),
-            "unjam": lambda: board.jam(channel, False),
-            "stick": lambda: board.stick(channel, True),
-            "unstick": lambda: board.stick(channel, False),
+            "jam": lambda: board.jam(channel, jammed=True),
+            "unjam": lambda: board.jam(channel, jammed=False),
+            "stick": lambda: board.stick(channel, stuck=True),
+            "unstick": lambda: board.stick(channel, stuck=False),
             "bounce": lambda: board.bounce(channel, int(args.get("times", 3))),
         }[op]()
         return {}

@@ -386,22 +386,22 @@ def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {
         f"{base}/presence": {"parameters": params, "subscribe": sub(
             "online on connect; offline (clean) on stop; offline (last will, clean false) when the link dies",
-            1, True, "presence")},
+            1, retain=True, name="presence")},
         f"{base}/info": {"parameters": params, "subscribe": sub(
-            "version, config hash, start time; published on every connect", 1, True, "info")},
+            "version, config hash, start time; published on every connect", 1, retain=True, name="info")},
         f"{base}/checkpoint": {"parameters": params, "subscribe": sub(
-            "the newest signed checkpoint of the journal (also an event, journal.checkpoint)", 1, True,
-            "checkpoint")},
+            "the newest signed checkpoint of the journal (also an event, journal.checkpoint)", 1, retain=True,
+            name="checkpoint")},
         f"{base}/events": {"parameters": params, "subscribe": sub(
             "the journal, every event in seq order, from the durable outbox; redeliveries keep id and seq",
-            1, False, "event")},
+            1, retain=False, name="event")},
         f"{base}/replay": {"parameters": params, "subscribe": sub(
-            "events re-published on a replay command (same payload as events)", 1, False, "event")},
+            "events re-published on a replay command (same payload as events)", 1, retain=False, name="event")},
         f"{base}/state/{{compartment}}": {
             "parameters": params | {"compartment": {"$ref": "#/components/parameters/compartment"}},
-            "subscribe": sub("one compartment's state, on change and on every connect", 1, True, "state")},
+            "subscribe": sub("one compartment's state, on change and on every connect", 1, retain=True, name="state")},
         f"{base}/reply": {"parameters": params, "subscribe": sub(
-            "the answer to each command, with its id", 1, False, "reply")},
+            "the answer to each command, with its id", 1, retain=False, name="reply")},
     }
     for name in COMMAND_ARGS:
         channels[f"{base}/cmd/{name}"] = {

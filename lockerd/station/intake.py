@@ -58,26 +58,8 @@ def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, no
           max_age_s: float) -> Command:
     """Read and check one command; raise Refused with a one-sentence reason."""
     cmd = Command(name)
-    if len(payload) > contract.MAX_COMMAND_BYTES:
-        raise Refused(cmd, f"payload of {len(payload)} bytes exceeds the {contract.MAX_COMMAND_BYTES}-byte limit")
-    try:
-        body = json.loads(payload)
-    except (ValueError, RecursionError) as e:
-        # ValueError covers bad UTF-8, bad JSON and integers past Python's
-        # 4300-digit limit; RecursionError, nesting a few thousand deep.
-        raise Refused(cmd, f"payload is not JSON this controller reads: {type(e).__name__}: {str(e)[:120]}") from None
-    if not isinstance(body, dict):
-        raise Refused(cmd, "payload must be a JSON object")
-    # Take what we can for the reply and the journal before judging the rest:
-    # only text that is text (a lone surrogate, valid JSON, is not).
-    cid = body.get("id")
-    if _text(cid) and len(cid) <= 64:
-        cmd.id = cid
-    by = body.get("requested_by")
-    if _text(by) and len(by) <= 64:
-        cmd.requested_by = by
-    if _text(body.get("ts")):
-        cmd.ts = body["ts"][:40]
+    body = _json_object(cmd, payload)
+    _take_identity(cmd, body)
     where = _not_text(body)
     if where is not None:
         raise Refused(cmd, f"{where}: holds a lone UTF-16 surrogate, which is not text")
@@ -95,16 +77,51 @@ def parse(name: str, payload: bytes, *, retained: bool, site: str, node: str, no
         raise Refused(cmd, f"addressed to {body.get('site', site)}/{body.get('node', node)}, this is {site}/{node}")
     if retained:
         raise Refused(cmd, "retained commands are refused: publish commands with retain=false")
+    _check_age(cmd, body["ts"], now, max_age_s)
+    return cmd
+
+
+def _json_object(cmd: Command, payload: bytes) -> dict[str, Any]:
+    """The payload as a JSON object, or Refused."""
+    if len(payload) > contract.MAX_COMMAND_BYTES:
+        raise Refused(cmd, f"payload of {len(payload)} bytes exceeds the {contract.MAX_COMMAND_BYTES}-byte limit")
     try:
-        sent = parse_time(body["ts"])
+        body = json.loads(payload)
+    except (ValueError, RecursionError) as e:
+        # ValueError covers bad UTF-8, bad JSON and integers past Python's
+        # 4300-digit limit; RecursionError, nesting a few thousand deep.
+        raise Refused(cmd, f"payload is not JSON this controller reads: {type(e).__name__}: {str(e)[:120]}") from None
+    if not isinstance(body, dict):
+        raise Refused(cmd, "payload must be a JSON object")
+    return body
+
+
+def _take_identity(cmd: Command, body: dict[str, Any]) -> None:
+    """Take what we can for the reply and the journal before judging the rest.
+
+    Only text that is text: a lone surrogate, valid JSON, is not.
+    """
+    cid = body.get("id")
+    if _text(cid) and len(cid) <= 64:
+        cmd.id = cid
+    by = body.get("requested_by")
+    if _text(by) and len(by) <= 64:
+        cmd.requested_by = by
+    if _text(body.get("ts")):
+        cmd.ts = body["ts"][:40]
+
+
+def _check_age(cmd: Command, ts: str, now: float, max_age_s: float) -> None:
+    """Refuse a command sent too long ago, or stamped too far in the future."""
+    try:
+        sent = parse_time(ts)
     except ValueError:
-        raise Refused(cmd, f"ts: {body['ts']!r} is not an ISO 8601 time") from None
+        raise Refused(cmd, f"ts: {ts!r} is not an ISO 8601 time") from None
     age = now - sent
     if age > max_age_s:
         raise Refused(cmd, f"command is {age:.0f} s old, older than command_max_age_s ({max_age_s:g} s)")
     if age < -max_age_s:
         raise Refused(cmd, f"command ts is {-age:.0f} s in the future: check the clocks")
-    return cmd
 
 
 def _text(value: Any) -> bool:

@@ -81,7 +81,7 @@ class StationLink:
         except OSError as e:
             # A missing password file must not stop the daemon: the broker
             # refuses us, which is logged, and the journal keeps everything.
-            log.error("station: cannot read password_file: %s", e)
+            log.error("station: cannot read password_file: %s", e)  # noqa: TRY400 - e names the file and why
             settings = Settings.from_station(st | {"password_file": ""}, f"lockerd-{config.site}-{config.node}")
         self.conn = Connection(settings, will=(self.topics.presence, self._will),
                                on_connect=self._on_connect, on_disconnect=self._on_disconnect,
@@ -149,7 +149,7 @@ class StationLink:
 
     # -- connection events --------------------------------------------------------------
 
-    def _on_connect(self, session_present: bool) -> None:
+    def _on_connect(self, _session_present: bool) -> None:
         assert self.conn is not None and self.outbox is not None
         self.conn.subscribe(self.topics.commands, qos=1)
         self.conn.publish(self.topics.presence, self._presence("online"), qos=1, retain=True)
@@ -179,7 +179,7 @@ class StationLink:
 
     def _on_events(self, events: list[Any]) -> None:
         if not self._stopped and self.outbox is not None:
-            self.outbox.on_events(events)
+            self.outbox.on_events()
         for ev in events:
             if ev.kind == "journal.checkpoint" and self.connected and self.conn is not None:
                 self.conn.publish(self.topics.checkpoint, _json(ev.data), qos=1, retain=True)
@@ -294,11 +294,17 @@ class StationLink:
 
     async def _refuse(self, cmd: Command, message: str, **extra: Any) -> None:
         log.warning("station: refused command %s (id %s): %s", cmd.name, cmd.id, message)
-        try:
-            await self.journal.record("command.refused", **self._cmd_fields(cmd), error=message, **extra)
-        except JournalError as e:
-            log.error("station: cannot journal a refused command: %s", e)
+        await self._journal_or_log("a refused command", "command.refused", **self._cmd_fields(cmd), error=message,
+                                   **extra)
         self._reply(cmd, ok=False, error=message, **extra)
+
+    async def _journal_or_log(self, what: str, kind: str, /, **fields: Any) -> None:
+        """Journal a refusal or failure; a journal that cannot take it is logged, the reply goes out regardless."""
+        try:
+            await self.journal.record(kind, **fields)
+        except JournalError as e:
+            # One line, no traceback: an unusable journal is an expected state, alarmed on its own, and e says why.
+            log.error("station: cannot journal %s: %s", what, e)  # noqa: TRY400
 
     async def _run(self, cmd: Command) -> None:
         assert cmd.id is not None
@@ -306,11 +312,8 @@ class StationLink:
             # Answer with the first outcome; journal the repeat, apply nothing.
             first = self.seen.reply(cmd.id) or {}
             log.info("station: duplicate command %s (id %s); first outcome: %s", cmd.name, cmd.id, first)
-            try:
-                await self.journal.record("command.refused", **self._cmd_fields(cmd), duplicate=True,
-                                          error="duplicate: this command id was received before")
-            except JournalError as e:
-                log.error("station: cannot journal a duplicate command: %s", e)
+            await self._journal_or_log("a duplicate command", "command.refused", **self._cmd_fields(cmd),
+                                       duplicate=True, error="duplicate: this command id was received before")
             self._reply(cmd, ok=bool(first.get("ok", True)), error=first.get("error"), duplicate=True)
             return
         vetting = self._vet(cmd)
@@ -360,8 +363,10 @@ class StationLink:
             if applied:
                 # Its effect is journaled (the grant carries the command id),
                 # only the acceptance row is missing: say so, answer the truth.
-                log.error("station: command %s (id %s) applied, but its acceptance was not journaled: %s",
-                          cmd.name, cmd.id, e)
+                # One line, no traceback: an unusable journal is expected and e says why.
+                log.error(  # noqa: TRY400
+                    "station: command %s (id %s) applied, but its acceptance was not journaled: %s",
+                    cmd.name, cmd.id, e)
                 return False
             assert cmd.id is not None
             self.seen.discard(cmd.id)
@@ -375,10 +380,7 @@ class StationLink:
     async def _failed(self, cmd: Command, error: str) -> None:
         assert cmd.id is not None
         self.seen.add(cmd.id, {"command": cmd.name, "ok": False, "error": error})
-        try:
-            await self.journal.record("command.failed", **self._cmd_fields(cmd), error=error)
-        except JournalError as e:
-            log.error("station: cannot journal a failed command: %s", e)
+        await self._journal_or_log("a failed command", "command.failed", **self._cmd_fields(cmd), error=error)
         self._reply(cmd, ok=False, error=error)
 
     def _reply(self, cmd: Command, ok: bool, result: dict[str, Any] | None = None, error: str | None = None,

@@ -107,10 +107,10 @@ class Connection:
                  on_publish: Callable[[int, str | None], None] | None = None):
         self.settings = settings
         self.will = will
-        self.on_connect = on_connect or (lambda sp: None)
+        self.on_connect = on_connect or (lambda _sp: None)
         self.on_disconnect = on_disconnect or (lambda: None)
-        self.on_message = on_message or (lambda m: None)
-        self.on_publish = on_publish or (lambda mid, refused: None)
+        self.on_message = on_message or (lambda _m: None)
+        self.on_publish = on_publish or (lambda _mid, _refused: None)
         self.client: paho.Client | None = None
         self.connected = False
         self.broker: tuple[str, int] | None = None
@@ -135,7 +135,7 @@ class Connection:
         self._loop_thread = threading.get_ident()
         self._task = self._loop.create_task(self._run(), name="mqtt-connection")
 
-    async def stop(self, timeout: float = 2.0) -> None:
+    async def stop(self, timeout_s: float = 2.0) -> None:
         """Disconnect cleanly (no last will) and stop reconnecting."""
         self._stopping = True
         client = self.client
@@ -144,7 +144,7 @@ class Connection:
             # Let the DISCONNECT reach the broker; the broker closing the
             # socket (or our own close) ends the wait.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), timeout)
+                await asyncio.wait_for(self._lost.wait(), timeout_s)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -207,7 +207,7 @@ class Connection:
             fut = self._loop.run_in_executor(self._executor, call)
             rc = await asyncio.shield(fut)
         except asyncio.CancelledError:
-            fut.add_done_callback(lambda f: _close_quietly(client))
+            fut.add_done_callback(lambda _f: _close_quietly(client))
             raise
         except (OSError, ssl.SSLError, ValueError) as e:
             self._note_failure(f"cannot connect to {host}:{port}: {e}")

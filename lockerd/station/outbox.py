@@ -145,7 +145,8 @@ class Outbox:
         i = bisect.bisect_right([t for t, _ in self._acks], lost - REWIND_S)
         return self._acks[i - 1][1] if i > 0 else self._ack_floor
 
-    def on_events(self, events: list[Event]) -> None:
+    def on_events(self) -> None:
+        """New events were journaled: send them (the outbox reads them from the journal, in seq order)."""
         if not self.loaded and self.connected():
             # The journal could not be read when the link connected (unusable at start): it can now.
             self.on_connect()

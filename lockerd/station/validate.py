@@ -40,33 +40,57 @@ def errors(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
     if "enum" in schema and value not in schema["enum"]:
         out.append(f"{where}: expected one of {', '.join(map(repr, schema['enum']))}, got {value!r}")
     if isinstance(value, str):
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            out.append(f"{where}: at least {schema['minLength']} characters expected")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            out.append(f"{where}: at most {schema['maxLength']} characters expected, got {len(value)}")
-        if "pattern" in schema and not _regex(schema["pattern"]).search(value):
-            out.append(f"{where}: {value[:40]!r} does not match {schema['pattern']}")
+        out.extend(_string_errors(value, schema, where))
     if _TYPES["number"](value):
-        if "minimum" in schema and value < schema["minimum"]:
-            out.append(f"{where}: at least {schema['minimum']} expected, got {value}")
-        if "maximum" in schema and value > schema["maximum"]:
-            out.append(f"{where}: at most {schema['maximum']} expected, got {value}")
+        out.extend(_number_errors(value, schema, where))
     if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for key in schema.get("required", ()):
-            if key not in value:
-                out.append(f"{_join(path, key)}: required")
-        for key, v in value.items():
-            if key in props:
-                out.extend(errors(v, props[key], _join(path, key)))
-            elif schema.get("additionalProperties") is False:
-                out.append(f"{_join(path, key)}: unknown field (known: {', '.join(props) or 'none'})")
+        out.extend(_object_errors(value, schema, path))
     if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            out.append(f"{where}: at least {schema['minItems']} items expected, got {len(value)}")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            out.append(f"{where}: at most {schema['maxItems']} items expected, got {len(value)}")
-    if isinstance(value, list) and "items" in schema:
+        out.extend(_array_errors(value, schema, where))
+    return out
+
+
+def _string_errors(value: str, schema: dict[str, Any], where: str) -> list[str]:
+    out = []
+    if "minLength" in schema and len(value) < schema["minLength"]:
+        out.append(f"{where}: at least {schema['minLength']} characters expected")
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        out.append(f"{where}: at most {schema['maxLength']} characters expected, got {len(value)}")
+    if "pattern" in schema and not _regex(schema["pattern"]).search(value):
+        out.append(f"{where}: {value[:40]!r} does not match {schema['pattern']}")
+    return out
+
+
+def _number_errors(value: float, schema: dict[str, Any], where: str) -> list[str]:
+    out = []
+    if "minimum" in schema and value < schema["minimum"]:
+        out.append(f"{where}: at least {schema['minimum']} expected, got {value}")
+    if "maximum" in schema and value > schema["maximum"]:
+        out.append(f"{where}: at most {schema['maximum']} expected, got {value}")
+    return out
+
+
+def _object_errors(value: dict[str, Any], schema: dict[str, Any], path: str) -> list[str]:
+    out = []
+    props = schema.get("properties", {})
+    for key in schema.get("required", ()):
+        if key not in value:
+            out.append(f"{_join(path, key)}: required")
+    for key, v in value.items():
+        if key in props:
+            out.extend(errors(v, props[key], _join(path, key)))
+        elif schema.get("additionalProperties") is False:
+            out.append(f"{_join(path, key)}: unknown field (known: {', '.join(props) or 'none'})")
+    return out
+
+
+def _array_errors(value: list[Any], schema: dict[str, Any], where: str) -> list[str]:
+    out = []
+    if "minItems" in schema and len(value) < schema["minItems"]:
+        out.append(f"{where}: at least {schema['minItems']} items expected, got {len(value)}")
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        out.append(f"{where}: at most {schema['maxItems']} items expected, got {len(value)}")
+    if "items" in schema:
         for i, v in enumerate(value):
             out.extend(errors(v, schema["items"], f"{where}[{i}]"))
     return out
