@@ -6,11 +6,15 @@ taking the hardware lock the daemon also takes. Then:
 
 1. each Modbus board answers N reads (answer rate and latency);
 2. each compartment's lock is pulsed while every door sensor of every board
-   is watched: the expected sensor must open and no other. A lock that
-   opens another compartment's door is wrong wiring, and two that open each
-   other's are a crossed pair, named with both channels; nothing moving is a
-   lock that does not release or a dead sensor (the technician tells which);
-   a relay that does not switch off is reported at once;
+   is watched, for the whole run: the expected sensor must open and no
+   other. When another one opens, the lock is pulsed once more before it is
+   blamed (a forced door, a key or a person may have opened that one): a
+   lock that opens another compartment's door both times is wrong wiring,
+   and two that open each other's are a crossed pair, named with both
+   channels; nothing moving is a lock that does not release or a dead sensor
+   (the technician tells which); a relay that does not switch off is
+   reported at once, with the board whose power must be cut. A door that
+   opens with no pulse to explain it is reported as such;
 3. each scanner reads the test card, within a timeout;
 4. each configured station broker accepts a connection.
 
@@ -21,7 +25,6 @@ switched off before the bench lets go of the hardware.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lockerd.drivers.base import DoorChange, DoorSensors, DoorState, DriverStatus, LockBank, Scan
+from lockerd.hil.broker_probe import probe_broker
 from lockerd.hil.findings import conclude
 from lockerd.hil.report import FAIL, PASS, BoardResult, BrokerResult, CompartmentResult, Report, ScannerResult
 from lockerd.hil.technician import Technician
@@ -85,7 +89,11 @@ class Bench:
         self.open_timeout_s = self.opt.open_timeout_s or config.timing.open_timeout_s
         self.hw: Hardware | None = None
         self.report = Report(config=str(config.path), site=config.site, node=config.node, started=_now())
-        self._changes: list[DoorChange] = []
+        self._changes: list[DoorChange] = []  # every sensor's changes, for the whole run
+        self._during: list[str] = []  # for each change, the step the bench was at
+        self._explained: set[int] = set()  # the changes a pulse's verdict accounts for
+        self._initial: dict[tuple[str, int], DoorState] = {}  # each sensor as the run began
+        self._at = "before the first test"
         self._changed = asyncio.Event()
         self._watchers: list[asyncio.Task] = []
         self._offline: dict[str, str] = {}  # driver -> detail, for every driver seen offline
@@ -122,9 +130,10 @@ class Bench:
                 raise
             finally:
                 await self._shutdown()
+                # Also when interrupted: what was tested keeps its verdict in the partial report.
+                self._conclude()
         finally:
             lock.release()
-        self._conclude()
         return self.report
 
     async def _shutdown(self) -> None:
@@ -143,6 +152,8 @@ class Bench:
         self.report.finished = _now()
 
     def _step(self, stage: str, subject: str) -> None:
+        if stage != "pulsed":
+            self._at = f"during the {stage} check of {subject}"
         if self.progress is not None:
             self.progress(stage, subject)
 
@@ -162,6 +173,8 @@ class Bench:
     async def _watch_doors(self) -> None:
         assert self.hw is not None
         names = {c.sensor_driver for c in self.config.compartments.values()}
+        self._initial = {(c.sensor_driver, c.sensor): self.hw.sensors(c.sensor_driver).door(c.sensor)
+                         for c in self.config.compartments.values()}
         for name in sorted(names):
             self._watchers.append(asyncio.create_task(self._watch(self.hw.sensors(name)), name=f"bench-{name}"))
         await asyncio.sleep(0)  # let each watcher subscribe before the first pulse
@@ -169,6 +182,7 @@ class Bench:
     async def _watch(self, sensors: DoorSensors) -> None:
         async for change in sensors.door_changes():
             self._changes.append(change)
+            self._during.append(self._at)
             self._changed.set()
 
     async def _until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -255,26 +269,31 @@ class Bench:
             return
         manual = self._manual(comp)
         res.doors = "manual" if manual else "spring"
+        expected = (comp.sensor_driver, comp.sensor)
         self.tech.say(f"Compartment {comp.id}: pulsing lock {comp.lock_driver}:{comp.lock}")
-        await self.tech.before_pulse(comp, manual)
-        mark = len(self._changes)
-        t0 = self.clock.monotonic()
-        if not await self._pulse(comp, res, bank):
+        window = await self._pulse_and_watch(comp, res, bank, manual)
+        if window is None:
             return
-        self._step("pulsed", comp.id)
-        moved = await self._opened_after(comp, res, mark, t0)
-
-        # The pulse must end: a relay that stays on burns the solenoid. The bank
-        # reports a failed switch-off at once; do not wait out its retries.
-        if await self._pulse_stuck(bank, comp):
-            res.problems.append("relay-stuck")
+        moved = window[2]
+        if moved and moved != [expected] and bank.online and sensors.online:
+            # One pulse is not enough to blame a wire: a forced door, a key or a person may have opened the
+            # other door meanwhile. Shut them and pulse once more; the second pulse's doors are the lock's.
+            first = window
+            if not await self._closed(comp, res, moved):
+                return
+            self.tech.say(f"Compartment {comp.id}: another door moved; pulsing its lock once more")
+            window = await self._pulse_and_watch(comp, res, bank, manual)
+            if window is None:
+                return
+            moved = window[2]
+            self._explain(first[0], first[1], moved)
+        self._explain(window[0], window[1], moved)
 
         if not bank.online or not sensors.online:
             gone = bank if not bank.online else sensors
             res.note = f"{gone.name} offline"
             self._offline.setdefault(gone.name, gone.detail)
             return
-        expected = (comp.sensor_driver, comp.sensor)
         if not moved:
             saw = await self.tech.saw_open(comp)
             res.problems.append({True: "sensor-dead", False: "lock-not-released", None: "no-change"}[saw])
@@ -282,14 +301,51 @@ class Bench:
             res.problems.append("wrong-sensor")
         elif len(moved) > 1:
             res.problems.append("extra-sensor")
-
         if moved:
-            await self.tech.close_door(comp)
-            ok = await self._until(lambda: all(self.hw.sensors(d).door(ch) is DoorState.CLOSED for d, ch in moved),
-                                   self.opt.close_timeout_s)
-            res.closed = ok
-            if not ok:
-                res.problems.append("not-closed")
+            await self._closed(comp, res, moved)
+
+    async def _pulse_and_watch(self, comp: Compartment, res: CompartmentResult, bank: LockBank,
+                               manual: bool) -> tuple[int, int, list[tuple[str, int]]] | None:
+        """One pulse: (first and past-last index of the changes it watched, the sensors that opened), or
+        None when the bank would not pulse. A relay that stays on is in ``res``."""
+        await self.tech.before_pulse(comp, manual)
+        mark = len(self._changes)
+        t0 = self.clock.monotonic()
+        if not await self._pulse(comp, res, bank):
+            return None
+        self._step("pulsed", comp.id)
+        moved = await self._opened_after(comp, res, mark, t0)
+        end = len(self._changes)
+        # The pulse must end: a relay that stays on burns the solenoid. The bank
+        # reports a failed switch-off at once; do not wait out its retries.
+        if await self._pulse_stuck(bank, comp) and "relay-stuck" not in res.problems:
+            res.problems.append("relay-stuck")
+        return mark, end, moved
+
+    def _explain(self, start: int, end: int, moved: list[tuple[str, int]]) -> None:
+        """The openings of ``moved`` sensors among changes ``start:end`` are the pulse's doing."""
+        self._explained.update(i for i in range(start, end) if (self._changes[i].driver, self._changes[i].channel)
+                               in moved)
+
+    async def _closed(self, comp: Compartment, res: CompartmentResult, moved: list[tuple[str, int]]) -> bool:
+        """Have the doors that moved shut again; False (the reason in ``res``) if one does not.
+
+        A board that goes offline meanwhile cannot say, and is reported as such, not as a door left open.
+        """
+        assert self.hw is not None
+        hw = self.hw
+        await self.tech.close_door(comp)
+        shut = await self._until(lambda: all(hw.sensors(d).door(ch) is DoorState.CLOSED for d, ch in moved)
+                                 or any(not hw.sensors(d).online for d, _ in moved), self.opt.close_timeout_s)
+        gone = next((hw.sensors(d) for d, _ in moved if not hw.sensors(d).online), None)
+        if gone is not None:
+            res.note = f"{gone.name} offline"
+            self._offline.setdefault(gone.name, gone.detail)
+            return False
+        res.closed = shut
+        if not shut:
+            res.problems.append("not-closed")
+        return shut
 
     async def _ready(self, comp: Compartment, res: CompartmentResult, bank: LockBank, sensors: DoorSensors) -> bool:
         """Are the lock's bank and the door's sensor online, and the door shut? If not, why is in ``res``."""
@@ -418,49 +474,25 @@ class Bench:
 
     def _conclude(self) -> None:
         """Turn the observations into findings (see :mod:`lockerd.hil.findings`)."""
+        self.report.unexplained = self._unexplained_openings()
         verdict = conclude(self.report, self._offline)
         self.report.compartments = verdict.compartments
         self.report.findings.extend(verdict.findings)
+        self.report.actions = verdict.actions
+
+    def _unexplained_openings(self) -> list[dict[str, str]]:
+        """Every door that went from shut to open and that no pulse's verdict accounts for."""
+        by_sensor = {(c.sensor_driver, c.sensor): c.id for c in self.config.compartments.values()}
+        last = dict(self._initial)
+        out = []
+        for i, change in enumerate(self._changes):
+            key = (change.driver, change.channel)
+            was, last[key] = last.get(key, DoorState.UNKNOWN), change.state
+            if change.state is DoorState.OPEN and was is DoorState.CLOSED and i not in self._explained:
+                out.append({"sensor": f"{change.driver}:{change.channel}", "compartment": by_sensor.get(key, ""),
+                            "during": self._during[i]})
+        return out
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def probe_broker(settings: Any, host: str, port: int, timeout: float) -> BrokerResult:
-    """Connect once to a broker with the station's credentials and TLS; a clean session under a bench client id.
-
-    The bench never uses the daemon's client id: the broker would hand it the
-    daemon's queued commands.
-    """
-    import ssl
-
-    from lockerd.station.mqtt import new_client
-
-    res = BrokerResult(f"{host}:{port}")
-    c = new_client(settings, f"{settings.client_id}-bench", clean=True, connect_timeout=timeout)
-    answer: list[Any] = []
-    c.on_connect = lambda _c, _u, _f, reason, _p: answer.append((reason, time.perf_counter()))
-    t0 = time.perf_counter()
-    try:
-        c.connect(host, port, keepalive=30)
-        deadline = t0 + timeout
-        while not answer and time.perf_counter() < deadline:
-            c.loop(timeout=0.05)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        res.error = f"cannot connect: {e}"
-        return res
-    finally:
-        if answer and not answer[0][0].is_failure:
-            with contextlib.suppress(Exception):
-                c.disconnect()
-        with contextlib.suppress(Exception):
-            c.socket() and c.socket().close()
-    if not answer:
-        res.error = f"no answer (CONNACK) within {timeout:g} s"
-    elif answer[0][0].is_failure:
-        res.error = f"refused: {answer[0][0]}"
-    else:
-        res.ok = True
-        res.latency_ms = round((answer[0][1] - t0) * 1000, 3)
-    return res

@@ -73,6 +73,12 @@ async def _run(bench: Bench) -> Report:
         raise
 
 
+def _say_actions(report: Report) -> None:
+    """What must be done now (a relay the bench could not switch off): the last thing the technician reads."""
+    for action in report.actions:
+        print(f"NOW: {action}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(name)s: %(message)s")
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUSY
     except KeyboardInterrupt:
         print("lockerd-hil: interrupted; every relay was switched off", file=sys.stderr)
+        _say_actions(bench.report)
         if bench.report.compartments:
             bench.report.write(Path(a.out))
         return EXIT_INTERRUPTED
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     tested = sum(1 for c in report.compartments if c.status != "untested")
     print(("PASS" if report.passed else f"FAIL ({len(report.findings)} findings)")
           + f": {tested} compartment(s) tested; report {page} and {js}")
+    _say_actions(report)
     return 0 if report.passed else EXIT_FAULTS
 
 

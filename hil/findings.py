@@ -26,10 +26,12 @@ from lockerd.hil.report import (
 
 @dataclass
 class Conclusion:
-    """The compartments with their verdicts (status, crossed pairs named) and the findings, in report order."""
+    """The compartments with their verdicts (status, crossed pairs named), the findings in report order, and
+    what the technician must do at once."""
 
     compartments: list[CompartmentResult]
     findings: list[Finding]
+    actions: list[str]
 
 
 def conclude(observed: Report, offline: Mapping[str, str]) -> Conclusion:
@@ -45,14 +47,28 @@ def conclude(observed: Report, offline: Mapping[str, str]) -> Conclusion:
     for b in observed.boards:
         if b.requests and b.answered == 0:
             gone.setdefault(b.name, b.error)
-    return Conclusion(comps, [
+    findings = [
         *_unreliable_boards(observed.boards),
         *_offline_drivers(gone, comps),
         *_wiring(comps),
         *_compartment_faults(comps),
+        *_unexplained(observed.unexplained),
         *_scanner_faults(observed.scanners),
         *_broker_faults(observed.brokers),
-    ])
+    ]
+    # A relay left on burns its solenoid and leaves a door unlocked: the board's power goes off before
+    # anything else is done.
+    stuck = dict.fromkeys(c.lock_driver for c in comps if "relay-stuck" in c.problems)
+    actions = [f"cut the power to board {board}: a relay of it stays on" for board in stuck]
+    return Conclusion(comps, findings, actions)
+
+
+def _unexplained(openings: list[dict[str, str]]) -> list[Finding]:
+    """Doors that opened with no pulse to explain them: never blamed on a lock, said as what they are."""
+    return [Finding("unexplained-opening", o["compartment"] or o["sensor"],
+                    f"its door (sensor {o['sensor']}) opened with no pulse to explain it, {o['during']}: a forced "
+                    "door, a key or a person; no lock was blamed for it", dict(o))
+            for o in openings]
 
 
 def _unreliable_boards(boards: list[BoardResult]) -> list[Finding]:

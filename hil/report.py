@@ -45,6 +45,7 @@ FINDING_LABELS = {
     "sensor-unknown": "sensor unreadable",
     "relay-stuck": "relay stays on",
     "pulse-failed": "pulse refused",
+    "unexplained-opening": "opened with no pulse",
     "board-offline": "board not answering",
     "board-unreliable": "board misses replies",
     "scanner-silent": "no scan",
@@ -120,6 +121,9 @@ class Report:
     scanners: list[ScannerResult] = field(default_factory=list)
     brokers: list[BrokerResult] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # Door openings no pulse explains (a forced door, a key, a person): {"sensor", "compartment", "during"}.
+    unexplained: list[dict[str, str]] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)  # what the technician must do now (cut a board's power)
     interrupted: str = ""
 
     @property
@@ -183,6 +187,7 @@ h1{margin:0 0 .2em}h2{margin:1.4em 0 .4em;font-size:1.2em}
 .legend span{display:inline-block;width:1em;height:1em;border-radius:3px;vertical-align:middle;margin:0 .3em 0 1em}
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 td.pass{color:#1b8a3a;font-weight:700}td.fail{color:#c62828;font-weight:700}
+.action{background:#ffebee;border-left:.4em solid #b71c1c;padding:.4em .6em}
 ul.findings li{margin:.2em 0}.kind{font-family:monospace;background:#eee;padding:0 .3em;border-radius:3px}
 .charts{display:flex;flex-wrap:wrap;gap:1.5em}.chart{background:#fff;border:1px solid #ccc;padding:6px}
 """
@@ -276,6 +281,7 @@ def render_html(r: Report) -> str:
         f"<h1>Bench report: {_e(r.site)} / {_e(r.node)}</h1>",
         f'<p class="meta">config {_e(r.config)} · started {_e(r.started)} · finished {_e(r.finished)}</p>',
         f'<p><span class="verdict {verdict}" id="verdict">{_e(words)}</span></p>',
+        *(f'<p class="action" id="action-{i}"><b>Now: {_e(a)}</b></p>' for i, a in enumerate(r.actions)),
         '<h2>Compartments</h2><p class="legend">compartments numbered top to bottom, column by column'
         '<span style="background:#43a047"></span>pass<span style="background:#e53935"></span>fail'
         '<span style="background:#bdbdbd"></span>not tested</p><div class="cabinets">',

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from broker import Mosquitto, free_port
 from hil_boards import DoorPeer, DoorWatcher
+from lockerd.drivers.base import DoorState
 from lockerd.hil import Bench, BenchOptions, Unattended
 from lockerd.hil.report import PASS, UNTESTED, render_html
 from lockerd.hil.technician import SimTechnician
@@ -175,6 +176,43 @@ async def test_sim_cabinet_without_faults_passes_everything(tmp_path):
 
 
 @pytest.mark.asyncio
+async def test_doors_opened_with_no_pulse_are_reported_as_such_and_blame_no_lock(tmp_path):
+    # d07's lock is jammed; while it is tested, someone forces d04 open; while d02 is tested, d05 is opened
+    # with a key; after the last compartment, d01 is forced. One pulse would blame d07's lock for d04's door
+    # and d02's for d05's: the bench pulses again before it blames a wire, and says what it cannot explain.
+    faults = {
+        ("compartment", "d01"): lambda b: b.hw.drivers["sim-d"].jam(6),
+        ("pulsed", "d07"): lambda b: b.hw.drivers["sim-d"].force(3),
+        ("pulsed", "d02"): lambda b: b.hw.drivers["sim-d"].force(4),
+        ("scanner", "front"): lambda b: b.hw.drivers["sim-d"].force(0),
+    }
+    bench = await run_sim(tmp_path, faults, SIM.replace("crossed = [2, 5]\n", ""))
+    r = bench.report
+    assert r.finding_keys() == {("lock-not-released", "d07"), ("unexplained-opening", "d04"),
+                                ("unexplained-opening", "d05"), ("unexplained-opening", "d01")}
+    during = {f.subject: f.detail["during"] for f in r.findings if f.kind == "unexplained-opening"}
+    assert during == {"d04": "during the compartment check of d07", "d05": "during the compartment check of d02",
+                      "d01": "during the scanner check of front"}
+    status = {c.id: c.status for c in r.compartments}
+    assert {c for c, s in status.items() if s != PASS} == {"d07"}
+
+
+@pytest.mark.asyncio
+async def test_an_interrupted_run_keeps_the_verdicts_of_what_it_tested(tmp_path):
+    def stop(_bench: Bench) -> None:
+        raise RuntimeError("the technician's laptop fell over")
+
+    cfg = write_config(tmp_path, SIM.replace("crossed = [2, 5]\n", ""))
+    bench = Bench(cfg, SimTechnician(Unattended()), BenchOptions(**QUICK))
+    bench.progress = faults_on_progress(bench, {("compartment", "d04"): stop})
+    with pytest.raises(RuntimeError):
+        await bench.run()
+    status = {c.id: c.status for c in bench.report.compartments}
+    assert [status[c] for c in ("d01", "d02", "d03")] == [PASS] * 3
+    assert status["d04"] == UNTESTED and bench.report.interrupted.startswith("RuntimeError")
+
+
+@pytest.mark.asyncio
 async def test_scanner_test_card_silent_wrong_and_right(tmp_path):
     cfg = write_config(tmp_path, SIM)
 
@@ -304,6 +342,27 @@ async def test_board_dead_from_the_start_is_one_finding_and_its_compartments_unt
         assert {c.status for c in r.compartments if c.cabinet == "m"} == {PASS}
 
 
+@pytest.mark.asyncio
+async def test_a_board_that_dies_while_its_door_is_open_is_offline_not_a_door_left_open(tmp_path):
+    async with door_boards(tmp_path, pulse_ms=20, timeout_b_ms=250) as boards:
+        bench = Bench(boards.cfg, Unattended(), BenchOptions(**(QUICK | {"doors": "spring", "skip_boards": True})))
+
+        async def kill_once_seen_open() -> None:
+            # The bench has seen n03's door open (board-b input 2): now the board dies, the door still open.
+            while not any((c.driver, c.channel, c.state) == ("board-b", 2, DoorState.OPEN) for c in bench._changes):
+                await asyncio.sleep(0.005)
+            boards.b.dead.add(2)
+
+        killer: list[asyncio.Task] = []
+        bench.progress = faults_on_progress(
+            bench, {("pulsed", "n03"): lambda _b: killer.append(asyncio.create_task(kill_once_seen_open()))})
+        r = await bench.run()
+        await killer[0]
+        assert r.finding_keys() == {("board-offline", "board-b")}
+        n03 = next(c for c in r.compartments if c.id == "n03")
+        assert n03.note == "board-b offline" and "not-closed" not in n03.problems
+
+
 # -- never a relay left on ----------------------------------------------------------------------------
 
 
@@ -369,6 +428,30 @@ async def test_sigint_of_the_command_mid_pulse_switches_every_relay_off(tmp_path
         assert await boards.coils() == [False] * 16
         report = json.loads((tmp_path / "out" / "bench.json").read_text())
         assert report["interrupted"] and report["passed"] is False
+
+
+@pytest.mark.asyncio
+async def test_a_board_dead_mid_pulse_ends_the_run_with_cutting_its_power(tmp_path):
+    async with door_boards(tmp_path, pulse_ms=1000, timeout_b_ms=250) as boards:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lockerd.hil.cli", "-c", str(boards.cfg.path), "--non-interactive",
+            "--doors", "spring", "--skip", "boards", "--skip", "scanners", "--skip", "broker", "--only", "n03",
+            "-o", str(tmp_path / "out"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            await boards.b.wait_for(lambda: _any_on_unit(boards.b, 2), timeout_s=15)
+            boards.b.dead.add(2)  # the relay is on; nothing can switch it off now
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+        finally:
+            await reap(proc)
+        assert proc.returncode == 1, err.decode()
+        assert "relay stays on" in out.decode()
+        assert err.decode().strip().splitlines()[-1] == "NOW: cut the power to board board-b: a relay of it stays on"
+        report = json.loads((tmp_path / "out" / "bench.json").read_text())
+        assert report["actions"] == ["cut the power to board board-b: a relay of it stays on"]
+
+
+async def _any_on_unit(peer: DoorPeer, unit: int) -> bool:
+    return any(await peer.coils_of(unit))
 
 
 # -- one at a time: the daemon and the bench -------------------------------------------------------------

@@ -184,10 +184,27 @@ def test_findings_come_in_report_order_and_the_observations_are_left_as_they_wer
     assert r == before and offline == {"sim-x": "vanished"}
 
 
+def test_a_door_opened_with_no_pulse_is_its_own_finding_and_blames_no_lock():
+    r = observed([passed("m01", 0), passed("m04", 3)])
+    r.unexplained = [{"sensor": "board-a:3", "compartment": "m04", "during": "during the compartment check of m07"}]
+    out = conclude(r, {})
+    assert [(f.kind, f.subject) for f in out.findings] == [("unexplained-opening", "m04")]
+    assert "no pulse" in out.findings[0].message and "m07" in out.findings[0].message
+    assert {c.id: c.status for c in out.compartments} == {"m01": PASS, "m04": PASS}
+
+
+def test_a_relay_left_on_ends_with_cutting_that_boards_power():
+    r = observed([comp("m01", 0, problems=["relay-stuck"]), comp("m02", 1, problems=["relay-stuck"]),
+                  comp("n01", 0, "board-b", "n", problems=["lock-not-released"])])
+    out = conclude(r, {})
+    assert out.actions == ["cut the power to board board-a: a relay of it stays on"]
+    assert conclude(observed([passed("m01", 0)]), {}).actions == []
+
+
 def test_every_labelled_finding_kind_is_covered_here():
     # Each kind the report can label is produced by a test above; a new kind needs a test here too.
     covered = {"crossed", "wrong-sensor", "extra-sensor", "lock-not-released", "sensor-dead", "no-change",
                "not-closed", "open-before", "sensor-unknown", "relay-stuck", "pulse-failed", "board-offline",
-               "board-unreliable", "scanner-silent", "scanner-bad-read", "scanner-wrong-code", "scanner-offline",
+               "board-unreliable", "unexplained-opening", "scanner-silent", "scanner-bad-read", "scanner-wrong-code", "scanner-offline",
                "broker-unreachable"}
     assert covered == set(FINDING_LABELS)
