@@ -205,6 +205,6 @@ def test_every_labelled_finding_kind_is_covered_here():
     # Each kind the report can label is produced by a test above; a new kind needs a test here too.
     covered = {"crossed", "wrong-sensor", "extra-sensor", "lock-not-released", "sensor-dead", "no-change",
                "not-closed", "open-before", "sensor-unknown", "relay-stuck", "pulse-failed", "board-offline",
-               "board-unreliable", "unexplained-opening", "scanner-silent", "scanner-bad-read", "scanner-wrong-code", "scanner-offline",
-               "broker-unreachable"}
+               "board-unreliable", "unexplained-opening", "scanner-silent", "scanner-bad-read",
+               "scanner-wrong-code", "scanner-offline", "broker-unreachable"}
     assert covered == set(FINDING_LABELS)
