@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from lockerd import __version__
+from lockerd.alarms import Alarms
 from lockerd.badges import BadgeKey
 from lockerd.clock import Clock
 from lockerd.config import Config
@@ -72,6 +73,7 @@ class Controller:
         self.authorisations = Authorisations(journal, clock)  # station-authorised evidence retrievals
         self.custody = Custody(self)  # deadlines and escalating reminders
         self.doors = Doors(self, self.heartbeat, self._changed, self.custody.moved)
+        self.alarms = Alarms(self, self._changed)  # forced doors waiting for a person to acknowledge them
         self.evidence = TwoPersonRule(self, self.authorisations)
         self.registrations = Registrations(self)
         self.presence = PresenceChecks(self)  # people named by a CLI override of evidence, badging at the cabinet
@@ -334,6 +336,14 @@ class Controller:
     async def _badge(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome:
         # A badge just before a dossier names who takes it out or brings it back.
         self._who[scan.scanner] = (person.id, scan.at)
+        if self.alarms.second_badge(scan, person, served):
+            return await self.alarms.at_cabinet(scan, person, served)
+        out = await self._badge_counts(scan, person, served)
+        hint = self.alarms.hint(person, served)
+        return replace(out, message=f"{out.message}; {hint}") if hint else out
+
+    async def _badge_counts(self, scan: Scan, person: Person, served: tuple[str, ...]) -> Outcome:
+        """A badge at the cabinet: for a dossier after it, an override waiting for it, or an evidence handling."""
         if not self.evidence.serves_evidence(served):
             journal_badge(self, scan, person)
             return Outcome(accepted=True, message=f"badge of {person.name} accepted: scan the dossier")

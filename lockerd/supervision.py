@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lockerd.clock import iso_utc
-from lockerd.domain import ITEM_EVENT, OFFICER_ROLES, Action, Item, ItemKind, ItemState, Role
+from lockerd.domain import ITEM_EVENT, OFFICER_ROLES, Action, Item, ItemKind, ItemState
 from lockerd.drivers.base import DoorChange, DoorState, DriverStatus
 from lockerd.errors import CommandError
 from lockerd.hardware import Hardware
@@ -26,8 +26,6 @@ from lockerd.opening import STAYING_ALARMS, Core, Session, Slot
 
 log = logging.getLogger(__name__)
 
-# Who may acknowledge an alarm that stays.
-ALARM_ACK_ROLES = frozenset({Role.SUPERVISOR, Role.CASE_MANAGER})
 # Faults a technician clears by hand once fixed; the others clear themselves (sensor back, board back).
 CLEARED_BY_HAND = ("jam", "lock", "relay", "wiring")
 
@@ -265,31 +263,6 @@ class Doors:
             self.clear_fault(slot, k, person, via)
         slot.not_opened = 0
         return cleared
-
-    async def acknowledge_alarm(self, compartment: str, person: str, note: str, via: dict[str, Any]
-                                ) -> dict[str, Any]:
-        """A supervisor or case manager acknowledges a forced door, once it is shut again."""
-        slot = self._slot(compartment)
-        p = self.core.registry.active_person(person)
-        if p is None:
-            raise CommandError(f"unknown or revoked person {person!r}")
-        if p.role not in ALARM_ACK_ROLES:
-            raise CommandError(f"{person} is {p.role}: a supervisor or a case manager acknowledges an alarm")
-        staying = sorted(slot.alarms & STAYING_ALARMS)
-        if not staying:
-            raise CommandError(f"compartment {compartment} has no alarm waiting for acknowledgement")
-        if slot.door is not DoorState.CLOSED:
-            raise CommandError(f"compartment {compartment} is not shut ({slot.door}): close it first")
-        slot.alarms -= STAYING_ALARMS
-        ev = await self.core.journal.append_durable("alarm.acknowledged", compartment=compartment, people=(person,),
-                                                    alarms=staying, note=note, **via, state=[slot.state_op()])
-        self.changed(slot)
-        return {"seq": ev.seq, "acknowledged": staying}
-
-    def unacknowledged(self) -> list[dict[str, Any]]:
-        """Alarms that wait for a person: each compartment's, with the door as it is now."""
-        return [{"compartment": cid, "alarms": sorted(slot.alarms & STAYING_ALARMS), "door": str(slot.door)}
-                for cid, slot in self.core.slots.items() if slot.alarms & STAYING_ALARMS]
 
     def _slot(self, compartment: str) -> Slot:
         slot = self.core.slots.get(compartment)

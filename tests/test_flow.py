@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 import pytest_asyncio
-from rig import close_rig, make_rig
+from rig import TOML, close_rig, make_rig
 
 from lockerd.errors import CommandError
 from lockerd.journal import verify
@@ -121,8 +121,6 @@ async def test_a_badge_before_a_dossier_names_who_takes_it_out(rig):
 
 
 async def test_dossier_at_a_scanner_of_another_cabinet_is_refused(tmp_path):
-    from rig import TOML
-
     r = await make_rig(tmp_path, TOML.replace('[scanners.side]\ntype = "sim"\ncabinets = ["d"]',
                                               '[scanners.side]\ntype = "sim"\ncabinets = ["e"]'))
     try:
@@ -185,19 +183,58 @@ async def test_a_forced_door_stays_an_alarm_until_a_supervisor_or_case_manager_a
     await rig.clock.advance(0.05)
     assert "forced" in rig.c.states()["d04"]["alarm"]
     with pytest.raises(CommandError, match="not shut"):
-        await rig.c.doors.acknowledge_alarm("d04", "lind", "", {"via": "cli"})
+        await rig.c.alarms.acknowledge("d04", "lind", "", {"via": "cli"})
     await rig.close(rig.d, 3)
     kinds = await rig.kinds(compartment="d04")
     assert kinds[-3:] == ["door.opened", "alarm.forced", "door.closed"]  # shut, and still an alarm
     assert rig.c.states()["d04"]["alarm"] == "forced"
-    assert rig.c.doors.unacknowledged() == [{"compartment": "d04", "alarms": ["forced"], "door": "closed"}]
+    assert rig.c.alarms.waiting() == [{"compartment": "d04", "alarms": ["forced"], "door": "closed"}]
     with pytest.raises(CommandError, match="berg is officer: a supervisor or a case manager acknowledges"):
-        await rig.c.doors.acknowledge_alarm("d04", "berg", "", {"via": "cli"})
-    out = await rig.c.doors.acknowledge_alarm("d04", "lind", "hinge checked, nothing missing", {"via": "cli", "uid": 0})
+        await rig.c.alarms.acknowledge("d04", "berg", "", {"via": "cli"})
+    out = await rig.c.alarms.acknowledge("d04", "lind", "hinge checked, nothing missing", {"via": "cli", "uid": 0})
     assert out["acknowledged"] == ["forced"]
     [ack] = [e for e in await rig.events() if e.kind == "alarm.acknowledged"]
     assert list(ack.people) == ["lind"] and ack.data["note"] == "hinge checked, nothing missing"
-    assert rig.c.states()["d04"]["alarm"] is None and rig.c.doors.unacknowledged() == []
+    assert rig.c.states()["d04"]["alarm"] is None and rig.c.alarms.waiting() == []
+
+
+async def test_a_case_manager_acknowledges_a_forced_door_at_the_cabinet_by_badging_twice(rig):
+    rig.d.force(3)
+    await rig.clock.advance(0.05)
+    # An officer's badges never acknowledge; the case manager's first badge is told what waits.
+    for _ in range(2):
+        out = await rig.scan("B-BERG")
+        assert "acknowledge" not in out.message
+        await rig.clock.advance(1)
+    first = await rig.scan("B-LIND")
+    assert first.accepted and first.message.endswith("forced alarm on d04: badge again to acknowledge")
+    await rig.clock.advance(1)
+    still_open = await rig.scan("B-LIND")  # the door is open yet: nothing is acknowledged
+    assert not still_open.accepted and "d04 still open: close it" in still_open.message
+    assert rig.c.states()["d04"]["alarm"] == "forced"
+    await rig.close(rig.d, 3)
+    await rig.scan("B-LIND")
+    await rig.clock.advance(1)
+    out = await rig.scan("B-LIND")
+    assert out.accepted and out.message == "alarm on d04 acknowledged by Maria Lindqvist"
+    [ack] = [e for e in await rig.events() if e.kind == "alarm.acknowledged"]
+    assert ack.compartment == "d04" and list(ack.people) == ["lind"]
+    assert ack.data["via"] == "cabinet" and ack.data["scanner"] == "front" and ack.data["alarms"] == ["forced"]
+    assert rig.c.states()["d04"]["alarm"] is None and rig.c.alarms.waiting() == []
+
+
+async def test_one_badge_read_twice_in_a_burst_acknowledges_nothing(tmp_path):
+    rig = await make_rig(tmp_path, TOML + "[evidence]\nbadge_burst_ms = 300\n")
+    try:
+        rig.d.force(3)
+        await rig.clock.advance(0.05)
+        await rig.close(rig.d, 3)
+        await rig.scan("B-LIND")
+        await rig.clock.advance(0.05)  # a printed badge read twice: 50 ms apart
+        out = await rig.scan("B-LIND")
+        assert "acknowledged" not in out.message and rig.c.states()["d04"]["alarm"] == "forced"
+    finally:
+        await close_rig(rig)
 
 
 async def test_door_held_open_alarm_repeats_until_closed(rig):

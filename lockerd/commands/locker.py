@@ -19,7 +19,7 @@ async def remote_open(c: Controller, args: dict[str, Any], ctx: Context) -> dict
 
 
 async def acknowledge_alarm(c: Controller, args: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    return await c.doors.acknowledge_alarm(str(args.get("compartment")), str(args.get("person")),
+    return await c.alarms.acknowledge(str(args.get("compartment")), str(args.get("person")),
                                            str(args.get("note") or ""), ctx.by)
 
 
@@ -36,7 +36,7 @@ async def status(c: Controller, args: dict[str, Any], ctx: Context) -> dict[str,
         "drivers": {n: {"online": d.online, "detail": d.detail} for n, d in c.hw.drivers.items()},
         "scanners": {n: {"online": d.online, "detail": d.detail} for n, d in c.hw.scanners.items()},
         "compartments": c.states(),
-        "alarms": c.doors.unacknowledged(),
+        "alarms": c.alarms.waiting(),
     }
 
 
