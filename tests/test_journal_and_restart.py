@@ -10,8 +10,7 @@ import sqlite3
 import pytest
 from rig import close_rig, fill_disk, make_rig
 
-from lockerd import importer
-from lockerd import journal as journal_module
+from lockerd import importer, journal_writer
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal, chain_hash, verify
 
@@ -163,13 +162,14 @@ async def test_import_is_all_or_nothing(tmp_path):
 async def test_csv_import(tmp_path):
     r = await make_rig(tmp_path, data=None)
     try:
-        people = importer.parse("id,name,role\nb1,Bea,officer\n", True)
-        items = importer.parse("code,kind,case_name,category,officer,compartment\nD-7,dossier,C,cat,b1,d02\n", True)
+        people = importer.parse("id,name,role\nb1,Bea,officer\n", is_csv=True)
+        items = importer.parse("code,kind,case_name,category,officer,compartment\nD-7,dossier,C,cat,b1,d02\n",
+                               is_csv=True)
         await importer.apply(r.c, people)
         await importer.apply(r.c, items)
         assert r.c.registry.items["D-7"].compartment == "d02"
         with pytest.raises(CommandError, match="unrecognised CSV header"):
-            importer.parse("foo,bar\n1,2\n", True)
+            importer.parse("foo,bar\n1,2\n", is_csv=True)
     finally:
         await close_rig(r)
 
@@ -210,7 +210,7 @@ async def test_the_writer_hashes_each_row_as_verify_does(tmp_path):
 
 async def test_no_checkpoint_lands_inside_a_commit(tmp_path, monkeypatch):
     """SQLite's own checkpoint would run inside the commit crossing 1000 WAL pages, maybe a grant's."""
-    monkeypatch.setattr(journal_module, "CHECKPOINT_AFTER_COMMITS", 10**6)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 10**6)
     j = Journal(tmp_path / "j.db")
     assert j.open()
     try:
@@ -228,8 +228,8 @@ async def test_no_checkpoint_lands_inside_a_commit(tmp_path, monkeypatch):
 
 
 async def test_the_writer_checkpoints_once_idle(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "CHECKPOINT_AFTER_COMMITS", 5)
-    monkeypatch.setattr(journal_module, "CHECKPOINT_IDLE_S", 0.05)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 5)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.05)
     j = Journal(tmp_path / "j.db")
     assert j.open()
     try:
