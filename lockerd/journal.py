@@ -3,7 +3,7 @@
 One thread owns the writing connection and is fed by a queue
 (lockerd/journal_writer.py): what the loop appends during one pass is
 committed together with one fsync, and a grant is durable when its future
-resolves (:meth:`Journal.record`). Each event row is chained to the
+resolves (:meth:`Journal.append_durable`). Each event row is chained to the
 one before by its hash (lockerd/journal_chain.py), so an edit or a deletion
 anywhere is found by :func:`verify`. State changes (dossier in or out,
 people, badges, compartment faults) are written in the same transaction as
@@ -280,8 +280,9 @@ class Journal:
         a journal that cannot be written: it is held in memory and journaled
         late, in order, once writing works again (its future resolves then).
         Where the caller must act on the outcome now (a grant before the lock
-        moves, a command's acceptance), use :meth:`record` or ``keep=False``:
-        a failure to write then resolves the future with JournalError.
+        moves, a command's acceptance), use :meth:`append_durable` or
+        ``keep=False``: a failure to write then resolves the future with
+        JournalError.
         """
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[Event] = loop.create_future()
@@ -307,9 +308,18 @@ class Journal:
         self._gather(loop, item)
         return fut
 
-    async def record(self, kind: str, **kw: Any) -> Event:
-        """Append and wait until durable; JournalError at once when it cannot be written (nothing is held)."""
+    async def append_durable(self, kind: str, **kw: Any) -> Event:
+        """Append ``kind`` and resolve only once the event is committed and fsynced.
+
+        The grant before a lock moves must use it. Nothing is held: when the
+        journal cannot be written this raises JournalError at once, and the
+        lock stays shut.
+        """
         return await self.append(kind, keep=False, **kw)
+
+    async def record(self, kind: str, **kw: Any) -> Event:
+        """Deprecated name of :meth:`append_durable`, kept until its callers have moved."""
+        return await self.append_durable(kind, **kw)
 
     # -- an outage: events held in memory ------------------------------------------
 

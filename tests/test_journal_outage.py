@@ -91,7 +91,7 @@ async def test_a_forced_door_while_the_journal_is_unwritable_is_journaled_late_a
         await wait_for(rec, lambda r: {"alarm.forced", "journal.outage"} <= {e.get("kind") for e in r.on("/events")},
                        10)
         assert j.healthy and j.held == 0
-        assert (await j.record("test.after")).seq == j.last_seq
+        assert (await j.append_durable("test.after")).seq == j.last_seq
     assert verify(daemon.config.journal_path).ok
 
 
@@ -176,7 +176,7 @@ async def test_events_spilled_by_a_run_that_stopped_are_journaled_by_the_next(tm
     path = tmp_path / "journal.db"
     first = Journal(path, boot="first")
     assert first.open()
-    await first.record("test.before")
+    await first.append_durable("test.before")
     # As an earlier run's close leaves an event it could not write: in the spill file beside the journal.
     journal_outage.Holding(first.spill_path).spill(journal_writer.Pending(
         "alarm.forced", journal_writer.new_fields(first.clock, first.boot, compartment="d01", data={"reason": "x"}),
