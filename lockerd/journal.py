@@ -99,28 +99,29 @@ class Journal:
         """Why the journal cannot be written now; None while it can."""
         return self._state.error
 
-    @error.setter
-    def error(self, value: str | None) -> None:
-        self._state.error = value
-
     @property
     def last_seq(self) -> int:
+        """The seq of the newest committed event (0 for an empty journal)."""
         return self._state.last_seq
 
     @property
     def last_hash(self) -> str:
+        """The hash of the newest committed event (GENESIS for an empty journal)."""
         return self._state.last_hash
 
     @property
     def commits(self) -> int:
+        """Batches committed by the writer since this object was made."""
         return self._state.commits
 
     @property
     def checkpoints(self) -> int:
+        """WAL checkpoints the writer ran while idle."""
         return self._state.checkpoints
 
     @property
     def spill_path(self) -> Path:
+        """Where held events go past HELD_MAX (see lockerd/journal_outage.py)."""
         return self._holding.spill_path
 
     # -- life ------------------------------------------------------------------
@@ -141,9 +142,9 @@ class Journal:
         try:
             self._open(self._loop)
         except (OSError, sqlite3.Error, JournalError) as e:
-            self.error = f"journal {self.path} unusable: {e}"
+            self._state.error = f"journal {self.path} unusable: {e}"
         else:
-            self.error = None
+            self._state.error = None
         if self.error is not None:
             log.error("%s", self.error)
             self._release_lock()
