@@ -41,7 +41,7 @@ async def run(n: int, events: int, rate: float) -> dict[str, float]:
             for k in range(events):
                 node.journal.append("bench.tick", n=k)
                 await asyncio.sleep(1 / rate)
-            await node.journal.record("bench.end")
+            await node.journal.append_durable("bench.end")
 
         t0 = time.perf_counter()
         await asyncio.gather(*(produce(x) for x in nodes))

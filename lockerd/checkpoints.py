@@ -21,13 +21,14 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lockerd import secretfile
 from lockerd.clock import Clock, iso_utc
 from lockerd.errors import JournalError
-from lockerd.journal import Event, Journal, canonical
+from lockerd.journal import Event, Journal, canonical, connect
 
 if TYPE_CHECKING:
     import nacl.signing
@@ -88,7 +89,7 @@ class Checkpointer:
         self.every = every
         self.interval_s = interval_s
         self.signed_seq = 0  # the seq the newest checkpoint covers
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.journal.subscribe(self._on_events)
@@ -109,7 +110,7 @@ class Checkpointer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(written), 2.0)
 
-    def checkpoint(self, reason: str) -> asyncio.Future | None:
+    def checkpoint(self, reason: str) -> asyncio.Future[Event] | None:
         """Sign the journal's newest event now (nothing when it is unusable or already signed)."""
         seq, h = self.journal.last_seq, self.journal.last_hash
         if not self.journal.healthy or seq == 0 or seq == self.signed_seq:
@@ -122,7 +123,7 @@ class Checkpointer:
         fut.add_done_callback(lambda f: self._keep_copy(f, cp))
         return fut
 
-    def _keep_copy(self, fut: asyncio.Future, cp: dict[str, Any]) -> None:
+    def _keep_copy(self, fut: asyncio.Future[Event], cp: dict[str, Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
         path = last_path(self.journal.path)
@@ -186,8 +187,6 @@ def check_anchors(path: Path, anchors: list[dict[str, Any]], key_hex: str | None
     With ``key_hex`` (the controller's public key, as the station pinned it), a checkpoint whose signature
     does not verify is named too: it is not this controller's.
     """
-    from lockerd.journal import connect
-
     problems = []
     conn = connect(path, readonly=True)
     try:
@@ -212,11 +211,17 @@ def check_export_anchors(path: Path, anchors: list[dict[str, Any]], key_hex: str
     from lockerd.journal_export import read_export
 
     meta, _, rows = read_export(path)
+    return export_anchor_problems(meta, [r.cells for r in rows], anchors, key_hex)
+
+
+def export_anchor_problems(meta: Mapping[str, Any], rows: Iterable[Mapping[str, Any]],
+                           anchors: list[dict[str, Any]], key_hex: str | None) -> list[str]:
+    """The anchors within an export's range (its header ``meta``) against its rows' cells."""
     first, last = meta.get("first_seq") or 0, meta.get("last_seq") or 0
     hashes: dict[int, str] = {}
-    for r in rows:
+    for cells in rows:
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            hashes[int(r.cells["seq"])] = str(r.cells["hash"])
+            hashes[int(cells["seq"])] = str(cells["hash"])
     problems = []
     until = meta.get("until")
     for a in anchors:

@@ -345,7 +345,7 @@ class Daemon:
 
     async def _journal(self, kind: str, **data: object) -> None:
         try:
-            await self.journal.record(kind, **data)
+            await self.journal.append_durable(kind, **data)
         except JournalError as e:
             log.error("cannot journal %s: %s", kind, e)  # noqa: TRY400 - an unusable journal is expected; e says why
 

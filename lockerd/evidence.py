@@ -66,7 +66,7 @@ class Authorisations:
         if not reason.strip():
             raise CommandError("a reason is required: say why the item leaves the locker")
         until = self.clock.wall() + valid_s
-        ev = await self.journal.record("retrieval.authorised", compartment=item.compartment, dossier=code,
+        ev = await self.journal.append_durable("retrieval.authorised", compartment=item.compartment, dossier=code,
                                        reason=reason.strip(), release=release, until=iso_utc(until),
                                        until_epoch=round(until, 3), **by)
         self._by_item[code] = Authorisation(code, reason.strip(), release, until, ev.seq)

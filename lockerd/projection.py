@@ -1,4 +1,4 @@
-"""The state tables as a projection of the hash chain: snapshots, and the check at start.
+"""The state tables as a projection of the hash chain: how an operation applies, snapshots, the check at start.
 
 People, badges, items, compartments and deadlines are changed only by the
 state operations an event carries, and those operations are part of the
@@ -25,21 +25,57 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from lockerd.journal_chain import canonical, chain_problem
+
 SNAPSHOT_EVERY = 500
 SNAPSHOT_KIND = "journal.snapshot"
+
+# Primary keys of the state tables, for upserts.
+STATE_TABLES = {
+    "items": "code",
+    "people": "id",
+    "badges": "code",
+    "compartments": "id",
+    "deadlines": "id",
+}
+
+StateOp = tuple[str, str, dict[str, Any]]  # ("upsert" | "delete" | "clear", table, row or key or {})
+
+
+def apply_state(conn: sqlite3.Connection, op: StateOp, seq: int) -> None:
+    """Apply one state operation of the event ``seq`` (the writer's, and the replay's at start)."""
+    action, table, row = op
+    pk = STATE_TABLES[table]
+    if action == "delete":
+        conn.execute(f"DELETE FROM {table} WHERE {pk} = ?", (row[pk],))
+        return
+    if action == "clear":
+        conn.execute(f"DELETE FROM {table}")
+        return
+    row = dict(row)
+    if table in ("items", "deadlines"):
+        row["updated_seq"] = seq
+    cols = list(row)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != pk)
+    conn.execute(
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+        f"ON CONFLICT({pk}) DO UPDATE SET {updates}",
+        [canonical(v) if isinstance(v, list | dict) else v for v in row.values()],
+    )
 
 
 @dataclass
 class Check:
     """What the start-time check found: differences (one sentence each) and the operations that repair them."""
 
-    snapshot_seq: int | None
+    snapshot_seq: int
     replayed: int = 0
     differences: list[str] = field(default_factory=list)
-    repair: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    repair: list[StateOp] = field(default_factory=list)
 
 
-def dump(conn: sqlite3.Connection, tables: dict[str, str], schema: str = "main") -> dict[str, list[dict[str, Any]]]:
+def dump(conn: sqlite3.Connection, tables: dict[str, str] = STATE_TABLES,
+         schema: str = "main") -> dict[str, list[dict[str, Any]]]:
     """Every row of every state table, in primary-key order."""
     out: dict[str, list[dict[str, Any]]] = {}
     for table, pk in tables.items():
@@ -57,11 +93,11 @@ def digest_of(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def check(conn: sqlite3.Connection, tables: dict[str, str], apply_state: Any, verify_rows: Any) -> Check:
+def check(conn: sqlite3.Connection, tables: dict[str, str] = STATE_TABLES) -> Check:
     """Compare the state tables with the last snapshot plus the operations journaled after it.
 
-    ``apply_state(conn, op, seq)`` is the writer's own operation; ``verify_rows(after_seq)`` checks the hash
-    chain from a snapshot to the end and returns a problem sentence or None.
+    The operations are replayed by :func:`apply_state`, the writer's own; the hash chain from the snapshot
+    to the end is checked first (:func:`lockerd.journal_chain.chain_problem`).
     """
     snap = conn.execute("SELECT seq, digest, body FROM snapshots ORDER BY seq DESC LIMIT 1").fetchone()
     last_event = conn.execute("SELECT seq FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1",
@@ -82,7 +118,7 @@ def check(conn: sqlite3.Connection, tables: dict[str, str], apply_state: Any, ve
             result.differences.append(f"the snapshot at seq {seq} was changed after it was taken")
         elif last_event is not None and last_event[0] != seq:
             result.differences.append(f"the snapshot of seq {last_event[0]} is missing from the snapshots table")
-    problem = verify_rows(max(seq - 1, 0))
+    problem = chain_problem(conn, max(seq - 1, 0))
     if problem:
         result.differences.append(problem)
     if result.differences:
@@ -97,8 +133,8 @@ def check(conn: sqlite3.Connection, tables: dict[str, str], apply_state: Any, ve
         for s, ops in conn.execute("SELECT seq, state FROM events WHERE seq > ? AND state IS NOT NULL ORDER BY seq",
                                    (seq,)).fetchall():
             result.replayed += 1
-            for op in json.loads(ops):
-                apply_state(conn, tuple(op), s)  # unqualified names resolve to the temp tables first
+            for action, name, values in json.loads(ops):
+                apply_state(conn, (action, name, values), s)  # unqualified names resolve to the temp tables first
         _compare(conn, tables, result)
     finally:
         for table in created:
@@ -108,7 +144,7 @@ def check(conn: sqlite3.Connection, tables: dict[str, str], apply_state: Any, ve
 
 def _shadow_tables(conn: sqlite3.Connection, tables: dict[str, str]) -> list[str]:
     """Empty temporary tables shaped like the state tables (same columns, types and keys)."""
-    created = []
+    created: list[str] = []
     for table in tables:
         (sql,) = conn.execute("SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = ?",
                               (table,)).fetchone()

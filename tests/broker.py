@@ -420,7 +420,7 @@ class Node:
         assert self.journal is not None
         for i in range(n):
             self.journal.append(kind, n=i)
-        await self.journal.record(kind, n=n)
+        await self.journal.append_durable(kind, n=n)
 
     def events(self) -> list[dict[str, Any]]:
         assert self.journal is not None
@@ -495,7 +495,7 @@ async def outages_mid_burst(node: Node, broker: Mosquitto, take_down: Callable[[
     finally:
         stop.set()
         await producer
-    await node.journal.record("test.end")
+    await node.journal.append_durable("test.end")
 
 
 async def wait_for(rec: Recorder, pred: Any, timeout_s: float = 10.0) -> None:
@@ -521,7 +521,7 @@ async def _produce(config_path: str, count: int) -> None:
     await link.start()
     i = 0
     while count == 0 or i < count:
-        ev = await journal.record("test.tick", n=i)
+        ev = await journal.append_durable("test.tick", n=i)
         print(ev.seq, flush=True)
         i += 1
         if i % 20 == 0:

@@ -47,7 +47,7 @@ def data() -> dict[str, Any]:
 async def evidence_rig(tmp: Path, **kw: Any) -> Rig:
     r = await make_rig(tmp, toml(**kw), data())
     # A revoked person, as the station's revoke-person leaves it.
-    await r.c.journal.record("person.revoked", people=("ex",), state=r.c.registry.revoke_person("ex"))
+    await r.c.journal.append_durable("person.revoked", people=("ex",), state=r.c.registry.revoke_person("ex"))
     return r
 
 

@@ -183,7 +183,7 @@ async def fill_disk(journal: Journal) -> None:
     await journal.execute(f"PRAGMA max_page_count = {pages}")
     for _ in range(10_000):
         try:
-            await journal.record("filler", blob="x" * 64)
+            await journal.append_durable("filler", blob="x" * 64)
         except JournalError:
             break
     else:

@@ -95,6 +95,6 @@ async def test_a_row_that_cannot_be_written_is_refused_alone(tmp_path: Path, mos
         assert [e.kind for e in rows] == ["test.before", "journal.row_refused", "test.after"]
         assert rows[1].data["refused_kind"] == "test.bad" and "\\ud800" in rows[1].data["content"]["note"]
         # The journal stays writable: no second-long refusal of everything after a bad row.
-        assert (await j.record("test.later")).seq == rows[-1].seq + 1
+        assert (await j.append_durable("test.later")).seq == rows[-1].seq + 1
         await wait_for(rec, lambda r: any(e.get("kind") == "journal.row_refused" for e in r.on("/events")), 10)
     assert verify(daemon.config.journal_path).ok

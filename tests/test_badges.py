@@ -33,7 +33,7 @@ async def test_the_journal_is_created_private_whatever_the_umask(tmp_path: Path)
     try:
         j = Journal(tmp_path / "journal.db", ManualClock())
         assert j.open()
-        await j.record("person.registered", people=("berg",))
+        await j.append_durable("person.registered", people=("berg",))
         j.close()
     finally:
         os.umask(old)
@@ -48,11 +48,11 @@ async def test_a_journal_with_badge_codes_in_clear_is_converted_at_start(tmp_pat
     # What an earlier lockerd left: the badge codes themselves in the table and in the events.
     j = Journal(tmp_path / "journal.db", ManualClock())
     assert j.open()
-    await j.record("person.registered", people=("berg",), state=[
+    await j.append_durable("person.registered", people=("berg",), state=[
         ("upsert", "people", {"id": "berg", "name": "Anna Berg", "role": "officer", "active": 1})])
-    await j.record("badge.registered", people=("berg",), badge="B-OLD-0001", state=[
+    await j.append_durable("badge.registered", people=("berg",), badge="B-OLD-0001", state=[
         ("upsert", "badges", {"code": "B-OLD-0001", "person": "berg", "active": 1})])
-    await j.record("badge.revoked", people=("berg",), badge="B-LOST-0002", state=[
+    await j.append_durable("badge.revoked", people=("berg",), badge="B-LOST-0002", state=[
         ("upsert", "badges", {"code": "B-LOST-0002", "person": "berg", "active": 0})])
     j.close()
 

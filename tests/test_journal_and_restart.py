@@ -10,8 +10,7 @@ import sqlite3
 import pytest
 from rig import close_rig, fill_disk, make_rig
 
-from lockerd import importer
-from lockerd import journal as journal_module
+from lockerd import importer, journal_writer
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal, chain_hash, verify
 
@@ -197,10 +196,10 @@ async def test_the_writer_hashes_each_row_as_verify_does(tmp_path):
     assert j.open()
     try:
         events = [
-            await j.record("scan", compartment="d01", dossier="D-1", people=("p1", "p2"), raw="D-1\u00e9\u2603",
+            await j.append_durable("scan", compartment="d01", dossier="D-1", people=("p1", "p2"), raw="D-1\u00e9\u2603",
                            nested={"b": [1, 2.5, None], "a": {"z": True, "y": "\"quoted\""}}),
-            await j.record("daemon.started"),
-            await j.record("door.opened", compartment="d02", granted=False, ratio=1e-7, big=10**20),
+            await j.append_durable("daemon.started"),
+            await j.append_durable("door.opened", compartment="d02", granted=False, ratio=1e-7, big=10**20),
         ]
     finally:
         j.close()
@@ -211,12 +210,12 @@ async def test_the_writer_hashes_each_row_as_verify_does(tmp_path):
 
 async def test_no_checkpoint_lands_inside_a_commit(tmp_path, monkeypatch):
     """SQLite's own checkpoint would run inside the commit crossing 1000 WAL pages, maybe a grant's."""
-    monkeypatch.setattr(journal_module, "CHECKPOINT_AFTER_COMMITS", 10**6)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 10**6)
     j = Journal(tmp_path / "j.db")
     assert j.open()
     try:
         for n in range(200):
-            await j.record("scan", raw=f"{n:06d}" * 1000)  # ~6 KB: several WAL pages per commit
+            await j.append_durable("scan", raw=f"{n:06d}" * 1000)  # ~6 KB: several WAL pages per commit
         other = sqlite3.connect(tmp_path / "j.db")
         try:
             busy, frames, _ = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
@@ -229,17 +228,17 @@ async def test_no_checkpoint_lands_inside_a_commit(tmp_path, monkeypatch):
 
 
 async def test_the_writer_checkpoints_once_idle(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "CHECKPOINT_AFTER_COMMITS", 5)
-    monkeypatch.setattr(journal_module, "CHECKPOINT_IDLE_S", 0.05)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 5)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.05)
     j = Journal(tmp_path / "j.db")
     assert j.open()
     try:
         for n in range(5):
-            await j.record("scan", raw=str(n))
+            await j.append_durable("scan", raw=str(n))
         async with asyncio.timeout(5):
             while j.checkpoints == 0:
                 await asyncio.sleep(0.01)
-        assert (await j.record("scan", raw="after")).seq == 6  # and writes on
+        assert (await j.append_durable("scan", raw="after")).seq == 6  # and writes on
     finally:
         j.close()
     assert verify(tmp_path / "j.db").ok
@@ -253,21 +252,21 @@ async def test_a_journal_whose_commit_failed_writes_again_once_the_cause_is_gone
     j = Journal(tmp_path / "j.db", clock)
     assert j.open()
     try:
-        await j.record("daemon.ready")
+        await j.append_durable("daemon.ready")
         await j.execute("PRAGMA busy_timeout = 100")  # fail fast while another writer holds the lock
         other = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # e.g. an offline tool holding the write lock
         with pytest.raises(JournalError, match="locked"):
-            await j.record("scan", code="D-1")
+            await j.append_durable("scan", code="D-1")
         assert not j.healthy
         other.execute("ROLLBACK")
         other.close()
         # The cause is gone, but within the probe interval writes are refused at once ...
         with pytest.raises(JournalError):
-            await j.record("scan", code="D-1")
+            await j.append_durable("scan", code="D-1")
         # ... and the first write after it is the probe that finds the journal healthy again.
         await clock.advance(1.0)
-        ev = await j.record("scan", code="D-1")
+        ev = await j.append_durable("scan", code="D-1")
         assert j.healthy and ev.seq == 2
     finally:
         j.close()

@@ -301,7 +301,7 @@ class StationLink:
     async def _journal_or_log(self, what: str, kind: str, /, **fields: Any) -> None:
         """Journal a refusal or failure; a journal that cannot take it is logged, the reply goes out regardless."""
         try:
-            await self.journal.record(kind, **fields)
+            await self.journal.append_durable(kind, **fields)
         except JournalError as e:
             # One line, no traceback: an unusable journal is an expected state, alarmed on its own, and e says why.
             log.error("station: cannot journal %s: %s", what, e)  # noqa: TRY400
