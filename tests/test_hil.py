@@ -348,8 +348,10 @@ async def test_a_board_that_dies_while_its_door_is_open_is_offline_not_a_door_le
         bench = Bench(boards.cfg, Unattended(), BenchOptions(**(QUICK | {"doors": "spring", "skip_boards": True})))
 
         async def kill_once_seen_open() -> None:
-            # The bench has seen n03's door open (board-b input 2): now the board dies, the door still open.
-            while not any((c.driver, c.channel, c.state) == ("board-b", 2, DoorState.OPEN) for c in bench._changes):
+            # The bench has seen n03's door open (board-b input 2) and the pulse is over (its relay off at the
+            # board): now the board dies, with the door still open (it shuts 0.25 s after the relay).
+            while not any((c.driver, c.channel, c.state) == ("board-b", 2, DoorState.OPEN) for c in bench._changes) \
+                    or any(await boards.b.coils_of(2)):
                 await asyncio.sleep(0.005)
             boards.b.dead.add(2)
 
