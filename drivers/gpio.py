@@ -66,8 +66,8 @@ class GpioBoard(LockBank, DoorSensors):
         "pin_factory": PIN_FACTORY,
         "locks": Opt("list-int", (), min=0, max=53, doc="BCM pins driving lock relays"),
         "sensors": Opt("list-int", (), min=0, max=53, doc="BCM pins reading door switches"),
-        "active_high": Opt("bool", True, doc="relay energised when the pin is high"),
-        "pull_up": Opt("bool", True),
+        "active_high": Opt("bool", default=True, doc="relay energised when the pin is high"),
+        "pull_up": Opt("bool", default=True),
         "bounce_ms": Opt("int", 20, min=0, max=1000),
         "open_level": Opt("int", 1, min=0, max=1, doc="pin level that means the door is open"),
     }

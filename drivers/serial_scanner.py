@@ -162,11 +162,12 @@ class SerialScanner(Scanner):
         "terminators": Opt("list-str", ("\r", "\n"), doc="bytes that end a scan; CR, LF and CRLF alike"),
         "idle_timeout_ms": Opt("int", 200, min=5, max=10000,
                                doc="bytes that wait this long without a terminator are an incomplete scan"),
-        "idle_ends_scan": Opt("bool", False, doc="only for a scanner that sends no terminator at all: a pause of "
+        "idle_ends_scan": Opt("bool", default=False,
+                              doc="only for a scanner that sends no terminator at all: a pause of "
                               "idle_timeout_ms ends a scan. Risky: a scanner that pauses inside a scan splits it, "
                               "and a part of a code may be a code"),
         "max_length": Opt("int", 256, min=1, max=4096),
-        "aim": Opt("bool", False, doc="scans start with an AIM symbology identifier like ]C1"),
+        "aim": Opt("bool", default=False, doc="scans start with an AIM symbology identifier like ]C1"),
         "symbologies": Opt(
             "list-str", (),
             doc='AIM identifiers allowed ("C1" exactly, "Q" any QR modifier); empty allows all; '

@@ -56,7 +56,7 @@ class SimBoard(LockBank, DoorSensors):
         "channels": Opt("int", 32, min=1, max=256, doc="lock and sensor channels of the simulated board"),
         "crossed": Opt("list-int", (), doc="two channels whose door sensors are swapped (bench fault)"),
         "state_file": Opt("path", "", doc="keeps the simulated doors across restarts, as real doors are"),
-        "spring": Opt("bool", False, doc="doors pop open when released, with nobody pulling"),
+        "spring": Opt("bool", default=False, doc="doors pop open when released, with nobody pulling"),
     }
 
     def __init__(self, name: str, clock: Clock, budget: PowerBudget, options: Mapping[str, Any]):
