@@ -127,7 +127,7 @@ class Driver:
     def on_status(self, listener: Callable[[DriverStatus], None]) -> None:
         self._status_listeners.append(listener)
 
-    def report_status(self, online: bool, detail: str = "") -> None:
+    def report_status(self, *, online: bool, detail: str = "") -> None:
         """Tell listeners the device went offline or came back; silent when nothing changed."""
         if online == self.online and detail == self.detail:
             return

@@ -125,16 +125,16 @@ class GpioBoard(LockBank, DoorSensors):
         except Exception as e:  # no GPIO here, pin busy, wrong factory: offline, not a crash
             log.error("%s: cannot use the GPIO pins: %s", self.name, e)
             self._release()
-            self.report_status(False, f"GPIO unavailable: {e}")
+            self.report_status(online=False, detail=f"GPIO unavailable: {e}")
             return
         try:
             await self.all_off()
         except DriverError as e:
             log.error("%s: %s", self.name, e)
-            self.report_status(False, str(e))
+            self.report_status(online=False, detail=str(e))
             return
         self._read_all()
-        self.report_status(True)
+        self.report_status(online=True)
 
     def _claim(self) -> None:
         from gpiozero import DigitalInputDevice, OutputDevice
@@ -273,9 +273,9 @@ class GpioFeedback(Feedback):
         except Exception as e:
             log.error("%s: cannot use the feedback pins: %s", self.name, e)
             self._release()
-            self.report_status(False, f"GPIO unavailable: {e}")
+            self.report_status(online=False, detail=f"GPIO unavailable: {e}")
             return
-        self.report_status(True)
+        self.report_status(online=True)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -161,7 +161,7 @@ class ModbusBoard(LockBank, DoorSensors):
         """Switch every relay off, read the doors once, then poll. Never raises for a silent board."""
         if self.misconfigured:
             log.error("%s: %s", self.name, self.misconfigured)
-            self.report_status(False, self.misconfigured)
+            self.report_status(online=False, detail=self.misconfigured)
             return
         try:
             await self.all_off()
@@ -365,7 +365,7 @@ class ModbusBoard(LockBank, DoorSensors):
         if self._inputs_refused:
             self._inputs_refused = False
             log.warning("%s: inputs readable again", self.name)
-            self.report_status(True, "")
+            self.report_status(online=True)
         if self.inputs == 0:
             self._check_coils(levels)
         else:
@@ -396,7 +396,7 @@ class ModbusBoard(LockBank, DoorSensors):
         if not self._inputs_refused:
             self._inputs_refused = True
             log.error("%s: door sensors unreadable: %s", self.name, error)
-            self.report_status(True, f"door sensors unreadable: {error}")
+            self.report_status(online=True, detail=f"door sensors unreadable: {error}")
 
     # -- status (called by the bus task) ---------------------------------------------------
 
@@ -406,7 +406,7 @@ class ModbusBoard(LockBank, DoorSensors):
         if self._failing:
             self._failing = False
             self._backoff = self.offline_retry_first_s
-            self.report_status(True, "")  # logs "recovered"
+            self.report_status(online=True)  # logs "recovered"
             self.due = self.bus.now()
             self.bus.due_changed(self)
         if self._all_off_pending and not self.energised and not self._starting and self.polling:
@@ -446,7 +446,7 @@ class ModbusBoard(LockBank, DoorSensors):
         self._go_offline(f"bus {self.bus.name} down: {detail}")
 
     def _go_offline(self, detail: str) -> None:
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
         self._last_levels = None
         for ch in range(self.inputs):
             self._set_door(ch, DoorState.UNKNOWN)

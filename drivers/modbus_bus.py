@@ -271,7 +271,7 @@ class ModbusBus(Driver):
             return False
         self.connected = True
         self._silent_streak = 0
-        self.report_status(True, "")
+        self.report_status(online=True)
         log.info("%s: connected to %s", self.name, self.where)
         now = self._loop.time() if self._loop else 0.0
         for b in self.boards:
@@ -298,7 +298,7 @@ class ModbusBus(Driver):
         was = self.connected
         self.connected = False
         self._drop_client()
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
         self._fail_pending(DriverUnavailable(f"{self.name}: {detail}"))
         if was or any(b.online for b in self.boards):
             for b in self.boards:

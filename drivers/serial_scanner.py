@@ -279,7 +279,7 @@ class SerialScanner(Scanner):
         self.framer.reset()
         self._last_open_error = ""
         log.info("%s: reading %s at %d baud", self.name, self.port, self.baudrate)
-        self.report_status(True)
+        self.report_status(online=True)
         return True
 
     def _open_failed(self, e: BaseException) -> None:
@@ -290,7 +290,7 @@ class SerialScanner(Scanner):
             self._last_open_error = detail
         else:
             log.debug("%s: still cannot open: %s", self.name, detail)
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
 
     def _drop_port(self) -> None:
         if self._idle is not None:
@@ -311,7 +311,7 @@ class SerialScanner(Scanner):
             if frame is not None:
                 self._deliver_refused(frame.raw, "scanner disconnected in the middle of a scan")
         self.framer.reset()
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(detail)
 

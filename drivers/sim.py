@@ -219,12 +219,12 @@ class SimBoard(LockBank, DoorSensors):
 
     def vanish(self) -> None:
         """The board stops answering (power or cable lost)."""
-        self.report_status(False, "board not answering")
+        self.report_status(online=False, detail="board not answering")
         for ch in range(self.channels):
             self._set_door(ch, DoorState.UNKNOWN)
 
     def reappear(self) -> None:
-        self.report_status(True, "")
+        self.report_status(online=True)
         self._read_all()
 
     def bounce(self, channel: int, times: int = 3, interval_s: float = 0.003) -> None:
