@@ -148,8 +148,8 @@ class GpioBoard(LockBank, DoorSensors):
             )
         for pin in self.sensor_pins:
             dev = DigitalInputDevice(pin, pull_up=self.pull_up, bounce_time=self.bounce_s, pin_factory=self.factory)
-            dev.when_activated = lambda p=pin: self._edge(p, True)
-            dev.when_deactivated = lambda p=pin: self._edge(p, False)
+            dev.when_activated = lambda p=pin: self._edge(p, active=True)
+            dev.when_deactivated = lambda p=pin: self._edge(p, active=False)
             self._inputs[pin] = dev
 
     async def close(self) -> None:
@@ -183,7 +183,7 @@ class GpioBoard(LockBank, DoorSensors):
         for pin, dev in self._inputs.items():
             self._set_door(pin, self._state_of(int(dev.pin.state)))
 
-    def _edge(self, pin: int, active: bool) -> None:
+    def _edge(self, pin: int, *, active: bool) -> None:
         """On gpiozero's thread: hand the new level to the loop."""
         # A pulled-up input is active when low, a pulled-down one when high.
         level = int(active != self.pull_up)
@@ -283,7 +283,7 @@ class GpioFeedback(Feedback):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        self._set_all(False)
+        self._set_all(on=False)
         self._release()
 
     def _release(self) -> None:
@@ -297,8 +297,8 @@ class GpioFeedback(Feedback):
         try:
             if self._task is not None:
                 self._task.cancel()  # the newest outcome is the one that shows
-            self._set_all(False)
-            self._set("accept" if accepted else "refuse", True)
+            self._set_all(on=False)
+            self._set("accept" if accepted else "refuse", on=True)
             beeps = 1 if accepted else 2
             self._task = asyncio.create_task(self._pattern(beeps), name=f"feedback-{self.name}")
         except Exception:
@@ -311,17 +311,17 @@ class GpioFeedback(Feedback):
                 if i:
                     await self.clock.sleep(self.gap_s)
                     spent += self.gap_s
-                self._set("buzzer", True)
+                self._set("buzzer", on=True)
                 await self.clock.sleep(self.beep_s)
                 spent += self.beep_s
-                self._set("buzzer", False)
+                self._set("buzzer", on=False)
             await self.clock.sleep(max(0.0, self.lit_s - spent))
-            self._set_all(False)
+            self._set_all(on=False)
         except asyncio.CancelledError:
-            self._set("buzzer", False)
+            self._set("buzzer", on=False)
             raise
 
-    def _set(self, role: str, on: bool) -> None:
+    def _set(self, role: str, *, on: bool) -> None:
         dev = self._devs.get(role)
         if dev is None:
             return
@@ -330,6 +330,6 @@ class GpioFeedback(Feedback):
         except Exception as e:  # a dead LED must not break the scan path
             log.warning("%s: could not switch %s %s: %s", self.name, role, "on" if on else "off", e)
 
-    def _set_all(self, on: bool) -> None:
+    def _set_all(self, *, on: bool) -> None:
         for role in self._devs:
-            self._set(role, on)
+            self._set(role, on=on)

@@ -196,7 +196,7 @@ class ModbusBoard(LockBank, DoorSensors):
             raise DriverError(f"{self.name}: no lock channel {channel!r} (this board has 0 to {self.coils - 1})")
         return self.first_coil + channel
 
-    def _write_coil(self, address: int, on: bool, what: str, attempts: int | None = None) -> Awaitable[Any]:
+    def _write_coil(self, address: int, *, on: bool, what: str, attempts: int | None = None) -> Awaitable[Any]:
         unit = self.unit
 
         def send(c: ModbusClient) -> Awaitable[Any]:
@@ -220,7 +220,7 @@ class ModbusBoard(LockBank, DoorSensors):
             if self.profile == "waveshare":
                 await self._flash(address, ms, attempts)
             else:
-                await self._write_coil(address, True, f"lock {channel} on", attempts)
+                await self._write_coil(address, on=True, what=f"lock {channel} on", attempts=attempts)
         except DriverError as e:
             if self.profile == "generic" and not isinstance(e, DriverRefused):
                 # No answer does not mean the write did not land: make sure it goes off.
@@ -240,7 +240,7 @@ class ModbusBoard(LockBank, DoorSensors):
         request = self.bus.flash_request(flash, value, unit)
 
         def send(c: ModbusClient) -> Awaitable[Any]:
-            return c.execute(False, request)
+            return c.execute(no_response_expected=False, request=request)
 
         def check(r: Any) -> None:
             if r.function_code != 5 or r.address != flash:
@@ -252,7 +252,7 @@ class ModbusBoard(LockBank, DoorSensors):
         # Generic: this is the off. Waveshare: the board has already switched the
         # relay off by itself; the plain off is a backstop for a board that did not
         # take the flash command, and costs nothing in the scan's hot path.
-        await self._write_coil(self._coil(channel), False, f"lock {channel} off")
+        await self._write_coil(self._coil(channel), on=False, what=f"lock {channel} off")
 
     async def _all_off(self) -> None:
         """Every coil of the board off, in one request."""
@@ -292,7 +292,7 @@ class ModbusBoard(LockBank, DoorSensors):
         delay = 0.05
         while True:
             try:
-                await self._write_coil(self._coil(channel), False, f"lock {channel} off (safety)")
+                await self._write_coil(self._coil(channel), on=False, what=f"lock {channel} off (safety)")
                 break
             except DriverError as e:
                 log.debug("%s: safety off of lock %s failed: %s", self.name, channel, e)
