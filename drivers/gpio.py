@@ -122,15 +122,16 @@ class GpioBoard(LockBank, DoorSensors):
         self._closed = False
         try:
             self._claim()
-        except Exception as e:  # no GPIO here, pin busy, wrong factory: offline, not a crash
-            log.error("%s: cannot use the GPIO pins: %s", self.name, e)
+        except Exception as e:  # noqa: BLE001 - gpiozero and each pin library under it raise their own kinds
+            # No GPIO here, a pin busy, a wrong factory: offline, not a crash, and e says which.
+            log.error("%s: cannot use the GPIO pins: %s", self.name, e)  # noqa: TRY400
             self._release()
             self.report_status(online=False, detail=f"GPIO unavailable: {e}")
             return
         try:
             await self.all_off()
         except DriverError as e:
-            log.error("%s: %s", self.name, e)
+            log.error("%s: %s", self.name, e)  # noqa: TRY400 - e names the pins that stayed on and why
             self.report_status(online=False, detail=str(e))
             return
         self._read_all()
@@ -224,7 +225,7 @@ class GpioBoard(LockBank, DoorSensors):
         for pin, dev in self._outputs.items():
             try:
                 dev.off()
-            except Exception as e:  # one bad pin must not leave the others on
+            except Exception as e:  # noqa: BLE001 - one bad pin, whatever it raised, must not leave the others on
                 failed.append(f"{pin}: {e}")
         if failed:
             raise DriverError(f"{self.name}: could not switch off pins {'; '.join(failed)}")
@@ -270,8 +271,9 @@ class GpioFeedback(Feedback):
             for role, pin in self.pins.items():
                 if pin >= 0:  # -1 means not fitted; pin 0 is a real pin
                     self._devs[role] = OutputDevice(pin, initial_value=False, pin_factory=self.factory)
-        except Exception as e:
-            log.error("%s: cannot use the feedback pins: %s", self.name, e)
+        except Exception as e:  # noqa: BLE001 - gpiozero and each pin library under it raise their own kinds
+            # As for the board: offline, not a crash, and e says which.
+            log.error("%s: cannot use the feedback pins: %s", self.name, e)  # noqa: TRY400
             self._release()
             self.report_status(online=False, detail=f"GPIO unavailable: {e}")
             return
@@ -327,7 +329,7 @@ class GpioFeedback(Feedback):
             return
         try:
             dev.on() if on else dev.off()
-        except Exception as e:  # a dead LED must not break the scan path
+        except Exception as e:  # noqa: BLE001 - a dead LED, whatever it raised, must not break the scan path
             log.warning("%s: could not switch %s %s: %s", self.name, role, "on" if on else "off", e)
 
     def _set_all(self, *, on: bool) -> None:

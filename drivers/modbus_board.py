@@ -166,8 +166,9 @@ class ModbusBoard(LockBank, DoorSensors):
         try:
             await self.all_off()
         except DriverError as e:
-            # Retried when the board first answers a poll (see _heard).
-            log.error("%s: switching every relay off at start failed: %s", self.name, e)
+            # Retried when the board first answers a poll (see heard). One line, no
+            # traceback: a board offline at start is expected, and e says why.
+            log.error("%s: switching every relay off at start failed: %s", self.name, e)  # noqa: TRY400
         if self.inputs > 0 and not self._failing and self.bus.connected:
             try:
                 self._apply_levels(await self.bus.call(self, self._poll_what(), self._poll_send(),
@@ -185,7 +186,8 @@ class ModbusBoard(LockBank, DoorSensors):
             try:
                 await self.all_off()
             except DriverError as e:
-                log.error("%s: switching every relay off at close failed: %s", self.name, e)
+                # A board gone by now is expected: e says why; a traceback adds nothing.
+                log.error("%s: switching every relay off at close failed: %s", self.name, e)  # noqa: TRY400
         for task in list(self._off_tasks.values()):
             task.cancel()
 
