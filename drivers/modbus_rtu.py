@@ -287,6 +287,10 @@ class RtuClient:
 
     def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future[RtuReply]:
         """A request object of pymodbus's shape (``function_code``, ``dev_id``, ``encode()``), e.g. a flash pulse."""
+        if no_response_expected:
+            # pymodbus would send and not wait; every write this client frames waits for the
+            # board's echo, so a broadcast would only time out: refused rather than misread.
+            raise ValueError("execute: this client waits for a reply to every request")
         fc = int(request.function_code)
         if fc not in (5, 6, 15, 16):
             raise ValueError(f"execute: function {fc} is not a write this client frames")

@@ -20,7 +20,7 @@ from lockerd.drivers.modbus import (
     WaveshareFlashRequest,
     waveshare_flash_units,
 )
-from lockerd.drivers.modbus_rtu import LineLost, next_poll_at
+from lockerd.drivers.modbus_rtu import LineLost, RtuClient, next_poll_at
 from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import DecodePDU
@@ -224,6 +224,15 @@ async def test_waveshare_flash_encoding_matches_the_vendor_example():
     frame = FramerRTU(DecodePDU(is_server=False)).buildFrame(WaveshareFlashRequest(0x0200, 7, dev_id=1))
     assert frame == bytes.fromhex("0105020000078db0")
     assert [waveshare_flash_units(ms) for ms in (20, 100, 101, 500, 5000)] == [1, 1, 2, 5, 50]
+
+
+async def test_the_rtu_client_refuses_a_request_that_would_expect_no_reply():
+    # pymodbus would send it and not wait; this client waits for every echo, so a
+    # broadcast would only time out: it is refused before anything goes on the line.
+    client = RtuClient("/dev/no-such-line", owner=None)
+    request = WaveshareFlashRequest(0x0200, 7, dev_id=0)
+    with pytest.raises(ValueError, match="waits for a reply to every request"):
+        client.execute(no_response_expected=True, request=request)
 
 
 async def test_waveshare_pulse_is_one_hardware_timed_request_that_survives_a_crash(rig):
