@@ -61,7 +61,8 @@ class Camera:
         self.name = name
 
     @classmethod
-    def build(cls, name: str, options: Mapping[str, Any], parts: object = None) -> Camera:
+    def build(cls, name: str, _options: Mapping[str, Any], _parts: object = None) -> Camera:
+        """Every driver type is built from (name, options, parts); this camera reads neither of the last two."""
         return cls(name)
 
     async def capture(self, path: Path, shot: Shot) -> None:
@@ -81,7 +82,7 @@ class CommandCamera(Camera):
     }
 
     @classmethod
-    def build(cls, name: str, options: Mapping[str, Any], parts: object = None) -> CommandCamera:
+    def build(cls, name: str, options: Mapping[str, Any], _parts: object = None) -> CommandCamera:
         return cls(name, options)
 
     @staticmethod

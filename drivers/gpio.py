@@ -204,7 +204,8 @@ class GpioBoard(LockBank, DoorSensors):
             raise DriverUnavailable(f"{self.name}: GPIO not available ({self.detail or 'not started'})")
         return dev
 
-    async def _energise(self, channel: int, ms: int) -> None:
+    async def _energise(self, channel: int, _ms: int) -> None:
+        # The pin stays on until _deenergise: the pulse is timed by LockBank, on the clock.
         dev = self._output(channel)
         try:
             dev.on()

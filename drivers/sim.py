@@ -80,8 +80,8 @@ class SimBoard(LockBank, DoorSensors):
         return cls(name, parts.clock, parts.budget, options)
 
     @staticmethod
-    def offered(options: Mapping[str, Any], role: str) -> Channels | None:
-        """Locks and sensors share the channel numbers 0 to channels-1."""
+    def offered(options: Mapping[str, Any], _role: str) -> Channels | None:
+        """Locks and sensors share the channel numbers 0 to channels-1, whatever the role."""
         return count_channels(options.get("channels"))
 
     @staticmethod
@@ -271,7 +271,7 @@ class ConsoleFeedback(Feedback):
     OPTIONS: ClassVar[Spec] = {}
 
     @classmethod
-    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> ConsoleFeedback:
+    def build(cls, name: str, _options: Mapping[str, Any], parts: Parts) -> ConsoleFeedback:
         return cls(name, parts.clock)
 
     def __init__(self, name: str, clock: Clock, **kw: Any):
