@@ -134,7 +134,8 @@ class CommandCamera(Camera):
             raise DriverError(f"camera {self.name}: {argv[0]} exited with status {proc.returncode}"
                               + (f": {last[0][:200]}" if last[0] else ""))
         try:
-            size = path.stat().st_size
+            # Off the loop, as every file call here: a busy SD card can take milliseconds.
+            size = (await asyncio.to_thread(path.stat)).st_size
         except FileNotFoundError:
             raise DriverError(f"camera {self.name}: {argv[0]} succeeded but wrote no file at {path}") from None
         if size == 0:
@@ -185,10 +186,15 @@ class SimCamera(Camera):
     async def capture(self, path: Path, shot: Shot) -> None:
         data = self.image(shot)
         try:
-            with open(path, "xb") as f:
-                f.write(data)
+            await asyncio.to_thread(_write_new, path, data)
         except OSError as e:
             raise DriverError(f"camera {self.name}: cannot write {path}: {e.strerror or e}") from None
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, which must not exist yet: a still is never written over."""
+    with open(path, "xb") as f:
+        f.write(data)
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
