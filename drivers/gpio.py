@@ -52,8 +52,10 @@ def make_pin_factory(kind: str) -> Any:
     else:
         from gpiozero import Device
 
-        # gpiozero's own preference order (lgpio first); no global state is set.
-        factory = Device._default_pin_factory()
+        # gpiozero's own preference order (lgpio first), without setting its global
+        # Device.pin_factory as its public ensure_pin_factory() would: nothing public
+        # gives the one without the other.
+        factory = Device._default_pin_factory()  # noqa: SLF001
     _shared_factories[name] = factory
     return factory
 
