@@ -171,8 +171,8 @@ class ModbusBoard(LockBank, DoorSensors):
             log.error("%s: switching every relay off at start failed: %s", self.name, e)  # noqa: TRY400
         if self.inputs > 0 and not self._failing and self.bus.connected:
             try:
-                self._apply_levels(await self.bus.call(self, self._poll_what(), self._poll_send(),
-                                                       self._poll_check()))
+                self._apply_levels(await self.bus.call(self, self._poll_what(), self.poll_send(),
+                                                       self.poll_check()))
             except DriverError as e:
                 log.debug("%s: first door read failed: %s", self.name, e)
         self.polling = True
@@ -310,7 +310,8 @@ class ModbusBoard(LockBank, DoorSensors):
             return "read coils"
         return "read discrete inputs" if self.input_kind == "discrete" else "read input registers"
 
-    def _poll_send(self) -> Callable[[ModbusClient], Awaitable[Any]]:
+    def poll_send(self) -> Callable[[ModbusClient], Awaitable[Any]]:
+        """How this board's door poll is sent: the bus's requests, and the HIL bench measuring the same read."""
         unit = self.unit
         if self.inputs == 0:  # no sensors: read the coils, as a heartbeat and a relay check
             first, n = self.first_coil, self.coils
@@ -326,7 +327,8 @@ class ModbusBoard(LockBank, DoorSensors):
             return 1, self.first_coil, self.coils
         return (2 if self.input_kind == "discrete" else 4), self.first_input, self.inputs
 
-    def _poll_check(self) -> Callable[[Any], tuple[int, ...]]:
+    def poll_check(self) -> Callable[[Any], tuple[int, ...]]:
+        """How a reply to :meth:`poll_send` is judged: the levels it carries, or BadReply."""
         kind = "coils" if self.inputs == 0 else self.input_kind
         n = self.coils if self.inputs == 0 else self.inputs
         fc = {"coils": 1, "discrete": 2, "input-register": 4}[kind]
@@ -354,7 +356,7 @@ class ModbusBoard(LockBank, DoorSensors):
 
     def poll_request(self) -> Request:
         if self._poll_req is None:
-            self._poll_req = Request(self, self._poll_what(), self._poll_send(), self._poll_check(),
+            self._poll_req = Request(self, self._poll_what(), self.poll_send(), self.poll_check(),
                                       self.bus.retries + 1)
         # A silent board gets one attempt per retry interval, so it cannot stall the bus.
         self._poll_req.attempts = 1 if self._failing else self.bus.retries + 1
