@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -73,6 +73,7 @@ class SimBoard(LockBank, DoorSensors):
         self.state_file = Path(sf) if sf else None
         self.doors = [_Door() for _ in range(self.channels)]
         self.pulse_log: list[tuple[int, int, float]] = []  # (channel, ms, at)
+        self._pulse_listeners: list[Callable[[int, int], None]] = []
         self._bouncing: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -95,6 +96,13 @@ class SimBoard(LockBank, DoorSensors):
 
     def lock_channels(self) -> frozenset[int]:
         return frozenset(self.offered(self.options, "lock") or ())
+
+    def on_pulse(self, listener: Callable[[int, int], None]) -> None:
+        """Have ``listener(channel, ms)`` called as each pulse has landed, jammed latch or not.
+
+        For benchmarks timing the scan path to the lock, and tests watching it.
+        """
+        self._pulse_listeners.append(listener)
 
     def sensor_channels(self) -> frozenset[int]:
         return frozenset(self.offered(self.options, "sensor") or ())
@@ -152,12 +160,16 @@ class SimBoard(LockBank, DoorSensors):
         door = self._check(channel)
         now = self.clock.monotonic()
         self.pulse_log.append((channel, ms, now))
-        if door.jammed:
-            return
-        door.released_until = now + ms / 1000
-        if self.spring or door.pulling_until >= now:
-            door.pulling_until = -1.0
-            self._open(channel)
+        if not door.jammed:
+            door.released_until = now + ms / 1000
+            if self.spring or door.pulling_until >= now:
+                door.pulling_until = -1.0
+                self._open(channel)
+        for listener in list(self._pulse_listeners):
+            try:
+                listener(channel, ms)
+            except Exception:  # an observer must never break a pulse
+                log.exception("pulse listener failed for %s", self.name)
 
     async def _deenergise(self, channel: int) -> None:
         door = self._check(channel)
