@@ -124,6 +124,11 @@ class ModbusBus(Driver):
         self._await_s = self.timeout_s if kind == "tcp" else 2 * self.timeout_s + self.gap_s + 0.25
 
     @property
+    def client(self) -> Any:
+        """The client on the line now, None while there is none; each reconnect makes a new one."""
+        return self._client
+
+    @property
     def transactions(self) -> int:
         """Frames sent, retries included: benchmarks and tests count them."""
         rtu = self._client.polls_sent if isinstance(self._client, RtuClient) else 0

@@ -50,6 +50,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from lockerd.drivers import modbus_frame as codec
@@ -178,6 +179,7 @@ class RtuClient:
         self._slots: list[PollSlot] = []
         self._last_end = 0.0  # monotonic time the last request ended (reply, timeout or failure)
         self._buf = bytearray()
+        self._sent_listener: Callable[[bytes], None] | None = None
 
     # -- the port and the thread (loop side) ----------------------------------------------
 
@@ -234,6 +236,14 @@ class RtuClient:
             self._inflight = None
             self._queue.clear()
         return commands
+
+    def on_sent(self, listener: Callable[[bytes], None] | None) -> None:
+        """Have ``listener(frame)`` called as each request frame has been written (None: no more).
+
+        For benchmarks timing a frame leaving for the line. It runs with the line's
+        lock held, on the loop or on the line thread: it must be quick and thread-safe.
+        """
+        self._sent_listener = listener
 
     def wake(self) -> None:
         """Have the line thread look again at once (a command, a schedule change, the hold lifted)."""
@@ -336,6 +346,11 @@ class RtuClient:
         self._buf.clear()
         item.deadline = now + self.timeout_s
         self._inflight = item
+        if self._sent_listener is not None:
+            try:
+                self._sent_listener(request)
+            except Exception:  # an observer must never stop the line
+                log.exception("%s: sent-frame listener failed", self.name)
 
     def _run(self) -> None:
         # This loop runs twice per poll, all day: what it touches is kept in locals.

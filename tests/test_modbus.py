@@ -387,6 +387,25 @@ async def test_noise_ahead_of_a_reply_is_skipped_without_a_retry(rtu):
     assert (await peer.coils_of(1))[4] is False
 
 
+async def test_a_sent_frame_listener_sees_each_request_leave_and_cannot_stop_the_line(rtu):
+    b, client = rtu.boards[1], rtu.bus.client
+    frames: list[bytes] = []
+    client.on_sent(frames.append)  # polls from the line thread, commands from the loop
+    await b.pulse(2, 50)
+    await b.wait_pulses()
+    writes = [f[2:6] for f in frames if f[:2] == bytes((1, 5))]  # unit 1, write single coil
+    assert writes == [bytes.fromhex("0002ff00"), bytes.fromhex("00020000")]  # coil 2 on, then off
+
+    def broken(_frame: bytes) -> None:
+        raise RuntimeError("a bug in an observer")
+
+    client.on_sent(broken)
+    await b.pulse(3, 50)
+    await b.wait_pulses()
+    client.on_sent(None)
+    assert b.online and rtu.bus.client is client  # the line was never lost over it
+    assert (await rtu.peer.coils_of(1))[3] is False
+
 async def test_mangled_replies_on_every_attempt_fail_cleanly(rtu):
     peer, b = rtu.peer, rtu.boards[1]
     peer.mangle[(1, 5)] = [bad_crc, truncated]
