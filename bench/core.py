@@ -41,15 +41,13 @@ async def scan_to_pulse(n: int) -> None:
         scanner = hw.scanners["front"]
         lat: list[float] = []
         pulsed = asyncio.Event()
-        # Timed from inside the sim board: it offers no hook for when a pulse starts.
-        orig = board._energise  # noqa: SLF001
 
-        async def timed(channel: int, ms: int) -> None:
-            await orig(channel, ms)
+        # Timed as the sim board has released the latch: where the scan path ends.
+        def timed(_channel: int, _ms: int) -> None:
             lat.append(time.perf_counter() - t0)
             pulsed.set()
 
-        board._energise = timed  # noqa: SLF001
+        board.on_pulse(timed)
         for _i in range(n):
             # Each scan opens d01 (deposit/checkout/return alternate); close it
             # again so the next scan pulses rather than joining an open door.

@@ -107,18 +107,13 @@ async def run(folder: Path, line: str, scanner: SocatPair, scans: int, spacing_s
     c, journal, hw = await start_controller(path, data())
     bus = hw.extras[0]
     # Time each on-write's frame as it leaves for the line (function 5, value 0xFF00).
-    # Timed inside the bus's own client: the driver offers no hook for a frame leaving.
-    client = bus._client  # noqa: SLF001
     sent: list[int] = []
-    write = client._write  # noqa: SLF001
 
-    def timed(item, now: float) -> None:
-        write(item, now)
-        request = item.request
+    def timed(request: bytes) -> None:
         if request[1] == 5 and request[4:6] == b"\xff\x00":
             sent.append(time.monotonic_ns())
 
-    client._write = timed  # noqa: SLF001
+    bus.client.on_sent(timed)
     outcomes: asyncio.Queue = asyncio.Queue()
     c.on_outcome(lambda _scan, outcome: outcomes.put_nowait(outcome))
     written: list[int] = []

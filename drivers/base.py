@@ -127,7 +127,7 @@ class Driver:
     def on_status(self, listener: Callable[[DriverStatus], None]) -> None:
         self._status_listeners.append(listener)
 
-    def report_status(self, online: bool, detail: str = "") -> None:
+    def report_status(self, *, online: bool, detail: str = "") -> None:
         """Tell listeners the device went offline or came back; silent when nothing changed."""
         if online == self.online and detail == self.detail:
             return
@@ -314,7 +314,8 @@ class LockBank(Driver):
                     # A relay left energised burns the solenoid: keep trying,
                     # and say so once so the compartment goes into fault.
                     if not failed:
-                        log.error("%s: switching channel %s off failed (%s); retrying", self.name, channel, e)
+                        # One line, no traceback: a board offline or refusing is expected, and e says which.
+                        log.error("%s: switching channel %s off failed (%s); retrying", self.name, channel, e)  # noqa: TRY400
                         self.report_lock_fault(channel, f"relay did not switch off: {e}")
                         failed = True
                     await self.clock.sleep(delay)

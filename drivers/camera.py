@@ -61,7 +61,8 @@ class Camera:
         self.name = name
 
     @classmethod
-    def build(cls, name: str, options: Mapping[str, Any], parts: object = None) -> Camera:
+    def build(cls, name: str, _options: Mapping[str, Any], _parts: object = None) -> Camera:
+        """Every driver type is built from (name, options, parts); this camera reads neither of the last two."""
         return cls(name)
 
     async def capture(self, path: Path, shot: Shot) -> None:
@@ -81,7 +82,7 @@ class CommandCamera(Camera):
     }
 
     @classmethod
-    def build(cls, name: str, options: Mapping[str, Any], parts: object = None) -> CommandCamera:
+    def build(cls, name: str, options: Mapping[str, Any], _parts: object = None) -> CommandCamera:
         return cls(name, options)
 
     @staticmethod
@@ -133,7 +134,8 @@ class CommandCamera(Camera):
             raise DriverError(f"camera {self.name}: {argv[0]} exited with status {proc.returncode}"
                               + (f": {last[0][:200]}" if last[0] else ""))
         try:
-            size = path.stat().st_size
+            # Off the loop, as every file call here: a busy SD card can take milliseconds.
+            size = (await asyncio.to_thread(path.stat)).st_size
         except FileNotFoundError:
             raise DriverError(f"camera {self.name}: {argv[0]} succeeded but wrote no file at {path}") from None
         if size == 0:
@@ -184,10 +186,15 @@ class SimCamera(Camera):
     async def capture(self, path: Path, shot: Shot) -> None:
         data = self.image(shot)
         try:
-            with open(path, "xb") as f:
-                f.write(data)
+            await asyncio.to_thread(_write_new, path, data)
         except OSError as e:
             raise DriverError(f"camera {self.name}: cannot write {path}: {e.strerror or e}") from None
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, which must not exist yet: a still is never written over."""
+    with open(path, "xb") as f:
+        f.write(data)
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -52,8 +52,10 @@ def make_pin_factory(kind: str) -> Any:
     else:
         from gpiozero import Device
 
-        # gpiozero's own preference order (lgpio first); no global state is set.
-        factory = Device._default_pin_factory()
+        # gpiozero's own preference order (lgpio first), without setting its global
+        # Device.pin_factory as its public ensure_pin_factory() would: nothing public
+        # gives the one without the other.
+        factory = Device._default_pin_factory()  # noqa: SLF001
     _shared_factories[name] = factory
     return factory
 
@@ -66,8 +68,8 @@ class GpioBoard(LockBank, DoorSensors):
         "pin_factory": PIN_FACTORY,
         "locks": Opt("list-int", (), min=0, max=53, doc="BCM pins driving lock relays"),
         "sensors": Opt("list-int", (), min=0, max=53, doc="BCM pins reading door switches"),
-        "active_high": Opt("bool", True, doc="relay energised when the pin is high"),
-        "pull_up": Opt("bool", True),
+        "active_high": Opt("bool", default=True, doc="relay energised when the pin is high"),
+        "pull_up": Opt("bool", default=True),
         "bounce_ms": Opt("int", 20, min=0, max=1000),
         "open_level": Opt("int", 1, min=0, max=1, doc="pin level that means the door is open"),
     }
@@ -122,19 +124,20 @@ class GpioBoard(LockBank, DoorSensors):
         self._closed = False
         try:
             self._claim()
-        except Exception as e:  # no GPIO here, pin busy, wrong factory: offline, not a crash
-            log.error("%s: cannot use the GPIO pins: %s", self.name, e)
+        except Exception as e:  # noqa: BLE001 - gpiozero and each pin library under it raise their own kinds
+            # No GPIO here, a pin busy, a wrong factory: offline, not a crash, and e says which.
+            log.error("%s: cannot use the GPIO pins: %s", self.name, e)  # noqa: TRY400
             self._release()
-            self.report_status(False, f"GPIO unavailable: {e}")
+            self.report_status(online=False, detail=f"GPIO unavailable: {e}")
             return
         try:
             await self.all_off()
         except DriverError as e:
-            log.error("%s: %s", self.name, e)
-            self.report_status(False, str(e))
+            log.error("%s: %s", self.name, e)  # noqa: TRY400 - e names the pins that stayed on and why
+            self.report_status(online=False, detail=str(e))
             return
         self._read_all()
-        self.report_status(True)
+        self.report_status(online=True)
 
     def _claim(self) -> None:
         from gpiozero import DigitalInputDevice, OutputDevice
@@ -148,8 +151,8 @@ class GpioBoard(LockBank, DoorSensors):
             )
         for pin in self.sensor_pins:
             dev = DigitalInputDevice(pin, pull_up=self.pull_up, bounce_time=self.bounce_s, pin_factory=self.factory)
-            dev.when_activated = lambda p=pin: self._edge(p, True)
-            dev.when_deactivated = lambda p=pin: self._edge(p, False)
+            dev.when_activated = lambda p=pin: self._edge(p, active=True)
+            dev.when_deactivated = lambda p=pin: self._edge(p, active=False)
             self._inputs[pin] = dev
 
     async def close(self) -> None:
@@ -183,7 +186,7 @@ class GpioBoard(LockBank, DoorSensors):
         for pin, dev in self._inputs.items():
             self._set_door(pin, self._state_of(int(dev.pin.state)))
 
-    def _edge(self, pin: int, active: bool) -> None:
+    def _edge(self, pin: int, *, active: bool) -> None:
         """On gpiozero's thread: hand the new level to the loop."""
         # A pulled-up input is active when low, a pulled-down one when high.
         level = int(active != self.pull_up)
@@ -203,7 +206,8 @@ class GpioBoard(LockBank, DoorSensors):
             raise DriverUnavailable(f"{self.name}: GPIO not available ({self.detail or 'not started'})")
         return dev
 
-    async def _energise(self, channel: int, ms: int) -> None:
+    async def _energise(self, channel: int, _ms: int) -> None:
+        # The pin stays on until _deenergise: the pulse is timed by LockBank, on the clock.
         dev = self._output(channel)
         try:
             dev.on()
@@ -224,7 +228,7 @@ class GpioBoard(LockBank, DoorSensors):
         for pin, dev in self._outputs.items():
             try:
                 dev.off()
-            except Exception as e:  # one bad pin must not leave the others on
+            except Exception as e:  # noqa: BLE001 - one bad pin, whatever it raised, must not leave the others on
                 failed.append(f"{pin}: {e}")
         if failed:
             raise DriverError(f"{self.name}: could not switch off pins {'; '.join(failed)}")
@@ -270,12 +274,13 @@ class GpioFeedback(Feedback):
             for role, pin in self.pins.items():
                 if pin >= 0:  # -1 means not fitted; pin 0 is a real pin
                     self._devs[role] = OutputDevice(pin, initial_value=False, pin_factory=self.factory)
-        except Exception as e:
-            log.error("%s: cannot use the feedback pins: %s", self.name, e)
+        except Exception as e:  # noqa: BLE001 - gpiozero and each pin library under it raise their own kinds
+            # As for the board: offline, not a crash, and e says which.
+            log.error("%s: cannot use the feedback pins: %s", self.name, e)  # noqa: TRY400
             self._release()
-            self.report_status(False, f"GPIO unavailable: {e}")
+            self.report_status(online=False, detail=f"GPIO unavailable: {e}")
             return
-        self.report_status(True)
+        self.report_status(online=True)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -283,7 +288,7 @@ class GpioFeedback(Feedback):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
-        self._set_all(False)
+        self._set_all(on=False)
         self._release()
 
     def _release(self) -> None:
@@ -297,8 +302,8 @@ class GpioFeedback(Feedback):
         try:
             if self._task is not None:
                 self._task.cancel()  # the newest outcome is the one that shows
-            self._set_all(False)
-            self._set("accept" if accepted else "refuse", True)
+            self._set_all(on=False)
+            self._set("accept" if accepted else "refuse", on=True)
             beeps = 1 if accepted else 2
             self._task = asyncio.create_task(self._pattern(beeps), name=f"feedback-{self.name}")
         except Exception:
@@ -311,25 +316,25 @@ class GpioFeedback(Feedback):
                 if i:
                     await self.clock.sleep(self.gap_s)
                     spent += self.gap_s
-                self._set("buzzer", True)
+                self._set("buzzer", on=True)
                 await self.clock.sleep(self.beep_s)
                 spent += self.beep_s
-                self._set("buzzer", False)
+                self._set("buzzer", on=False)
             await self.clock.sleep(max(0.0, self.lit_s - spent))
-            self._set_all(False)
+            self._set_all(on=False)
         except asyncio.CancelledError:
-            self._set("buzzer", False)
+            self._set("buzzer", on=False)
             raise
 
-    def _set(self, role: str, on: bool) -> None:
+    def _set(self, role: str, *, on: bool) -> None:
         dev = self._devs.get(role)
         if dev is None:
             return
         try:
             dev.on() if on else dev.off()
-        except Exception as e:  # a dead LED must not break the scan path
+        except Exception as e:  # noqa: BLE001 - a dead LED, whatever it raised, must not break the scan path
             log.warning("%s: could not switch %s %s: %s", self.name, role, "on" if on else "off", e)
 
-    def _set_all(self, on: bool) -> None:
+    def _set_all(self, *, on: bool) -> None:
         for role in self._devs:
-            self._set(role, on)
+            self._set(role, on=on)

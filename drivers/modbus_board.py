@@ -161,17 +161,18 @@ class ModbusBoard(LockBank, DoorSensors):
         """Switch every relay off, read the doors once, then poll. Never raises for a silent board."""
         if self.misconfigured:
             log.error("%s: %s", self.name, self.misconfigured)
-            self.report_status(False, self.misconfigured)
+            self.report_status(online=False, detail=self.misconfigured)
             return
         try:
             await self.all_off()
         except DriverError as e:
-            # Retried when the board first answers a poll (see _heard).
-            log.error("%s: switching every relay off at start failed: %s", self.name, e)
+            # Retried when the board first answers a poll (see heard). One line, no
+            # traceback: a board offline at start is expected, and e says why.
+            log.error("%s: switching every relay off at start failed: %s", self.name, e)  # noqa: TRY400
         if self.inputs > 0 and not self._failing and self.bus.connected:
             try:
-                self._apply_levels(await self.bus.call(self, self._poll_what(), self._poll_send(),
-                                                       self._poll_check()))
+                self._apply_levels(await self.bus.call(self, self._poll_what(), self.poll_send(),
+                                                       self.poll_check()))
             except DriverError as e:
                 log.debug("%s: first door read failed: %s", self.name, e)
         self.polling = True
@@ -185,7 +186,8 @@ class ModbusBoard(LockBank, DoorSensors):
             try:
                 await self.all_off()
             except DriverError as e:
-                log.error("%s: switching every relay off at close failed: %s", self.name, e)
+                # A board gone by now is expected: e says why; a traceback adds nothing.
+                log.error("%s: switching every relay off at close failed: %s", self.name, e)  # noqa: TRY400
         for task in list(self._off_tasks.values()):
             task.cancel()
 
@@ -196,7 +198,7 @@ class ModbusBoard(LockBank, DoorSensors):
             raise DriverError(f"{self.name}: no lock channel {channel!r} (this board has 0 to {self.coils - 1})")
         return self.first_coil + channel
 
-    def _write_coil(self, address: int, on: bool, what: str, attempts: int | None = None) -> Awaitable[Any]:
+    def _write_coil(self, address: int, *, on: bool, what: str, attempts: int | None = None) -> Awaitable[Any]:
         unit = self.unit
 
         def send(c: ModbusClient) -> Awaitable[Any]:
@@ -220,7 +222,7 @@ class ModbusBoard(LockBank, DoorSensors):
             if self.profile == "waveshare":
                 await self._flash(address, ms, attempts)
             else:
-                await self._write_coil(address, True, f"lock {channel} on", attempts)
+                await self._write_coil(address, on=True, what=f"lock {channel} on", attempts=attempts)
         except DriverError as e:
             if self.profile == "generic" and not isinstance(e, DriverRefused):
                 # No answer does not mean the write did not land: make sure it goes off.
@@ -240,7 +242,7 @@ class ModbusBoard(LockBank, DoorSensors):
         request = self.bus.flash_request(flash, value, unit)
 
         def send(c: ModbusClient) -> Awaitable[Any]:
-            return c.execute(False, request)
+            return c.execute(no_response_expected=False, request=request)
 
         def check(r: Any) -> None:
             if r.function_code != 5 or r.address != flash:
@@ -252,7 +254,7 @@ class ModbusBoard(LockBank, DoorSensors):
         # Generic: this is the off. Waveshare: the board has already switched the
         # relay off by itself; the plain off is a backstop for a board that did not
         # take the flash command, and costs nothing in the scan's hot path.
-        await self._write_coil(self._coil(channel), False, f"lock {channel} off")
+        await self._write_coil(self._coil(channel), on=False, what=f"lock {channel} off")
 
     async def _all_off(self) -> None:
         """Every coil of the board off, in one request."""
@@ -292,7 +294,7 @@ class ModbusBoard(LockBank, DoorSensors):
         delay = 0.05
         while True:
             try:
-                await self._write_coil(self._coil(channel), False, f"lock {channel} off (safety)")
+                await self._write_coil(self._coil(channel), on=False, what=f"lock {channel} off (safety)")
                 break
             except DriverError as e:
                 log.debug("%s: safety off of lock %s failed: %s", self.name, channel, e)
@@ -308,7 +310,8 @@ class ModbusBoard(LockBank, DoorSensors):
             return "read coils"
         return "read discrete inputs" if self.input_kind == "discrete" else "read input registers"
 
-    def _poll_send(self) -> Callable[[ModbusClient], Awaitable[Any]]:
+    def poll_send(self) -> Callable[[ModbusClient], Awaitable[Any]]:
+        """How this board's door poll is sent: the bus's requests, and the HIL bench measuring the same read."""
         unit = self.unit
         if self.inputs == 0:  # no sensors: read the coils, as a heartbeat and a relay check
             first, n = self.first_coil, self.coils
@@ -324,7 +327,8 @@ class ModbusBoard(LockBank, DoorSensors):
             return 1, self.first_coil, self.coils
         return (2 if self.input_kind == "discrete" else 4), self.first_input, self.inputs
 
-    def _poll_check(self) -> Callable[[Any], tuple[int, ...]]:
+    def poll_check(self) -> Callable[[Any], tuple[int, ...]]:
+        """How a reply to :meth:`poll_send` is judged: the levels it carries, or BadReply."""
         kind = "coils" if self.inputs == 0 else self.input_kind
         n = self.coils if self.inputs == 0 else self.inputs
         fc = {"coils": 1, "discrete": 2, "input-register": 4}[kind]
@@ -352,7 +356,7 @@ class ModbusBoard(LockBank, DoorSensors):
 
     def poll_request(self) -> Request:
         if self._poll_req is None:
-            self._poll_req = Request(self, self._poll_what(), self._poll_send(), self._poll_check(),
+            self._poll_req = Request(self, self._poll_what(), self.poll_send(), self.poll_check(),
                                       self.bus.retries + 1)
         # A silent board gets one attempt per retry interval, so it cannot stall the bus.
         self._poll_req.attempts = 1 if self._failing else self.bus.retries + 1
@@ -365,7 +369,7 @@ class ModbusBoard(LockBank, DoorSensors):
         if self._inputs_refused:
             self._inputs_refused = False
             log.warning("%s: inputs readable again", self.name)
-            self.report_status(True, "")
+            self.report_status(online=True)
         if self.inputs == 0:
             self._check_coils(levels)
         else:
@@ -396,7 +400,7 @@ class ModbusBoard(LockBank, DoorSensors):
         if not self._inputs_refused:
             self._inputs_refused = True
             log.error("%s: door sensors unreadable: %s", self.name, error)
-            self.report_status(True, f"door sensors unreadable: {error}")
+            self.report_status(online=True, detail=f"door sensors unreadable: {error}")
 
     # -- status (called by the bus task) ---------------------------------------------------
 
@@ -406,7 +410,7 @@ class ModbusBoard(LockBank, DoorSensors):
         if self._failing:
             self._failing = False
             self._backoff = self.offline_retry_first_s
-            self.report_status(True, "")  # logs "recovered"
+            self.report_status(online=True)  # logs "recovered"
             self.due = self.bus.now()
             self.bus.due_changed(self)
         if self._all_off_pending and not self.energised and not self._starting and self.polling:
@@ -446,7 +450,7 @@ class ModbusBoard(LockBank, DoorSensors):
         self._go_offline(f"bus {self.bus.name} down: {detail}")
 
     def _go_offline(self, detail: str) -> None:
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
         self._last_levels = None
         for ch in range(self.inputs):
             self._set_door(ch, DoorState.UNKNOWN)

@@ -124,6 +124,11 @@ class ModbusBus(Driver):
         self._await_s = self.timeout_s if kind == "tcp" else 2 * self.timeout_s + self.gap_s + 0.25
 
     @property
+    def client(self) -> Any:
+        """The client on the line now, None while there is none; each reconnect makes a new one."""
+        return self._client
+
+    @property
     def transactions(self) -> int:
         """Frames sent, retries included: benchmarks and tests count them."""
         rtu = self._client.polls_sent if isinstance(self._client, RtuClient) else 0
@@ -258,7 +263,9 @@ class ModbusBus(Driver):
                                             self.name)
         try:
             ok = bool(await self._client.connect())
-        except Exception as e:  # pymodbus returns False for most failures; be safe about the rest
+        except Exception as e:  # noqa: BLE001 - pymodbus returns False for most failures, raises anything for the rest
+            # Whatever it was, the bus reports itself offline and backs off; the task's
+            # last-resort handler would retry every 0.1 s and report nothing.
             ok = False
             detail = f"cannot open {self.where}: {e}"
         else:
@@ -271,7 +278,7 @@ class ModbusBus(Driver):
             return False
         self.connected = True
         self._silent_streak = 0
-        self.report_status(True, "")
+        self.report_status(online=True)
         log.info("%s: connected to %s", self.name, self.where)
         now = self._loop.time() if self._loop else 0.0
         for b in self.boards:
@@ -298,7 +305,7 @@ class ModbusBus(Driver):
         was = self.connected
         self.connected = False
         self._drop_client()
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
         self._fail_pending(DriverUnavailable(f"{self.name}: {detail}"))
         if was or any(b.online for b in self.boards):
             for b in self.boards:

@@ -67,7 +67,7 @@ class RtuReply:
         self.exception_code = 0
         self.frame = b""  # the whole reply frame: the bus hands it back as a poll's quiet reply
 
-    def isError(self) -> bool:
+    def isError(self) -> bool:  # pymodbus's name: the bus judges a reply of either client alike
         return self.exception_code != 0
 
     def __repr__(self) -> str:

@@ -50,6 +50,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from lockerd.drivers import modbus_frame as codec
@@ -178,6 +179,7 @@ class RtuClient:
         self._slots: list[PollSlot] = []
         self._last_end = 0.0  # monotonic time the last request ended (reply, timeout or failure)
         self._buf = bytearray()
+        self._sent_listener: Callable[[bytes], None] | None = None
 
     # -- the port and the thread (loop side) ----------------------------------------------
 
@@ -235,6 +237,14 @@ class RtuClient:
             self._queue.clear()
         return commands
 
+    def on_sent(self, listener: Callable[[bytes], None] | None) -> None:
+        """Have ``listener(frame)`` called as each request frame has been written (None: no more).
+
+        For benchmarks timing a frame leaving for the line. It runs with the line's
+        lock held, on the loop or on the line thread: it must be quick and thread-safe.
+        """
+        self._sent_listener = listener
+
     def wake(self) -> None:
         """Have the line thread look again at once (a command, a schedule change, the hold lifted)."""
         fd = self._wake_fd
@@ -287,6 +297,10 @@ class RtuClient:
 
     def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future[RtuReply]:
         """A request object of pymodbus's shape (``function_code``, ``dev_id``, ``encode()``), e.g. a flash pulse."""
+        if no_response_expected:
+            # pymodbus would send and not wait; every write this client frames waits for the
+            # board's echo, so a broadcast would only time out: refused rather than misread.
+            raise ValueError("execute: this client waits for a reply to every request")
         fc = int(request.function_code)
         if fc not in (5, 6, 15, 16):
             raise ValueError(f"execute: function {fc} is not a write this client frames")
@@ -332,6 +346,11 @@ class RtuClient:
         self._buf.clear()
         item.deadline = now + self.timeout_s
         self._inflight = item
+        if self._sent_listener is not None:
+            try:
+                self._sent_listener(request)
+            except Exception:  # an observer must never stop the line
+                log.exception("%s: sent-frame listener failed", self.name)
 
     def _run(self) -> None:
         # This loop runs twice per poll, all day: what it touches is kept in locals.

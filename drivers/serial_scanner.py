@@ -162,11 +162,12 @@ class SerialScanner(Scanner):
         "terminators": Opt("list-str", ("\r", "\n"), doc="bytes that end a scan; CR, LF and CRLF alike"),
         "idle_timeout_ms": Opt("int", 200, min=5, max=10000,
                                doc="bytes that wait this long without a terminator are an incomplete scan"),
-        "idle_ends_scan": Opt("bool", False, doc="only for a scanner that sends no terminator at all: a pause of "
+        "idle_ends_scan": Opt("bool", default=False,
+                              doc="only for a scanner that sends no terminator at all: a pause of "
                               "idle_timeout_ms ends a scan. Risky: a scanner that pauses inside a scan splits it, "
                               "and a part of a code may be a code"),
         "max_length": Opt("int", 256, min=1, max=4096),
-        "aim": Opt("bool", False, doc="scans start with an AIM symbology identifier like ]C1"),
+        "aim": Opt("bool", default=False, doc="scans start with an AIM symbology identifier like ]C1"),
         "symbologies": Opt(
             "list-str", (),
             doc='AIM identifiers allowed ("C1" exactly, "Q" any QR modifier); empty allows all; '
@@ -278,7 +279,7 @@ class SerialScanner(Scanner):
         self.framer.reset()
         self._last_open_error = ""
         log.info("%s: reading %s at %d baud", self.name, self.port, self.baudrate)
-        self.report_status(True)
+        self.report_status(online=True)
         return True
 
     def _open_failed(self, e: BaseException) -> None:
@@ -289,7 +290,7 @@ class SerialScanner(Scanner):
             self._last_open_error = detail
         else:
             log.debug("%s: still cannot open: %s", self.name, detail)
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
 
     def _drop_port(self) -> None:
         if self._idle is not None:
@@ -310,7 +311,7 @@ class SerialScanner(Scanner):
             if frame is not None:
                 self._deliver_refused(frame.raw, "scanner disconnected in the middle of a scan")
         self.framer.reset()
-        self.report_status(False, detail)
+        self.report_status(online=False, detail=detail)
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(detail)
 

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,7 +56,7 @@ class SimBoard(LockBank, DoorSensors):
         "channels": Opt("int", 32, min=1, max=256, doc="lock and sensor channels of the simulated board"),
         "crossed": Opt("list-int", (), doc="two channels whose door sensors are swapped (bench fault)"),
         "state_file": Opt("path", "", doc="keeps the simulated doors across restarts, as real doors are"),
-        "spring": Opt("bool", False, doc="doors pop open when released, with nobody pulling"),
+        "spring": Opt("bool", default=False, doc="doors pop open when released, with nobody pulling"),
     }
 
     def __init__(self, name: str, clock: Clock, budget: PowerBudget, options: Mapping[str, Any]):
@@ -73,6 +73,7 @@ class SimBoard(LockBank, DoorSensors):
         self.state_file = Path(sf) if sf else None
         self.doors = [_Door() for _ in range(self.channels)]
         self.pulse_log: list[tuple[int, int, float]] = []  # (channel, ms, at)
+        self._pulse_listeners: list[Callable[[int, int], None]] = []
         self._bouncing: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -80,8 +81,8 @@ class SimBoard(LockBank, DoorSensors):
         return cls(name, parts.clock, parts.budget, options)
 
     @staticmethod
-    def offered(options: Mapping[str, Any], role: str) -> Channels | None:
-        """Locks and sensors share the channel numbers 0 to channels-1."""
+    def offered(options: Mapping[str, Any], _role: str) -> Channels | None:
+        """Locks and sensors share the channel numbers 0 to channels-1, whatever the role."""
         return count_channels(options.get("channels"))
 
     @staticmethod
@@ -95,6 +96,13 @@ class SimBoard(LockBank, DoorSensors):
 
     def lock_channels(self) -> frozenset[int]:
         return frozenset(self.offered(self.options, "lock") or ())
+
+    def on_pulse(self, listener: Callable[[int, int], None]) -> None:
+        """Have ``listener(channel, ms)`` called as each pulse has landed, jammed latch or not.
+
+        For benchmarks timing the scan path to the lock, and tests watching it.
+        """
+        self._pulse_listeners.append(listener)
 
     def sensor_channels(self) -> frozenset[int]:
         return frozenset(self.offered(self.options, "sensor") or ())
@@ -152,12 +160,16 @@ class SimBoard(LockBank, DoorSensors):
         door = self._check(channel)
         now = self.clock.monotonic()
         self.pulse_log.append((channel, ms, now))
-        if door.jammed:
-            return
-        door.released_until = now + ms / 1000
-        if self.spring or door.pulling_until >= now:
-            door.pulling_until = -1.0
-            self._open(channel)
+        if not door.jammed:
+            door.released_until = now + ms / 1000
+            if self.spring or door.pulling_until >= now:
+                door.pulling_until = -1.0
+                self._open(channel)
+        for listener in list(self._pulse_listeners):
+            try:
+                listener(channel, ms)
+            except Exception:  # an observer must never break a pulse
+                log.exception("pulse listener failed for %s", self.name)
 
     async def _deenergise(self, channel: int) -> None:
         door = self._check(channel)
@@ -219,12 +231,12 @@ class SimBoard(LockBank, DoorSensors):
 
     def vanish(self) -> None:
         """The board stops answering (power or cable lost)."""
-        self.report_status(False, "board not answering")
+        self.report_status(online=False, detail="board not answering")
         for ch in range(self.channels):
             self._set_door(ch, DoorState.UNKNOWN)
 
     def reappear(self) -> None:
-        self.report_status(True, "")
+        self.report_status(online=True)
         self._read_all()
 
     def bounce(self, channel: int, times: int = 3, interval_s: float = 0.003) -> None:
@@ -271,7 +283,7 @@ class ConsoleFeedback(Feedback):
     OPTIONS: ClassVar[Spec] = {}
 
     @classmethod
-    def build(cls, name: str, options: Mapping[str, Any], parts: Parts) -> ConsoleFeedback:
+    def build(cls, name: str, _options: Mapping[str, Any], parts: Parts) -> ConsoleFeedback:
         return cls(name, parts.clock)
 
     def __init__(self, name: str, clock: Clock, **kw: Any):

@@ -12,7 +12,7 @@ class Wakeup:
         self._waiter: asyncio.Future[bool] | None = None
 
     def wake(self) -> None:
-        _settle(self._waiter, True)
+        _settle(self._waiter, woken=True)
 
     async def wait(self, seconds: float | None = None, wakeable: bool = True) -> bool:
         """Wait ``seconds`` (None: until woken); True when woken before that.
@@ -23,7 +23,7 @@ class Wakeup:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
         self._waiter = fut if wakeable else None
-        handle = None if seconds is None else loop.call_later(seconds, _settle, fut, False)
+        handle = None if seconds is None else loop.call_later(seconds, _time_up, fut)
         try:
             return await fut
         finally:
@@ -32,6 +32,11 @@ class Wakeup:
                 handle.cancel()
 
 
-def _settle(fut: asyncio.Future[bool] | None, woken: bool) -> None:
+def _settle(fut: asyncio.Future[bool] | None, *, woken: bool) -> None:
     if fut is not None and not fut.done():
         fut.set_result(woken)
+
+
+def _time_up(fut: asyncio.Future[bool]) -> None:
+    """The wait's own time ran out (a timer callback: call_later passes no keywords)."""
+    _settle(fut, woken=False)

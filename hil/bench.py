@@ -209,8 +209,7 @@ class Bench:
             self.tech.say(f"Board {board.name}: {self.opt.modbus_requests} reads")
             res = BoardResult(board.name, board.bus.name, board.unit)
             # The board's own poll request: the bench measures what the service will see.
-            # ModbusBoard keeps them private; they want public names there.
-            send, check = board._poll_send(), board._poll_check()  # noqa: SLF001
+            send, check = board.poll_send(), board.poll_check()
             silent_run = 0
             for _ in range(self.opt.modbus_requests):
                 res.requests += 1

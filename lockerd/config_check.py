@@ -109,7 +109,7 @@ def _is_id(x: Any) -> bool:
     return isinstance(x, str) and bool(ID_RE.match(x))
 
 
-def _anything(x: Any) -> bool:
+def _anything(_x: Any) -> bool:
     return True
 
 

@@ -13,7 +13,8 @@ from lockerd.domain import Role
 from lockerd.drivers.options import MISSING, Opt
 
 EVIDENCE = {
-    "depositor_may_retrieve": Opt("bool", True, doc="the officer who deposited an item may be the officer "
+    "depositor_may_retrieve": Opt("bool", default=True,
+                                  doc="the officer who deposited an item may be the officer "
                                   "co-signing its retrieval or release (never alone: a case manager is always needed)"),
     "reasons": Opt("table", {}, doc="reason cards for a retrieval: barcode = reason text"),
     "release_reasons": Opt("table", {}, doc="reason cards for a release (the item leaves for good): barcode = text"),

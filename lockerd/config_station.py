@@ -9,7 +9,7 @@ from lockerd.drivers.options import Opt
 from lockerd.station.signing import KEY_ID_RE, Authority, Signer
 
 STATION = {
-    "enabled": Opt("bool", True),
+    "enabled": Opt("bool", default=True),
     "brokers": Opt("list-str", doc='"host:port" entries, tried in turn'),
     "prefix": Opt("str", "lockerd", doc="topic prefix (levels of a-z, 0-9, '-', separated by '/')"),
     "client_id": Opt("str", "", doc="MQTT client id; default lockerd-<site>-<node>"),
@@ -17,7 +17,7 @@ STATION = {
     "keepalive_s": Opt("int", 30, min=5, max=3600),
     "username": Opt("str", ""),
     "password_file": Opt("path", "", doc="file holding the broker password"),
-    "tls": Opt("bool", False),
+    "tls": Opt("bool", default=False),
     "ca_file": Opt("path", ""),
     "cert_file": Opt("path", ""),
     "key_file": Opt("path", ""),
@@ -28,8 +28,10 @@ STATION = {
                             doc="how long the broker keeps our session (queued commands) while we are away"),
     "signers": Opt("table", {}, doc="station users whose signed commands this controller obeys: "
                    "[station.signers.<key id>] public_key = hex Ed25519 key, roles = [...]"),
-    "allow_unsigned": Opt("bool", False, doc="LAB ONLY: obey unsigned commands; journaled and logged at every start"),
-    "allow_plaintext": Opt("bool", False, doc="LAB ONLY: obey lock-moving commands over a link without TLS "
+    "allow_unsigned": Opt("bool", default=False,
+                          doc="LAB ONLY: obey unsigned commands; journaled and logged at every start"),
+    "allow_plaintext": Opt("bool", default=False,
+                           doc="LAB ONLY: obey lock-moving commands over a link without TLS "
                            "and credentials; journaled and logged at every start"),
 }
 

@@ -43,3 +43,24 @@ async def test_a_closed_or_dropped_subscription_is_fed_no_more() -> None:
     assert (await asyncio.wait_for(anext(kept), 1.0)).code == "D-0002"
     with pytest.raises(StopAsyncIteration):
         await anext(closed)
+
+
+@pytest.mark.asyncio
+async def test_pulse_listeners_hear_each_pulse_once_it_landed_and_cannot_break_it() -> None:
+    board = SimBoard("b", Clock(), PowerBudget(2), {"channels": 2})
+    await board.start()
+    heard: list[tuple[int, int, bool]] = []
+    board.on_pulse(lambda ch, ms: heard.append((ch, ms, board.released(ch))))
+
+    def broken(_channel: int, _ms: int) -> None:
+        raise RuntimeError("a bug in an observer")
+
+    board.on_pulse(broken)
+    board.jam(1)
+    await board.pulse(0, 50)
+    await board.pulse(1, 50)
+    # Heard after the latch moved (or, jammed, did not); the broken listener failed neither pulse.
+    assert heard == [(0, 50, True), (1, 50, False)]
+    assert [ch for ch, _, _ in board.pulse_log] == [0, 1]
+    await board.wait_pulses()
+    await board.close()

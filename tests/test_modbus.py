@@ -20,7 +20,7 @@ from lockerd.drivers.modbus import (
     WaveshareFlashRequest,
     waveshare_flash_units,
 )
-from lockerd.drivers.modbus_rtu import LineLost, next_poll_at
+from lockerd.drivers.modbus_rtu import LineLost, RtuClient, next_poll_at
 from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import DecodePDU
@@ -226,6 +226,15 @@ async def test_waveshare_flash_encoding_matches_the_vendor_example():
     assert [waveshare_flash_units(ms) for ms in (20, 100, 101, 500, 5000)] == [1, 1, 2, 5, 50]
 
 
+async def test_the_rtu_client_refuses_a_request_that_would_expect_no_reply():
+    # pymodbus would send it and not wait; this client waits for every echo, so a
+    # broadcast would only time out: it is refused before anything goes on the line.
+    client = RtuClient("/dev/no-such-line", owner=None)
+    request = WaveshareFlashRequest(0x0200, 7, dev_id=0)
+    with pytest.raises(ValueError, match="waits for a reply to every request"):
+        client.execute(no_response_expected=True, request=request)
+
+
 async def test_waveshare_pulse_is_one_hardware_timed_request_that_survives_a_crash(rig):
     peer, b = rig.peer, rig.boards[3]
     before = peer.count(3, 5)
@@ -377,6 +386,25 @@ async def test_noise_ahead_of_a_reply_is_skipped_without_a_retry(rtu):
     await b.wait_pulses()
     assert (await peer.coils_of(1))[4] is False
 
+
+async def test_a_sent_frame_listener_sees_each_request_leave_and_cannot_stop_the_line(rtu):
+    b, client = rtu.boards[1], rtu.bus.client
+    frames: list[bytes] = []
+    client.on_sent(frames.append)  # polls from the line thread, commands from the loop
+    await b.pulse(2, 50)
+    await b.wait_pulses()
+    writes = [f[2:6] for f in frames if f[:2] == bytes((1, 5))]  # unit 1, write single coil
+    assert writes == [bytes.fromhex("0002ff00"), bytes.fromhex("00020000")]  # coil 2 on, then off
+
+    def broken(_frame: bytes) -> None:
+        raise RuntimeError("a bug in an observer")
+
+    client.on_sent(broken)
+    await b.pulse(3, 50)
+    await b.wait_pulses()
+    client.on_sent(None)
+    assert b.online and rtu.bus.client is client  # the line was never lost over it
+    assert (await rtu.peer.coils_of(1))[3] is False
 
 async def test_mangled_replies_on_every_attempt_fail_cleanly(rtu):
     peer, b = rtu.peer, rtu.boards[1]
