@@ -153,18 +153,19 @@ def load(path: str | Path) -> Config:
 
 def parse(data: bytes, file: Path) -> Config:
     file = file.resolve()
-    c = Checker(file)
     try:
-        doc = tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        doc = tomllib.loads(text)
     except UnicodeDecodeError as e:
         raise ConfigError([f"{file}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"{file}: not valid TOML: {e}"]) from None
+    c = Checker(file, text)
 
     for key in doc:
         if key not in TOP:
             c.problems.append(
-                f"{file}: {key}: unknown section (known: {', '.join(sorted(TOP))})"
+                f"{c.where(key)}: {key}: unknown section (known: {', '.join(sorted(TOP))})"
             )
     for key in ("controller", "journal", "cabinets"):
         if key not in doc:

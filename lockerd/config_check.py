@@ -19,15 +19,26 @@ ID_EXPECT = "an id of 1-32 characters from a-z, 0-9 and '-' (used in MQTT topics
 
 
 class Checker:
-    """Checks values against option tables and collects every problem, each naming the file and key path."""
+    """Checks values against option tables and collects every problem, each naming the file, the line where
+    the file gives one, and the key path."""
 
-    def __init__(self, file: Path):
+    def __init__(self, file: Path, text: str = ""):
         self.file = file
         self.problems: list[str] = []
+        self._lines = key_lines(text)
+
+    def where(self, path: str) -> str:
+        """``file:line`` of the key (or of the nearest table around it) that ``path`` names, else the file."""
+        probe = path
+        while probe:
+            if probe in self._lines:
+                return f"{self.file}:{self._lines[probe]}"
+            probe = probe.rpartition(".")[0] if "." in probe else ""
+        return str(self.file)
 
     def problem(self, path: str, value: Any, expected: str) -> None:
         shown = "(missing)" if value is MISSING else repr(value)
-        self.problems.append(f"{self.file}: {path} = {shown}: expected {expected}")
+        self.problems.append(f"{self.where(path)}: {path} = {shown}: expected {expected}")
 
     def expect(self, opt: Opt) -> str:
         if opt.choices is not None:
@@ -84,7 +95,7 @@ class Checker:
             if key not in spec:
                 known = ", ".join(sorted(spec)) or "none"
                 self.problems.append(
-                    f"{self.file}: {join(path, key)}: unknown option (known here: {known})"
+                    f"{self.where(join(path, key))}: {join(path, key)}: unknown option (known here: {known})"
                 )
         for key, opt in spec.items():
             if key in raw:
@@ -139,3 +150,31 @@ def join(path: str, key: str) -> str:
 def names(d: Mapping[str, Any]) -> str:
     """The section names a reference may use, for a message."""
     return ", ".join(sorted(d)) or "none defined"
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?")
+_KEY = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
+
+
+def _dotted(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in re.split(r"\.(?=(?:[^\"']|\"[^\"]*\"|'[^']*')*$)", key))
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Where each table and key of a TOML text starts: dotted path (an array of tables' entry as ``a.b[i]``)
+    -> line number. Keys inside multi-line values are not found; their problems name the nearest table."""
+    out: dict[str, int] = {}
+    table = ""
+    entries: dict[str, int] = {}  # array of tables -> entries so far
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := _HEADER.match(line):
+            name = _dotted(m.group(2))
+            if m.group(1) == "[[":
+                i = entries.get(name, 0)
+                entries[name] = i + 1
+                name = f"{name}[{i}]"
+            table = name
+            out.setdefault(table, n)
+        elif m := _KEY.match(line):
+            out.setdefault(f"{table}.{_dotted(m.group(1))}" if table else _dotted(m.group(1)), n)
+    return out

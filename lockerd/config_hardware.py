@@ -152,6 +152,8 @@ class _Cabinets:
         self.cabinets: dict[str, Cabinet] = {}
         self.comps: dict[str, Compartment] = {}
         self.used: dict[tuple[str, str, int], str] = {}  # (role, driver, channel) -> compartment
+        # A cabinet's count past its driver's channels: (role, driver) -> the channels it needs, said once.
+        self.beyond: dict[tuple[str, str], list[int]] = {}
 
     def cabinet(self, cab_id: str, body: Any) -> None:
         c, path = self.c, f"cabinets.{cab_id}"
@@ -168,7 +170,10 @@ class _Cabinets:
             entries.append((f"{path}.compartments[{i}]", c.table(f"{path}.compartments[{i}]", item, COMPARTMENT)))
         if not entries:
             c.problem(path, body, "count > 0 or at least one [[compartments]] entry")
+        self.beyond = {}
         ids = [cid for where, e in entries if (cid := self.compartment(path, cab_id, opts, where, e))]
+        if self.beyond:
+            self._count_beyond(path, opts["count"])
         if opts["kind"] is not MISSING:
             self.cabinets[cab_id] = Cabinet(cab_id, opts["kind"], tuple(ids),
                                             opts["camera"] if isinstance(opts["camera"], str) else "")
@@ -217,7 +222,10 @@ class _Cabinets:
         ok = True
         limit = channels_of(self.drivers[drv], role)
         if limit is not None and ch not in limit:
-            c.problem(f"{where}.{name}", ch, f"a {role} channel of driver {drv!r} ({_fmt_channels(limit)})")
+            if where.endswith(".count"):  # one mistake (the count), one line: see _count_beyond
+                self.beyond.setdefault((name, drv), []).append(ch)
+            else:
+                c.problem(f"{where}.{name}", ch, f"a {role} channel of driver {drv!r} ({_fmt_channels(limit)})")
             ok = False
         key = (role, drv, ch)
         if key in self.used:
@@ -225,6 +233,18 @@ class _Cabinets:
             ok = False
         self.used[key] = cid
         return ok
+
+
+    def _count_beyond(self, path: str, count: int) -> None:
+        """A cabinet's count needs channels its drivers do not have: one line for the count."""
+        needs = []
+        for (name, drv), chans in self.beyond.items():
+            first = max(chans) - count + 1  # a count numbers its channels on from the first
+            role = "sensor" if name.endswith("sensor") else "lock"
+            limit = channels_of(self.drivers[drv], role)
+            needs.append(f"{name.replace('_', ' ')} channels {first}-{max(chans)} of driver {drv!r}, which has "
+                         f"{_fmt_channels(limit) if limit is not None else 'fewer'}")
+        self.c.problem(f"{path}.count", count, f"a count its drivers' channels hold: it needs {'; '.join(needs)}")
 
 
 def channels_of(d: Section, role: str) -> Channels | None:

@@ -187,7 +187,8 @@ def _shift(c: Checker, path: str, s: Any, shifts: list[Shift], ok: bool) -> bool
         return False
     for key in s:
         if key not in SHIFT_KEYS:
-            c.problems.append(f"{c.file}: {path}.{key}: unknown option (known here: {', '.join(SHIFT_KEYS)})")
+            key_path = f"{path}.{key}"
+            c.problems.append(f"{c.where(key_path)}: {key_path}: unknown option (known here: {', '.join(SHIFT_KEYS)})")
             ok = False
     name = s.get("name", MISSING)
     if not isinstance(name, str) or not name:

@@ -50,7 +50,13 @@ def test_every_mistake_is_reported_at_once(tmp_path):
     assert "timing.jam_afterr: unknown option" in text
     assert "cabinets.e.lock_driver = 'nope': expected one of the [drivers] sections" in text
     assert "scanners.side.cabinets = ['z']: expected cabinet ids" in text
-    assert "cabinets.d.count.lock = 6: expected a lock channel of driver 'sim-d' (0 to 5)" in text
+    # One mistake (a count past the board's channels), one line, at the line of the file that gives it.
+    assert sum("cabinets.d.count" in p for p in found) == 1
+    count_line = next(n for n, line in enumerate(bad.splitlines(), 1) if line == "count = 7")
+    assert f"bad.toml:{count_line}: cabinets.d.count = 7: expected a count its drivers' channels hold: it needs " \
+           "lock channels 0-6 of driver 'sim-d', which has 0 to 5; sensor channels 0-6 of driver 'sim-d', which " \
+           "has 0 to 5" in text
+    assert f"bad.toml:{bad.splitlines().index('jam_afterr = 4') + 1}: timing.jam_afterr: unknown option" in text
     assert "bogus: unknown section" in text
     assert len(found) >= 7
 
@@ -68,6 +74,11 @@ def test_channel_used_twice_and_duplicate_ids(tmp_path):
     text = "\n".join(problems(tmp_path, bad))
     assert "id = 'e1': expected an id not already used" in text
     assert "lock = 0: expected a lock channel not already used by compartment e1" in text
+    # An entry of an array of tables is found by its place: the third [[cabinets.e.compartments]]'s lock.
+    lines = bad.splitlines()
+    third = [n for n, line in enumerate(lines, 1) if line == "[[cabinets.e.compartments]]"][2]
+    assert f"bad.toml:{third + 2}: cabinets.e.compartments[2].lock = 0: expected a lock channel not already " \
+           "used by compartment e1" in text
 
 
 def test_not_toml_and_not_utf8(tmp_path):
