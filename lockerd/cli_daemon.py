@@ -38,7 +38,9 @@ def _request(config_path: str, req: dict[str, Any], timeout: float = 15.0) -> di
     return json.loads(line)
 
 
-def _show(reply: dict[str, Any]) -> int:
+def _show(reply: dict[str, Any], done: str = "") -> int:
+    """Print a reply: an error on stderr (exit 1), an outcome's message, else ``done`` (one line saying what was
+    done), else the reply's fields."""
     if not reply.get("ok"):
         print(f"lockerd: {reply.get('error')}", file=sys.stderr)
         return 1
@@ -46,9 +48,25 @@ def _show(reply: dict[str, Any]) -> int:
     if "message" in reply:
         print(("OPEN  " if reply.get("pulsed") else "OK    " if reply.get("accepted") else "NO    ")
               + reply["message"] + (" (door pulled open)" if reply.get("opened") else ""))
+    elif done:
+        print(done)
     elif reply:
         print(json.dumps(reply, indent=2, ensure_ascii=False))
     return 0
+
+
+# What a simulated person did, said once it is done.
+SIM_DONE = {
+    "close": "closed the door of {target}",
+    "force": "forced the door of {target} open",
+    "jam": "jammed the lock of {target}: its pulses no longer open it",
+    "unjam": "freed the lock of {target}",
+    "stick": "welded the relay of {target}: it stays on",
+    "unstick": "freed the relay of {target}",
+    "bounce": "bounced the door sensor of {target}",
+    "vanish": "board {target} is gone (not answering)",
+    "reappear": "board {target} answers again",
+}
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -90,7 +108,10 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 
 def cmd_clear_fault(a: argparse.Namespace) -> int:
-    return _show(_request(a.config, {"op": "clear-fault", "compartment": a.compartment, "person": a.person}))
+    reply = _request(a.config, {"op": "clear-fault", "compartment": a.compartment, "person": a.person})
+    cleared = reply.get("cleared") or []
+    return _show(reply, f"cleared the {', '.join(cleared)} fault{'s' if len(cleared) > 1 else ''} of {a.compartment}"
+                 if cleared else f"{a.compartment} had no fault to clear")
 
 
 def cmd_all_off(a: argparse.Namespace) -> int:
@@ -142,7 +163,9 @@ async def _all_off(cfg: Any) -> int:
 
 def cmd_acknowledge_alarm(a: argparse.Namespace) -> int:
     req = {"op": "acknowledge-alarm", "compartment": a.compartment, "person": a.person, "note": a.note}
-    return _show(_request(a.config, req))
+    reply = _request(a.config, req)
+    return _show(reply, f"acknowledged the {', '.join(reply.get('acknowledged') or ['?'])} alarm on {a.compartment} "
+                        f"for {a.person} (journal seq {reply.get('seq')})")
 
 
 def cmd_emergency_open(a: argparse.Namespace) -> int:
@@ -172,7 +195,7 @@ def cmd_sim(a: argparse.Namespace) -> int:
         print("door opened" if reply["opened"] else
               "door stays shut: the lock is engaged" + (f" (still pulling for {a.wait:g} s)" if a.wait else ""))
         return 0
-    return _show(reply)
+    return _show(reply, SIM_DONE.get(a.action, "").format(target=a.target))
 
 
 def add_commands(sub: Any) -> None:

@@ -10,10 +10,11 @@ import argparse
 import contextlib
 import json
 import sys
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
-from lockerd.cli_support import existing_journal, load_config, with_config, with_journal
+from lockerd.cli_support import existing_journal, load_config, station_zone, with_config, with_journal
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
@@ -44,6 +45,10 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return 0
 
 
+# The history table: a value longer than this is cut, with a marker saying so.
+CELL_MAX = 60
+
+
 def cmd_history(a: argparse.Namespace) -> int:
     import sqlite_utils
 
@@ -53,6 +58,7 @@ def cmd_history(a: argparse.Namespace) -> int:
     path = existing_journal(a)
     if path is None:
         return 2
+    tz = station_zone(a)
     where, params = [], []
     if a.dossier:
         where.append("dossier = ?")
@@ -69,28 +75,67 @@ def cmd_history(a: argparse.Namespace) -> int:
     try:
         if a.since:
             where.append("ts >= ?")
-            params.append(iso_utc(parse_time(a.since)))
+            params.append(iso_utc(parse_time(a.since, tz)))
         if a.until:
             where.append("ts <= ?")
-            params.append(iso_utc(parse_time(a.until)))
+            params.append(iso_utc(parse_time(a.until, tz)))
     except ValueError as e:
-        print(f"lockerd: bad time: {e} (use ISO 8601, e.g. 2026-11-22T08:00)", file=sys.stderr)
+        print(f"lockerd: bad time: {e} (use ISO 8601, e.g. 2026-11-22T08:00, the station's local time unless it "
+              "has an offset)", file=sys.stderr)
         return 2
     db = sqlite_utils.Database(connect(path, readonly=True))
-    rows = list(db["events"].rows_where(" AND ".join(where) or None, params, order_by="seq desc",
-                                        limit=a.limit))
+    condition = " AND ".join(where) or None
+    rows = list(db["events"].rows_where(condition, params, order_by="seq desc", limit=a.limit))
     rows.reverse()
     for r in rows:
         r["people"] = json.loads(r["people"])
         r["data"] = json.loads(r["data"])
-        if a.json:
+    if a.json:
+        for r in rows:
             print(json.dumps(r, ensure_ascii=False))
-            continue
-        who = ",".join(r["people"])
-        details = " ".join(f"{k}={v}" for k, v in r["data"].items() if v not in (None, "", [], {}))
-        print(f"{r['seq']:>7} {r['ts']} {r['kind']:<24} {r['compartment'] or '-':<6} "
-              f"{r['dossier'] or '-':<16} {who or '-':<14} {details}")
+        return 0
+    older = db["events"].count_where(condition, params) - len(rows)
+    print(history_table(rows, tz))
+    if older:
+        print(f"({older} older event{'s' if older != 1 else ''} not shown: raise --limit, or narrow with --since, "
+              "--kind, --dossier, --compartment or --person)")
+    elif not rows:
+        print("no events match")
     return 0
+
+
+def history_table(rows: list[dict[str, Any]], tz: tzinfo) -> str:
+    """Events as an aligned table for people: local times, readable values, long ones cut with a marker."""
+    from tabulate import tabulate
+
+    from lockerd.clock import parse_time
+
+    zone = datetime.now(tz).strftime("%Z") or str(tz)
+    table = [[r["seq"], datetime.fromtimestamp(parse_time(r["ts"]), tz).strftime("%Y-%m-%d %H:%M:%S"), r["kind"],
+              r["compartment"] or "-", r["dossier"] or "-", ", ".join(r["people"]) or "-", _details(r["data"])]
+             for r in rows]
+    return tabulate(table, headers=["seq", f"time ({zone})", "kind", "compartment", "item", "people", "details"],
+                    tablefmt="simple", disable_numparse=True, colalign=("right",))
+
+
+def _details(data: dict[str, Any]) -> str:
+    """An event's data as "key: value" pairs, in plain words; what says nothing is left out."""
+    parts = [f"{k.replace('_', ' ')}: {_readable(v)}" for k, v in data.items() if v not in (None, "", [], {})]
+    return _cut("; ".join(parts), CELL_MAX * 2)
+
+
+def _readable(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_readable(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(_readable(v) for v in value)
+    return _cut(str(value), CELL_MAX)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _custody_db(a: argparse.Namespace):
@@ -135,6 +180,8 @@ def cmd_custody(a: argparse.Namespace) -> int:
             line += "; reminded " + ", ".join(f"{x['recipient'] or x['to']} (level {x['level']}, {local(x['ts'])})"
                                               for x in r["reminded"])
         print(line)
+    if not rows and not a.json:
+        print("no item is out" if a.out else "no item matches")
     return 0
 
 
@@ -183,9 +230,11 @@ def add_commands(sub: Any) -> None:
     sp.add_argument("--compartment")
     sp.add_argument("--person", help="person id")
     sp.add_argument("--kind", help="event kind, or a family such as 'door' or 'alarm'")
-    sp.add_argument("--since", help="ISO 8601 time (UTC unless an offset is given)")
-    sp.add_argument("--until")
-    sp.add_argument("--limit", type=int, default=200, help="newest N events (default 200)")
+    sp.add_argument("--since", help="ISO 8601 time, e.g. 2026-11-22T08:00 (the station's local time unless it "
+                                    "has an offset)")
+    sp.add_argument("--until", help="ISO 8601 time, as --since")
+    sp.add_argument("--limit", type=int, default=200, help="newest N events (default 200; the last line says how "
+                                                           "many older ones were left out)")
     sp.add_argument("--json", action="store_true", help="one JSON object per line")
     sp.set_defaults(func=cmd_history)
 

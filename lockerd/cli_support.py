@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,19 @@ def load_runnable_config(path: str) -> Any:
     if problems:
         raise SystemExit(2)
     return cfg
+
+
+def station_zone(a: argparse.Namespace) -> tzinfo:
+    """The station's time zone (its config's [calendar]), in which people read and type times; with only
+    ``--journal`` given and no config to read, the machine's own zone."""
+    if not getattr(a, "journal", None):
+        return load_config(a.config).calendar.tz  # type: ignore[no-any-return]
+    from lockerd import config
+
+    try:
+        return config.load(a.config).calendar.tz  # type: ignore[no-any-return]
+    except ConfigError:
+        return datetime.now().astimezone().tzinfo or UTC
 
 
 def journal_path(a: argparse.Namespace, cfg: Any = None) -> Path:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import time
@@ -52,9 +53,20 @@ RELOAD_QUIET_WAIT_S = 30.0
 _NOT_SETTINGS = {"path", "digest", "compartments"}
 
 
+def under_journald() -> bool:
+    """Is stderr the systemd journal? systemd says which stream it gave us in JOURNAL_STREAM (device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
 def setup_logging(level: str) -> None:
-    # journald reads the <N> prefix as the syslog level of each line.
-    prefix = {"DEBUG": "<7>", "INFO": "<6>", "WARNING": "<4>", "ERROR": "<3>", "CRITICAL": "<2>"}
+    # journald reads the <N> prefix as the syslog level of each line; on a terminal or in a file it is noise.
+    prefix = {"DEBUG": "<7>", "INFO": "<6>", "WARNING": "<4>", "ERROR": "<3>", "CRITICAL": "<2>"} \
+        if under_journald() else {}
 
     class Fmt(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:

@@ -69,7 +69,9 @@ def test_scan_to_open_through_the_cli(daemon):
     assert r.returncode == 0 and "imported 4 people, 4 badges, 5 items" in r.stdout
     r = cli(cfg, "sim", "scan", "D-1", "--pull")
     assert r.returncode == 0 and "open d01: deposit D-1" in r.stdout and "door pulled open" in r.stdout
-    assert cli(cfg, "sim", "close", "d01").returncode == 0
+    assert cli(cfg, "sim", "close", "d01").stdout == "closed the door of d01\n"
+    r = cli(cfg, "custody", "--out")
+    assert r.returncode == 0 and r.stdout == "no item is out\n"
     r = cli(cfg, "sim", "scan", "NOT-A-CODE")
     assert "refused: unknown code" in r.stdout
     r = cli(cfg, "sim", "force", "d06")
@@ -80,8 +82,13 @@ def test_scan_to_open_through_the_cli(daemon):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
     r = cli(cfg, "history", "--dossier", "D-1")
-    kinds = [line.split()[2] for line in r.stdout.splitlines()]
+    header, rule, *lines = r.stdout.splitlines()
+    assert header.split() == ["seq", "time", "(UTC)", "kind", "compartment", "item", "people", "details"]
+    assert set(rule) <= {"-", " "}
+    kinds = [line.split()[3] for line in lines]  # seq, date, time, kind, ...
     assert kinds[:2] == ["item.assigned", "scan"] and "dossier.deposited" in kinds
+    grant = next(line for line in lines if " access.granted " in line)
+    assert "items: D-1 deposit" in grant and "pulse: yes" in grant and "{" not in grant  # words, not reprs
     r = cli(cfg, "history", "--kind", "alarm", "--json")
     assert [json.loads(x)["kind"] for x in r.stdout.splitlines()] == ["alarm.forced"]
     r = cli(cfg, "verify")
@@ -99,8 +106,12 @@ def test_sigterm_mid_pulse_leaves_no_relay_on_and_exits_cleanly(daemon):
     log = proc.stderr.read()
     assert "stopped" in log
     r = cli(cfg, "history", "--limit", "3")
-    # The stop is the last thing journaled, then signed by the stop checkpoint.
-    assert [line.split()[2] for line in r.stdout.splitlines()[-2:]] == ["daemon.stopped", "journal.checkpoint"]
+    # The stop is the last thing journaled, then signed by the stop checkpoint; the last line says what was left out.
+    *_, stopped, signed, left_out = r.stdout.splitlines()
+    assert [stopped.split()[3], signed.split()[3]] == ["daemon.stopped", "journal.checkpoint"]
+    total = len(cli(cfg, "history", "--limit", "100000", "--json").stdout.splitlines())
+    assert left_out == f"({total - 3} older events not shown: raise --limit, or narrow with --since, --kind, " \
+                       "--dossier, --compartment or --person)"
     assert cli(cfg, "verify").returncode == 0
 
 

@@ -97,14 +97,17 @@ def is_ping(m: Msg) -> bool:
 
 
 class Proc:
-    """The daemon as systemd starts it: NOTIFY_SOCKET and WATCHDOG_USEC in the environment."""
+    """The daemon as systemd starts it: NOTIFY_SOCKET, WATCHDOG_USEC and JOURNAL_STREAM in the environment."""
 
     def __init__(self, cfg: Path, manager: ServiceManager, watchdog_usec: int = 2_000_000):
         self.cfg = cfg
         self.err_path = cfg.parent / "stderr.log"
-        env = dict(os.environ, NOTIFY_SOCKET=manager.address, WATCHDOG_USEC=str(watchdog_usec))
-        env.pop("WATCHDOG_PID", None)
         self.err = self.err_path.open("w")
+        # systemd names the stream it gives the service as stderr when that stream is the journal.
+        st = os.fstat(self.err.fileno())
+        env = dict(os.environ, NOTIFY_SOCKET=manager.address, WATCHDOG_USEC=str(watchdog_usec),
+                   JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+        env.pop("WATCHDOG_PID", None)
         self.p = subprocess.Popen([sys.executable, "-m", "lockerd", "run", "-c", str(cfg)],
                                   stdout=subprocess.DEVNULL, stderr=self.err, env=env)
 

@@ -52,7 +52,7 @@ def test_a_forced_door_stays_an_alarm_across_a_restart_until_acknowledged_at_the
         assert cli(cfg, "import", str(tmp_path / "data.json")).returncode == 0
         cli(cfg, "sim", "force", "d04")
         until("the forced alarm", lambda: history(cfg, "alarm.forced"))
-        cli(cfg, "sim", "close", "d04")
+        assert cli(cfg, "sim", "close", "d04").stdout == "closed the door of d04\n"  # one line: what was done
         until("the door shut", lambda: history(cfg, "door.closed"))
         assert "UNACKNOWLEDGED ALARM: d04 forced (door closed)" in cli(cfg, "status").stdout
         proc.terminate()
@@ -64,6 +64,7 @@ def test_a_forced_door_stays_an_alarm_across_a_restart_until_acknowledged_at_the
         assert refused.returncode != 0 and "a supervisor or a case manager acknowledges" in refused.stderr
         out = cli(cfg, "acknowledge-alarm", "d04", "--person", "lind", "--note", "hinge checked")
         assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("acknowledged the forced alarm on d04 for lind (journal seq ")
         [ack] = history(cfg, "alarm.acknowledged")
         assert ack["people"] == ["lind"] and ack["data"]["user"] == "root" and ack["data"]["alarms"] == ["forced"]
         assert json.loads(cli(cfg, "status", "--json").stdout)["alarms"] == []
