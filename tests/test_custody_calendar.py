@@ -75,7 +75,7 @@ def problems(tmp_path, extra: str) -> list[str]:
 
 
 def test_overlapping_shifts_are_a_config_error(tmp_path):
-    p = problems(tmp_path, """
+    extra = """
 [calendar]
 [[calendar.shifts]]
 name = "day"
@@ -85,9 +85,12 @@ end = "18:00"
 name = "night"
 start = "17:00"
 end = "07:00"
-""")
+"""
+    p = problems(tmp_path, extra)
     file = str(tmp_path / "lockerd.toml")
-    assert p == [f"{file}: calendar.shifts[1] = 'night 17:00-07:00': expected a shift not overlapping shifts[0] (day)"]
+    second = [n for n, line in enumerate((TOML + extra).splitlines(), 1) if line == "[[calendar.shifts]]"][1]
+    assert p == [f"{file}:{second}: calendar.shifts[1] = 'night 17:00-07:00': expected a shift not overlapping "
+                 "shifts[0] (day)"]
 
 
 def test_every_calendar_and_custody_mistake_is_reported_at_once(tmp_path):
@@ -126,7 +129,7 @@ levels = []
         "custody.evidence_deposit.levels = []: expected at least one level",
     ):
         assert expected in text, (expected, p)
-    assert all(x.startswith(str(tmp_path / "lockerd.toml") + ": ") for x in p)
+    assert all(x.startswith(str(tmp_path / "lockerd.toml") + ":") for x in p)  # the file, and its line
 
 
 def test_unknown_roles_in_custody_are_config_errors(tmp_path):

@@ -99,7 +99,9 @@ def test_rear_door_config_is_read(tmp_path):
 @pytest.mark.parametrize("change,expected", [
     (("first_rear_sensor = 2\n", ""), "cabinets.e.count.rear_sensor = -1: expected a channel: a rear door needs both"),
     (("first_rear_lock = 2", "first_rear_lock = 1"), "cabinets.e.count.lock = 1: expected a lock channel not already"),
-    (("first_rear_lock = 2", "first_rear_lock = 3"), "cabinets.e.count.rear_lock = 4: expected a lock channel of"),
+    (("first_rear_lock = 2", "first_rear_lock = 3"),
+     "cabinets.e.count = 2: expected a count its drivers' channels hold: it needs rear lock channels 3-4 of driver "
+     "'sim-e', which has 0 to 3"),
     (("first_rear_lock = 2", 'first_rear_lock = 2\nrear_lock_driver = "nope"'),
      "cabinets.e.rear_lock_driver = 'nope': expected one of the [drivers] sections"),
     (('count = 6\n', 'count = 3\nfirst_rear_lock = 3\nfirst_rear_sensor = 3\n'),
