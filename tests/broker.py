@@ -536,3 +536,41 @@ async def _produce(config_path: str, count: int) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["produce"]:
     asyncio.run(_produce(sys.argv[2], int(sys.argv[3])))
+
+
+class DroppingProxy:
+    """A broker that accepts a client and drops it at once: a TCP front that passes CONNECT and CONNACK through
+    to a real broker, then closes both sides (what a cluster node does to a session it cannot host)."""
+
+    def __init__(self, upstream_port: int, hold_s: float = 0.0):
+        self.upstream = upstream_port
+        self.hold_s = hold_s
+        self.port = free_port()
+        self.accepts: list[float] = []  # monotonic time of each connection taken
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> DroppingProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepts.append(time.monotonic())
+        up_writer = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+            up_writer.write(await reader.read(65536))  # CONNECT (one segment on loopback)
+            await up_writer.drain()
+            writer.write(await up_reader.read(65536))  # CONNACK
+            await writer.drain()
+            await asyncio.sleep(self.hold_s)
+        except OSError:
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.close()

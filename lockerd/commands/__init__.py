@@ -11,7 +11,7 @@ command's arguments and the authority its signers need are those of the
 MQTT contract (lockerd.station.contract), which documents them for the
 station; the CLI's arguments are declared here.
 
-A new command: write its handler beside its kind (records, locker, sim),
+A new command: write its handler beside its kind (records, locker, views, sim),
 add one line below, and for the station add its schema and authority to
 the contract.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lockerd.commands import locker, records, sim
+from lockerd.commands import locker, records, sim, views
 from lockerd.commands.spec import CLI, STATION, TEXT, Command, Context, Handler, cli_args
 from lockerd.station import contract
 
@@ -67,6 +67,7 @@ COMMANDS: dict[str, Command] = {cmd.name: cmd for cmd in (
     _command("open", locker.remote_open, STATION),
     _command("acknowledge-alarm", locker.acknowledge_alarm, STATION, CLI),
     _command("emergency-open", locker.emergency_open, STATION, CLI),
+    _command("snapshot", views.snapshot, STATION),
     _command("status", locker.status, CLI),
     _command("import", locker.import_file, CLI, admin=True),
     _command("clear-fault", locker.clear_fault, CLI),

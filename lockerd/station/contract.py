@@ -108,6 +108,7 @@ COMMAND_ARGS: dict[str, dict[str, Any]] = {
         "reason": _s(256, description="why; required, journaled with the release"),
     }, ["code", "person", "reason"]),
     "ping": _args({}, []),
+    "snapshot": _args({}, []),
     "replay": _args({
         "from_seq": {"type": "integer", "minimum": 1},
         "to_seq": {"type": "integer", "minimum": 1,
@@ -134,6 +135,7 @@ COMMAND_AUTHORITY: dict[str, Authority | None] = {
     "authorize-retrieval": Authority.EVIDENCE,
     "emergency-open": Authority.EMERGENCY,
     "ping": None,
+    "snapshot": None,
     "replay": None,
 }
 # Distinct signers a command needs; one unless named here.
@@ -165,7 +167,7 @@ COMMAND = {
                  "description": "refused if not this node; required in a signed command"},
         "args": {"type": "object", "description": "the command's arguments (see each command's schema)"},
         "signatures": {"type": "array", "items": SIGNATURE, "minItems": 1, "maxItems": 2,
-                       "description": "required for every command but ping and replay: one signature by a "
+                       "description": "required for every command but ping, snapshot and replay: one signature by a "
                                       "station signer holding the command's authority (two distinct signers "
                                       "for emergency-open)"},
     },
@@ -294,6 +296,37 @@ STATE = {
     "additionalProperties": False,
 }
 
+SNAPSHOT = {
+    "type": "object",
+    "description": "the controller's whole current state: the reply to a snapshot command (its result) and the "
+                   "message on the snapshot topic at every connect. Rebuild from it rather than from retained "
+                   "messages: events up to last_seq are in the journal (ask replay for any missing); the "
+                   "compartments are as of last_seq or a little later",
+    "properties": {
+        "ts": TS,
+        "site": {"type": "string", "pattern": ID_PATTERN},
+        "node": {"type": "string", "pattern": ID_PATTERN},
+        "boot": _s(64),
+        "presence": PRESENCE,
+        "last_seq": {"type": "integer", "minimum": 0, "description": "the journal's newest event"},
+        "last_hash": {"type": "string", "pattern": HEX64, "description": "its hash"},
+        "checkpoint": {
+            "description": "the newest signed checkpoint (as on the checkpoint topic, without reason); null "
+                           "before the first one",
+            "oneOf": [{"type": "null"}, {
+                "type": "object",
+                "properties": {k: v for k, v in CHECKPOINT["properties"].items() if k != "reason"},
+                "required": [k for k in CHECKPOINT["required"] if k != "reason"],
+                "additionalProperties": False}],
+        },
+        "journal": INFO["properties"]["journal"],
+        "compartments": {"type": "array", "items": STATE, "description": "every compartment, by id"},
+    },
+    "required": ["ts", "site", "node", "boot", "presence", "last_seq", "last_hash", "checkpoint", "journal",
+                 "compartments"],
+    "additionalProperties": False,
+}
+
 # The data of reminder.due and reminder.escalated events (see docs/events.md).
 REMINDER = {
     "type": "object",
@@ -362,6 +395,9 @@ _COMMAND_DOCS = {
     "release": ("Release a dossier for good: if it is in its compartment the compartment opens for the person and "
                 "dossier.released is journaled when the door closes; otherwise at once. Ends its deadlines."),
     "ping": "Answered by the link: last journaled seq and delivered cursor.",
+    "snapshot": ("Read-only: the controller's whole current state (result: a snapshot), what retained messages "
+                 "would hold and more; rebuild from it after a restart, on any broker. Also published on "
+                 "{prefix}/{site}/{node}/snapshot at every connect."),
     "replay": "Answered by the link: re-publish journal events from_seq..to_seq on the replay topic.",
 }
 
@@ -395,6 +431,9 @@ def asyncapi() -> dict[str, Any]:
         f"{base}/events": {"parameters": params, "subscribe": sub(
             "the journal, every event in seq order, from the durable outbox; redeliveries keep id and seq",
             1, retain=False, name="event")},
+        f"{base}/snapshot": {"parameters": params, "subscribe": sub(
+            "the whole current state, at every connect (also the result of the snapshot command); never retained",
+            1, retain=False, name="snapshot")},
         f"{base}/replay": {"parameters": params, "subscribe": sub(
             "events re-published on a replay command (same payload as events)", 1, retain=False, name="event")},
         f"{base}/state/{{compartment}}": {
@@ -414,7 +453,7 @@ def asyncapi() -> dict[str, Any]:
             },
         }
     schemas: dict[str, Any] = {"presence": PRESENCE, "info": INFO, "checkpoint": CHECKPOINT, "event": EVENT,
-                               "state": STATE, "reply": REPLY,
+                               "state": STATE, "reply": REPLY, "snapshot": SNAPSHOT,
                                "reminder": REMINDER,
                                "ping-result": PING_RESULT, "replay-result": REPLAY_RESULT}
     for name in COMMAND_ARGS:

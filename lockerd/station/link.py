@@ -21,7 +21,7 @@ from lockerd.clock import Clock, iso_utc
 from lockerd.config import Config
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal
-from lockerd.station import contract
+from lockerd.station import contract, snapshot
 from lockerd.station.gate import Gate, Vetting
 from lockerd.station.intake import Command, Refused, SeenIds, parse
 from lockerd.station.mqtt import Connection, Settings
@@ -154,14 +154,19 @@ class StationLink:
         self.conn.subscribe(self.topics.commands, qos=1)
         self.conn.publish(self.topics.presence, self._presence("online"), qos=1, retain=True)
         self.conn.publish(self.topics.info, _json(self._info()), qos=1, retain=True)
+        states: dict[str, dict[str, Any]] = {}
         if self.state_source is not None:
             try:
                 states = self.state_source.states()
             except Exception:
                 log.exception("station: cannot read compartment states")
-                states = {}
             for state in states.values():
                 self._publish_state(state)
+        # The same state again in one message that needs no retained store: a station (re)subscribed on any
+        # broker rebuilds from it (docs/station-server.md).
+        self.conn.publish(self.topics.snapshot, _json(snapshot.build(self.journal, states, self.config.site,
+                                                                     self.config.node, self._now())),
+                          qos=1, retain=False)
         self.outbox.on_connect()
 
     def _on_disconnect(self) -> None:

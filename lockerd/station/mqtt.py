@@ -3,7 +3,11 @@
 paho's socket is watched with ``loop.add_reader``/``add_writer`` and a task
 calls ``loop_misc()`` every second for keepalive, so every paho callback
 runs on the loop thread. paho does not reconnect when driven this way: this
-module does, over the broker list, with backoff, forever. Only the blocking
+module does, over the broker list, forever. A refused or unreachable broker,
+and one that accepts and then drops the connection within STABLE_S, is a
+failed attempt: the next broker is tried, and after a full round the link
+waits, doubling with jitter up to ``reconnect_max_s``. Each change of state
+is logged once per outage, the repeats at debug level. Only the blocking
 TCP/TLS connect runs in a one-thread executor, so an unreachable broker
 never stalls the loop; the socket is registered with the loop after that
 connect returns, on the loop thread.
@@ -42,6 +46,8 @@ CONNACK_TIMEOUT_S = 10.0
 # On a clean stop, how long to read what the broker still sends before closing (see _linger).
 STOP_LINGER_S = 2.0
 FIRST_RETRY_S = 0.25
+# A connection that ends sooner than this after its CONNACK counts as a failed attempt, and backs off.
+STABLE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,23 @@ class Settings:
         )
 
 
+class Backoff:
+    """Exponential delays with jitter, capped: first, 2 x first, ... up to cap, each times 0.5 to 1.5."""
+
+    def __init__(self, first: float, cap: float):
+        self.first, self.cap = first, cap
+        self.delay = first
+
+    def next(self) -> float:
+        # Wide jitter: a fleet that lost its broker at one instant spreads out within a few rounds.
+        out = min(self.delay * random.uniform(0.5, 1.5), self.cap)
+        self.delay = min(self.delay * 2, self.cap)
+        return out
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
 Will = tuple[str, Callable[[], bytes]]  # topic, payload factory (called at each connect)
 
 
@@ -126,6 +149,7 @@ class Connection:
         self._lost = asyncio.Event()
         self._stopping = False
         self.last_error = ""
+        self._said: set[str] = set()  # the state changes logged in this outage (see _say)
 
     # -- life ---------------------------------------------------------------------
 
@@ -153,27 +177,66 @@ class Connection:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
-        delay = FIRST_RETRY_S
-        i = 0
+        brokers = self.settings.brokers
+        backoff = Backoff(FIRST_RETRY_S, self.settings.reconnect_max_s)
+        i = failed = 0
         while not self._stopping:
-            host, port = self.settings.brokers[i % len(self.settings.brokers)]
-            i += 1
-            ok = await self._connect_once(host, port)
-            if ok:
-                delay = FIRST_RETRY_S
-                await self._lost.wait()
-                self._drop()
+            host, port = brokers[i % len(brokers)]
+            if await self._connect_once(host, port):
+                lasted = await self._hold(backoff)
                 if self._stopping:
                     return
-                log.warning("station: connection to %s:%d lost; reconnecting", host, port)
-                i -= 1  # the broker that worked is tried first again
-                continue
-            self._drop()
-            if i % len(self.settings.brokers) == 0:
+                if lasted >= STABLE_S:
+                    self._say(f"lost {host}:{port}", f"connection to {host}:{port} lost; reconnecting")
+                    # The broker that worked is tried first again, after a
+                    # short pause so a fleet does not return in lockstep.
+                    failed = 0
+                    await asyncio.sleep(random.uniform(0, FIRST_RETRY_S))
+                    continue
+                # Accepted, then dropped at once (a session the node cannot
+                # host, a node without quorum, a client id taken over): a
+                # failed attempt like a refusal, or the link would hammer it.
+                self._say(f"unstable {host}:{port}",
+                          f"{host}:{port} closed the connection {lasted:.1f} s after accepting it; trying the "
+                          f"other brokers and backing off (up to {self.settings.reconnect_max_s:g} s)")
+            else:
+                self._drop()
+            i += 1
+            failed += 1
+            if failed % len(brokers) == 0:
                 # A full round failed: back off, with jitter so a fleet does
                 # not reconnect in lockstep after a broker restart.
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+                await asyncio.sleep(backoff.next())
+
+    async def _hold(self, backoff: Backoff) -> float:
+        """Stay connected until the connection is lost; how long it lasted."""
+        up_since = time.monotonic()
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            done, _ = await asyncio.wait({lost}, timeout=STABLE_S)
+            if not done:
+                # Stable: the next failure starts a fresh outage, said afresh.
+                backoff.reset()
+                if any(k.startswith("unstable ") for k in self._said) and self.broker is not None:
+                    log.info("station: connection to %s:%d stable for %g s", *self.broker, STABLE_S)
+                self._said.clear()
+                await lost
+        finally:
+            lost.cancel()
+        self._drop()
+        return time.monotonic() - up_since
+
+    def _say(self, key: str, msg: str, level: int = logging.WARNING) -> None:
+        """Log a change of the link's state once: repeats within one outage go to debug.
+
+        A flapping broker or a dead one in the list is then one line, not one
+        per attempt; what was said is forgotten once a connection is stable.
+        """
+        if key in self._said:
+            log.debug("station: %s", msg)
+        else:
+            self._said.add(key)
+            log.log(level, "station: %s", msg)
 
     def _make_client(self) -> paho.Client:
         s = self.settings
@@ -240,12 +303,9 @@ class Connection:
         return True
 
     def _note_failure(self, msg: str) -> None:
-        # Log a failing broker once, then quietly, until something changes.
-        if msg != self.last_error:
-            log.warning("station: %s", msg)
-            self.last_error = msg
-        else:
-            log.debug("station: %s", msg)
+        # Log a failing broker once per outage, then quietly.
+        self._say(f"failed {msg}", msg)
+        self.last_error = msg
 
     def _drop(self) -> None:
         """Forget the current client: unwatch and close its socket."""
@@ -334,7 +394,8 @@ class Connection:
         self.connected = True
         self.connects += 1
         self.last_error = ""
-        log.info("station: connected to %s:%d (session present: %s)", host, port, flags.session_present)
+        self._say(f"connected {host}:{port}",
+                  f"connected to {host}:{port} (session present: {flags.session_present})", logging.INFO)
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(True)
         try:

@@ -34,6 +34,10 @@ class Topics:
         return f"{self.base}/events"
 
     @property
+    def snapshot(self) -> str:
+        return f"{self.base}/snapshot"
+
+    @property
     def replay(self) -> str:
         return f"{self.base}/replay"
 
