@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockerd import config_hardware, config_rules
+from lockerd import config_display, config_hardware, config_rules
 from lockerd.calendar import Calendar
 from lockerd.config_check import ID_EXPECT, ID_RE, Checker, names
+from lockerd.config_display import Display
 from lockerd.config_hardware import (
     CABINET,
     COMPARTMENT,
@@ -89,7 +90,7 @@ CAMERA_TYPES: dict[str, Any] = {t: d.options for t, d in registry.CAMERAS.items(
 
 TOP = {
     "controller", "journal", "timing", "power", "station", "drivers", "buses",
-    "scanners", "feedback", "cabinets", "cameras", "evidence", "calendar", "custody",
+    "scanners", "feedback", "cabinets", "cameras", "evidence", "calendar", "custody", "display",
 }
 
 
@@ -136,6 +137,7 @@ class Config:
     evidence: EvidenceRules = field(default_factory=EvidenceRules)
     calendar: Calendar = field(default_factory=Calendar)
     custody: Rules = field(default_factory=Rules)
+    display: Display = field(default_factory=Display)
 
     def compartment(self, cid: str) -> Compartment:
         return self.compartments[cid]
@@ -202,6 +204,7 @@ def parse(data: bytes, file: Path) -> Config:
                           f"cabinet ids from [cabinets] ({names(cabinets)})")
                 break
     check_references(c, scanners, "scanners", "feedback", feedback, "feedback")
+    shown = config_display.display(c, doc.get("display", {}), {*scanners, *cabinets, "wall"})
 
     if c.problems:
         raise ConfigError(list(dict.fromkeys(c.problems)))  # one line per distinct mistake
@@ -233,4 +236,5 @@ def parse(data: bytes, file: Path) -> Config:
         evidence=evidence,
         calendar=calendar,
         custody=custody,
+        display=shown,
     )

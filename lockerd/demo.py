@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from lockerd import config as config_mod
@@ -111,13 +113,31 @@ async def _main(cfg: config_mod.Config, pause: float, stay: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stopping.set)
     await daemon.start()
+    screens = _screens(cfg) if stay else None
     try:
         await play(daemon, pause)
         if stay:
+            if screens is not None:
+                d = cfg.display
+                first = next(iter(cfg.scanners), next(iter(cfg.cabinets), ""))
+                print(f"    Screens (lockerd-display, read-only): http://{d.bind}:{d.port}/cabinet/{first}   "
+                      f"http://{d.bind}:{d.port}/wall", flush=True)
             await daemon.stopping.wait()
     finally:
+        if screens is not None:
+            screens.terminate()
+            screens.wait(5)
         await daemon.stop()
     return 0
+
+
+def _screens(cfg: config_mod.Config) -> subprocess.Popen[bytes] | None:
+    """lockerd-display beside the demo daemon: its own process, as on a board (never inside the daemon)."""
+    try:
+        return subprocess.Popen([sys.executable, "-m", "lockerd.display", "-c", str(cfg.path)])
+    except OSError as e:
+        print(f"    (the screens did not start: {e})")
+        return None
 
 
 def main(config_path: str, keep: bool = False, pause: float = PAUSE, stay: bool = True) -> int:

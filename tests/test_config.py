@@ -142,3 +142,24 @@ def test_checking_a_config_loads_no_hardware_library_and_drivers_load_no_config(
             "print(sorted(m for m in sys.modules if m.startswith('lockerd.') and not m.startswith('lockerd.drivers')))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "['lockerd.clock', 'lockerd.errors']"
+
+
+def test_the_display_section_is_checked_and_read(tmp_path):
+    path = tmp_path / "ok.toml"
+    path.write_text(TOML + '[display]\nport = 8480\nlanguage = "zh_Hans"\n[display.screens.front]\ncolumns = 3\n'
+                           '[display.screens.wall]\nlanguage = "en"\n')
+    shown = config.load(path).display
+    assert (shown.bind, shown.port, shown.language, shown.local_only) == ("127.0.0.1", 8480, "zh_Hans", True)
+    assert shown.screens["front"].columns == 3 and shown.screens["wall"].language == "en"
+    assert config.load(tmp_path / "ok.toml").display.token_file is None
+
+
+def test_display_mistakes_each_get_one_line(tmp_path):
+    got = problems(tmp_path, TOML + '[display]\nbind = "0.0.0.0"\nport = 0\nlanguage = "fr"\ncolour = 1\n'
+                                    'tls_cert = "c.pem"\n[display.screens.nowhere]\ncolumns = 2\n')
+    text = "\n".join(got)
+    assert len(got) == 6, text
+    assert "display.token_file = (missing): expected a token file: bind = '0.0.0.0'" in text
+    assert "display.port = 0" in text and "display.language = 'fr'" in text
+    assert "display.colour: unknown option" in text and "display.tls_key = (missing)" in text
+    assert "display.screens = 'nowhere': expected a scanner or cabinet id, or 'wall'" in text

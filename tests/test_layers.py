@@ -33,6 +33,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("transports", ["lockerd/control_socket.py", "lockerd/station_handler.py"]),
     ("daemon", ["lockerd/daemon.py", "lockerd/demo.py"]),
     ("command line", ["lockerd/cli.py", "lockerd/cli_*.py", "lockerd/__main__.py", "hil/"]),
+    # The screens: a process of their own that reads the journal and imports nothing above it runs in them.
+    ("display", ["lockerd/display/"]),
 ]
 
 

@@ -46,3 +46,12 @@ def test_the_installed_wheel_runs_a_daemon_with_a_station_link(wheel: Path, tmp_
     where = check_modules(python, home)
     assert where.is_relative_to(env_dir), f"lockerd was imported from {where}, not from the fresh venv"
     daemon_comes_online(env_dir / "bin" / "lockerd", home / "station", mosquitto, recorders)
+
+
+def test_the_wheel_carries_the_screens_catalogs_and_pages(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in ("lockerd/display/static/display.js", "lockerd/display/static/display.css",
+                 "lockerd/display/locale/zh_Hans/LC_MESSAGES/lockerd_display.po"):
+        assert path in names, path
+    assert any(n.endswith("entry_points.txt") and "lockerd-display" in zipfile.ZipFile(wheel).read(n).decode()
+               for n in names)

@@ -1,0 +1,7 @@
+"""`python -m lockerd.display`: the same as the lockerd-display command."""
+
+import sys
+
+from lockerd.display.server import main
+
+sys.exit(main())
