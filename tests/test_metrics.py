@@ -61,3 +61,34 @@ def test_refusal_reasons_fall_in_a_fixed_set_of_kinds():
     assert refusal_kind("compartment d02 in fault (jam: 3 pulses)") == "fault"
     assert refusal_kind("evidence rule not met within 60 s: needs a case manager's badge") == "evidence_rule"
     assert refusal_kind("something never seen before D-2026-0431") == "other"
+
+
+@pytest.mark.asyncio
+async def test_the_display_serves_them_on_metrics(tmp_path):
+    import asyncio
+    import socket
+
+    import aiohttp
+
+    from lockerd.display.server import serve
+
+    rig = await make_rig(tmp_path)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = asyncio.create_task(serve(rig.cfg, port, ready, stop))
+    try:
+        await rig.scan("D-1")
+        await rig.flush()
+        await asyncio.wait_for(ready.wait(), 10)
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=")
+            text = await r.text()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        assert value(samples, "lockerd_grants_total") == 1 and value(samples, "lockerd_pulses_total") == 1
+    finally:
+        stop.set()
+        await server
+        await close_rig(rig)

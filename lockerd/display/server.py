@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from lockerd import config as config_mod
 from lockerd.clock import iso_utc
@@ -31,6 +32,7 @@ from lockerd.display.source import JournalSource
 from lockerd.display.wall import Today, board
 from lockerd.errors import ConfigError
 from lockerd.journal import Event
+from lockerd.metrics import JournalMetrics
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -214,7 +216,19 @@ def make_app(cfg: config_mod.Config, hub: Hub) -> web.Application:  # noqa: C901
             hub.viewers.discard(viewer)
         return response
 
+    # Prometheus scrapes /metrics (behind the same token on the LAN); counted from the journal, read-only.
+    registry = CollectorRegistry()
+    registry.register(JournalMetrics(cfg.journal_path, cfg.site, cfg.node))
+    scraping = asyncio.Lock()  # the collector catches up on the journal: one scrape at a time
+
+    async def metrics_page(_request: web.Request) -> web.Response:
+        async with scraping:
+            # Off the loop: the first scrape reads the whole journal once, and no screen may wait for it.
+            body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
+
     app = web.Application(middlewares=[guard])
+    app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/", index)
     app.router.add_get("/cabinet/{name}", cabinet_page)
     app.router.add_get("/wall", wall_page)
