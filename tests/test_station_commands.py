@@ -15,7 +15,7 @@ from broker import SIGNER_SEEDS, Handler, Mosquitto, Node, Recorder, arrived, wa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from lockerd.clock import iso_utc
-from lockerd.station import contract, signing
+from lockerd.station import asyncapi, contract, signing
 from lockerd.station.validate import errors
 
 BASE = "lockerd/test-site/node-1"
@@ -194,8 +194,8 @@ async def test_ping_and_replay(tmp_path: Path, mosquitto: Mosquitto, recorders: 
 
 def test_contract_document_matches_the_code() -> None:
     doc = Path(__file__).parent.parent / "docs" / "asyncapi.yaml"
-    assert doc.read_text() == contract.render(), "regenerate: python -m lockerd.station.contract > docs/asyncapi.yaml"
-    for schema in contract.asyncapi()["components"]["schemas"].values():
+    assert doc.read_text() == asyncapi.render(), "regenerate: python -m lockerd.station.asyncapi > docs/asyncapi.yaml"
+    for schema in asyncapi.asyncapi()["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)
 
 

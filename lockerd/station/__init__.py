@@ -14,7 +14,7 @@ __all__ = ["StationLink"]
 
 def __getattr__(name: str) -> Any:
     # Imported on first use, so the contract (and `python -m
-    # lockerd.station.contract`) does not need paho.
+    # lockerd.station.asyncapi`) does not need paho.
     if name == "StationLink":
         from lockerd.station.link import StationLink
 
