@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lockerd.drivers.modbus_frame import BadFrame
-from lockerd.drivers.modbus_rtu import LineLost, PollSlot
+from lockerd.drivers.modbus_rtu import LateReply, LineLost, PollSlot, late_ms
 
 from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
 
@@ -123,6 +123,12 @@ class Judge:
                 return None, self.bad_reply(req, e), True, True
         board = req.board
         who = f"{board.name} (unit {board.unit} on {self.name})"
+        if isinstance(exc, LateReply):
+            # Said the same way each time, so the board's status and its log line say it once; another
+            # attempt would only be late again.
+            t = f"{exc.timeout_s * 1000:.0f}"
+            return None, DriverTimeout(f"{who} answers in about {late_ms(exc.after_s)} ms, more than timeout_ms {t} "
+                                       f"(no answer to {req.what} within {t} ms)"), False, True
         if isinstance(exc, TimeoutError):
             return None, DriverTimeout(f"{who}: no answer to {req.what} within {self.timeout_s * 1000:.0f} ms"), \
                 True, True

@@ -7,7 +7,8 @@ second on a busy line. Two choices keep it inside 2 % of a core:
   more than the whole budget. A reply is taken only when it is whole and right
   (CRC, unit id, function code, length), an exception reply comes back as an
   error result naming its code, leading noise is skipped and bytes left over
-  from a late reply are dropped.
+  from a late reply are dropped. A board that answers after the timeout is
+  never taken as answering the next request: see "late replies" below.
 - A thread for the line. On the event loop every poll costs two passes of
   asyncio's machinery (a timer for its due time, a reader callback for its
   reply): the bare I/O alone measured 1.9 % of a core. A thread blocked in
@@ -32,6 +33,18 @@ when the line is free, or next, before any poll, when it is not. The thread
 keeps the line's rules for both: one request in flight, a gap between frames,
 a timeout from the moment a request is sent. Judging replies, retrying and
 board state stay on the loop, in the bus.
+
+Late replies. A board slower than ``timeout_s`` answers a request after the
+client has given up on it; sent at once, its next request would take that
+late answer as its own (a bench measured 300 ms replies as 100 ms ones, and
+stale door levels as fresh). So after a timeout the board's unit is *owed* a
+reply: nothing more goes to that unit until the late reply has come (it is
+dropped, and how late it came is kept in ``late_s``) or until
+``LATE_WINDOW`` timeouts after the request was sent. Requests to other
+units go meanwhile (their replies carry another unit id), so a slow board
+costs the others nothing. The next timeout of a unit known to be late is a
+:class:`LateReply` saying how late it answers, which is what the board's
+status and the log then say, once.
 
 The loop and the thread share the request in flight, the command queue and the
 poll schedule under one lock, held for microseconds and never across a wait.
@@ -67,6 +80,25 @@ READ_SIZE = 512
 
 class LineLost(ConnectionError):
     """The serial device went away (read error, hangup) or is not open."""
+
+
+class LateReply(TimeoutError):
+    """No reply within the timeout from a unit seen answering later than that: how much later."""
+
+    def __init__(self, unit: int, after_s: float, timeout_s: float) -> None:
+        self.unit, self.after_s, self.timeout_s = unit, after_s, timeout_s
+        super().__init__(f"unit {unit} answers in about {late_ms(after_s)} ms, more than timeout_ms "
+                         f"{timeout_s * 1000:.0f}")
+
+
+def late_ms(after_s: float) -> int:
+    """A late reply's delay as said to a person: to 10 ms, which is what a timeout is set in."""
+    return max(10, round(after_s * 100) * 10)
+
+
+# After a timeout, the unit's next request waits this many timeouts from the sending of the
+# one unanswered (or 1.5 times the lateness last seen, if longer) for its late reply.
+LATE_WINDOW = 3.0
 
 
 def next_poll_at(now: float, period: float) -> float:
@@ -137,6 +169,15 @@ class _Command:
         self.deadline = 0.0
 
 
+class _Owed:
+    """A request that timed out: its unit may still answer it, until ``until``."""
+
+    __slots__ = ("fc", "length", "sent", "until")
+
+    def __init__(self, fc: int, length: int, sent: float, until: float) -> None:
+        self.fc, self.length, self.sent, self.until = fc, length, sent, until
+
+
 def _settle(fut: asyncio.Future[RtuReply], reply: RtuReply | None, exc: Exception | None) -> None:
     if fut.done():
         return  # the caller gave up (its own bound, or cancelled)
@@ -179,6 +220,9 @@ class RtuClient:
         self._slots: list[PollSlot] = []
         self._last_end = 0.0  # monotonic time the last request ended (reply, timeout or failure)
         self._buf = bytearray()
+        self._owed: dict[int, _Owed] = {}  # unit -> its request that timed out, while a late reply may come
+        # (unit, function) -> how long after its request the last late reply came; cleared by a reply in time
+        self.late_s: dict[tuple[int, int], float] = {}
         self._sent_listener: Callable[[bytes], None] | None = None
 
     # -- the port and the thread (loop side) ----------------------------------------------
@@ -204,6 +248,7 @@ class RtuClient:
         self._stopping, self._lost, self.last_error = False, "", ""
         self._inflight, self._last_end = None, 0.0
         self._buf.clear()
+        self._owed.clear()
         self._thread = threading.Thread(target=self._run, name=f"rtu-{self.name}", daemon=True)
         self._thread.start()
         return True
@@ -319,7 +364,8 @@ class RtuClient:
         try:
             with self._lock:
                 now = time.monotonic()
-                if self._inflight is None and not self._queue and now >= self._last_end + self.gap_s:
+                if (self._inflight is None and not self._queue and now >= self._last_end + self.gap_s
+                        and not self._owes(unit, now)):
                     self._write(c, now)  # the usual case: no hop through the thread on the way out
                 else:
                     self._queue.append(c)
@@ -414,29 +460,61 @@ class RtuClient:
         if p is not None:
             if now < p.deadline:
                 return p.deadline - now
-            self._finish(p, None, TimeoutError(f"no reply within {self.timeout_s * 1000:.0f} ms"), now, news)
+            self._timed_out(p, now, news)
         gap_end = self._last_end + self.gap_s
         queue = self._queue
         while queue and queue[0].future.done():
             queue.popleft()  # its caller gave up before it was sent
+        owed = self._owed
+        wait = self._owed_wait(now) if owed else IDLE_WAIT_S
         if queue:
-            if now < gap_end:
-                return gap_end - now
-            return self._send(queue.popleft(), now, news)
+            # Commands in order, but one to a unit that owes a late reply waits for it behind the others.
+            c = queue[0] if not owed else next((c for c in queue if c.unit not in owed), None)
+            if c is not None:
+                if now < gap_end:
+                    return gap_end - now
+                queue.remove(c)
+                return self._send(c, now, news)
         if self._owner.line_held:
-            return IDLE_WAIT_S  # a command is on its way: polls wait for it (the bus wakes us after)
+            return wait  # a command is on its way: polls wait for it (the bus wakes us after)
         best: PollSlot | None = None
         best_due = math.inf
         for s in self._slots:
-            if s.due < best_due and not s.parked:
+            if s.due < best_due and not s.parked and s.unit not in owed:
                 best, best_due = s, s.due
         if best is None:
-            return IDLE_WAIT_S
+            return wait
         at = best_due if best_due > gap_end else gap_end
         if at > now:
-            return at - now
+            return min(at - now, wait)
         self.polls_sent += 1
         return self._send(best, now, news)
+
+    def _owed_wait(self, now: float) -> float:
+        """Forget the late replies no longer waited for (lock held); how long until the next is not."""
+        wait = IDLE_WAIT_S
+        for unit, o in list(self._owed.items()):
+            if now >= o.until:
+                del self._owed[unit]  # no late reply came: the unit may be asked again
+            elif o.until - now < wait:
+                wait = o.until - now
+        return wait
+
+    def _owes(self, unit: int, now: float) -> bool:
+        """Does ``unit`` owe a reply to a request that timed out (lock held)?"""
+        o = self._owed.get(unit)
+        return o is not None and now < o.until
+
+    def _timed_out(self, p: _Command | PollSlot, now: float, news: list[Call]) -> None:
+        """``p`` got no reply in time (lock held): its unit owes one, and whatever came so far is dropped."""
+        sent = p.deadline - self.timeout_s
+        late = self.late_s.get((p.unit, p.fc))
+        window = max(LATE_WINDOW * self.timeout_s, 1.5 * late if late is not None else 0.0)
+        self._owed[p.unit] = _Owed(p.fc, p.length, sent, sent + window)
+        self._buf.clear()
+        exc = (LateReply(p.unit, late, self.timeout_s) if late is not None
+               else TimeoutError(f"no reply within {self.timeout_s * 1000:.0f} ms"))
+        self._finish(p, None, exc, now, news)
 
     def _send(self, item: _Command | PollSlot, now: float, news: list[Call]) -> float:
         """Write ``item``; how long until its reply is late (0 when it failed: the next may go)."""
@@ -453,6 +531,8 @@ class RtuClient:
         if self._inflight is item:
             self._inflight = None
         self._last_end = now
+        if reply is not None and self.late_s:
+            self.late_s.pop((item.unit, item.fc), None)  # answered in time: no longer a late unit
         if isinstance(item, _Command):
             news.append((_settle, item.future, reply, exc))
         else:
@@ -468,13 +548,48 @@ class RtuClient:
             return
         with self._lock:
             p = self._inflight
-            if p is None:
-                return  # nobody is waiting: noise, or a reply given up on; dropped
-            if data == p.quiet_reply and not self._buf and p.owner.quiet():
+            if p is not None and data == p.quiet_reply and not self._buf and p.owner.quiet():
                 self._quiet_poll(p, time.monotonic())  # the usual poll: one read, one compare
                 return
+            if p is None and not self._owed:
+                return  # nobody is waiting: noise, or a reply given up on; dropped
             self._buf += data
-            self._match(p, self._buf, time.monotonic(), news)
+            now = time.monotonic()
+            if self._owed and not self._take_late(self._buf, now):
+                return  # a late reply is still arriving
+            if p is None:
+                self._buf.clear()  # the rest answers nothing we wait for
+                return
+            self._match(p, self._buf, now, news)
+
+    def _take_late(self, buf: bytearray, now: float) -> bool:
+        """Drop the late replies at the front of ``buf``, noting how late each came (lock held).
+
+        False while the front looks like a late reply not yet whole.
+        """
+        owed = self._owed
+        while len(buf) >= 3:
+            o = owed.get(buf[0])
+            if o is None:
+                return True
+            if buf[1] == o.fc:
+                n = 5 + buf[2] if o.fc <= 4 else o.length
+            elif buf[1] == o.fc | codec.EXCEPTION_FLAG:
+                n = 5
+            else:
+                return True
+            if len(buf) < n:
+                return False
+            if codec.crc16(memoryview(buf)[: n - 2]) != buf[n - 2] | buf[n - 1] << 8:
+                return True  # not a frame after all: the request in flight judges these bytes
+            unit = buf[0]
+            del buf[:n]
+            del owed[unit]
+            after = now - o.sent
+            self.late_s[(unit, o.fc)] = after
+            log.debug("%s: unit %d answered %.0f ms after its request, past the %.0f ms timeout: dropped",
+                      self.name, unit, after * 1000, self.timeout_s * 1000)
+        return not buf or buf[0] not in owed  # one or two bytes of a late reply wait for the rest
 
     def _quiet_poll(self, p: PollSlot, now: float) -> None:
         """The same reply as last time, and the board needs nothing more (lock held): counted, nobody woken."""
@@ -482,6 +597,8 @@ class RtuClient:
         self._last_end = now
         p.quiet_polls += 1
         p.due = next_poll_at(now, p.owner.period_s)
+        if self.late_s:
+            self.late_s.pop((p.unit, p.fc), None)  # answered in time: no longer a late unit
 
     def _match(self, p: _Command | PollSlot, buf: bytearray, now: float, news: list[Call]) -> None:
         """Take a whole reply for ``p`` from the front of ``buf``, or fail it, or wait for more bytes."""

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from lockerd.drivers import modbus_capacity
 from lockerd.drivers.base import Parts
 from lockerd.drivers.camera import CAMERA_TYPES
 from lockerd.drivers.gpio import GpioBoard, GpioFeedback
 from lockerd.drivers.modbus_board import ModbusBoard
 from lockerd.drivers.modbus_bus import RTU_OPTIONS, TCP_OPTIONS, ModbusBus
-from lockerd.drivers.options import Channels, Problem, Spec
+from lockerd.drivers.options import Channels, Problem, Section, Spec
 from lockerd.drivers.serial_scanner import SerialScanner
 from lockerd.drivers.sim import ConsoleFeedback, SimBoard, SimScanner
 
@@ -39,6 +40,8 @@ class DriverType:
     offered: Callable[[Mapping[str, Any], str], Channels | None] | None = None
     # Mistakes across options (each option's own type and bounds are checked before).
     problems: Callable[[Mapping[str, Any]], list[Problem]] | None = None
+    # Buses: mistakes of a bus with the boards on it (its name, its section, every board section).
+    line_problems: Callable[[str, Section, list[Section]], list[Problem]] | None = None
 
     @classmethod
     def of(cls, driver: Any) -> DriverType:
@@ -55,7 +58,7 @@ BOARDS: dict[str, DriverType] = {
 
 # [buses.*]: what Modbus boards hang on.
 BUSES: dict[str, DriverType] = {
-    "rtu": DriverType(RTU_OPTIONS, partial(ModbusBus.build, "rtu")),
+    "rtu": DriverType(RTU_OPTIONS, partial(ModbusBus.build, "rtu"), line_problems=modbus_capacity.problems),
     "tcp": DriverType(TCP_OPTIONS, partial(ModbusBus.build, "tcp")),
 }
 

@@ -231,7 +231,20 @@ class Bench:
                 res.latencies_ms.append((time.perf_counter() - t0) * 1000)
                 res.answered += 1
                 silent_run = 0
+            self._late(board, res)
             self.report.boards.append(res)
+
+    @staticmethod
+    def _late(board: Any, res: BoardResult) -> None:
+        """How late the board answers, if the bus's client saw it answer after the timeout."""
+        from lockerd.drivers.modbus_rtu import RtuClient, late_ms
+
+        client = board.bus.client
+        if not isinstance(client, RtuClient):
+            return
+        late = [after for (unit, _fc), after in client.late_s.items() if unit == board.unit]
+        if late:
+            res.late_ms, res.timeout_ms = late_ms(max(late)), round(client.timeout_s * 1000)
 
     # -- compartments ---------------------------------------------------------------------
 

@@ -47,8 +47,14 @@ def conclude(observed: Report, offline: Mapping[str, str]) -> Conclusion:
     for b in observed.boards:
         if b.requests and b.answered == 0:
             gone.setdefault(b.name, b.error)
+    # A board that answers after the timeout is one fault said once: not also "not answering" and
+    # "misses replies".
+    slow = [b for b in observed.boards if b.late_ms is not None]
+    for b in slow:
+        gone.pop(b.name, None)
     findings = [
-        *_unreliable_boards(observed.boards),
+        *_slow_boards(slow, comps),
+        *_unreliable_boards([b for b in observed.boards if b.late_ms is None]),
         *_offline_drivers(gone, comps),
         *_wiring(comps),
         *_compartment_faults(comps),
@@ -69,6 +75,21 @@ def _unexplained(openings: list[dict[str, str]]) -> list[Finding]:
                     f"its door (sensor {o['sensor']}) opened with no pulse to explain it, {o['during']}: a forced "
                     "door, a key or a person; no lock was blamed for it", dict(o))
             for o in openings]
+
+
+def _slow_boards(boards: list[BoardResult], comps: list[CompartmentResult]) -> list[Finding]:
+    findings = []
+    for b in boards:
+        untested = [c.id for c in comps if b.name in (c.lock_driver, c.sensor_driver)
+                    and c.status == UNTESTED and c.note != "not selected"]
+        findings.append(Finding(
+            "board-slow", b.name,
+            f"board {b.name} answers in about {b.late_ms} ms, more than timeout_ms {b.timeout_ms} of "
+            f"[buses.{b.bus}]: its replies come too late to be used (raise timeout_ms above {b.late_ms}, or find "
+            "why the board is slow)" + (f"; not tested: {', '.join(untested)}" if untested else ""),
+            {"late_ms": b.late_ms, "timeout_ms": b.timeout_ms, "answered": b.answered, "requests": b.requests,
+             "untested": untested}))
+    return findings
 
 
 def _unreliable_boards(boards: list[BoardResult]) -> list[Finding]:

@@ -48,6 +48,7 @@ FINDING_LABELS = {
     "unexplained-opening": "opened with no pulse",
     "board-offline": "board not answering",
     "board-unreliable": "board misses replies",
+    "board-slow": "board answers too late",
     "scanner-silent": "no scan",
     "scanner-bad-read": "unreadable scan",
     "scanner-wrong-code": "wrong code",
@@ -84,6 +85,10 @@ class BoardResult:
     silent: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     error: str = ""
+    # Seen answering after the request timeout: about how late (ms), and that timeout; late replies are
+    # dropped, never counted as answers to later reads.
+    late_ms: int | None = None
+    timeout_ms: int | None = None
 
     @property
     def rate(self) -> float:

@@ -191,6 +191,7 @@ def parse(data: bytes, file: Path) -> Config:
     scanners = typed_sections(c, "scanners", doc.get("scanners", {}), registry.SCANNERS, SCANNER_COMMON)
     cameras = typed_sections(c, "cameras", doc.get("cameras", {}), registry.CAMERAS)
     check_references(c, drivers, "drivers", "bus", buses, "buses")
+    config_hardware.check_lines(c, buses, drivers, registry.BUSES)
 
     cabinets, compartments = config_hardware.cabinets(c, doc.get("cabinets", {}), drivers)
     for cab in cabinets.values():

@@ -126,6 +126,15 @@ def check_references(c: Checker, sections: Mapping[str, Section], top: str, key:
             c.problem(f"{top}.{name}.{key}", ref, f"one of the [{target}] sections ({names(targets)})")
 
 
+def check_lines(c: Checker, buses: Mapping[str, Section], drivers: Mapping[str, Section],
+                types: Mapping[str, DriverType]) -> None:
+    """Each bus with the boards on it: can its line carry what they ask of it (see modbus_capacity)?"""
+    for name, bus in buses.items():
+        check = types[bus.type].line_problems if bus.type in types else None
+        for key, value, expected in check(name, bus, list(drivers.values())) if check is not None else ():
+            c.problem(f"buses.{name}.{key}", value, expected)
+
+
 def cabinets(c: Checker, raw: Any, drivers: dict[str, Section]) -> tuple[dict[str, Cabinet], dict[str, Compartment]]:
     """[cabinets.*] and their compartments, each on channels its drivers have and nobody else uses."""
     check = _Cabinets(c, drivers)

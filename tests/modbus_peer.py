@@ -96,12 +96,20 @@ class RelayPeer:
         self.waveshare = set(waveshare)
         self.dead: set[int] = set()  # acts on nothing, answers nothing
         self.lose_replies: set[int] = set()  # acts, but its replies are lost
-        self.delay: dict[int | tuple[int, int], float] = {}  # seconds before answering: per unit, or (unit, fc)
+        # Seconds before answering: per unit, or (unit, fc). Over RTU the board acts at once and its reply
+        # is held back on the line, so other boards answer meanwhile, as separate boards on a real line do
+        # (a delay inside pymodbus's request handling holds up every unit, and can label one unit's reply
+        # with another's id). Over TCP the request's handling waits.
+        self.delay: dict[int | tuple[int, int], float] = {}
         # (unit, function code) -> manglers applied to that unit's next replies to that function. Keyed by
         # function, not by unit alone: a unit is polled many times a second, and a mangle meant for a
         # coil write must not land on a poll reply that happens to go out first.
         self.mangle: dict[tuple[int, int], list[Callable[[bytes], bytes]]] = {}
         self.refuse: dict[tuple[int, int], ExcCodes] = {}  # (unit, function code) -> exception reply
+        # Units whose coil reads answer with the request's arrival number (1, 2, ...) as coils 0-15, set
+        # once the delay is over: a reply then says which request it answers.
+        self.stamp_reads: set[int] = set()
+        self._stamps: Counter[int] = Counter()
         # Doors that a person opens as soon as the latch is released (the coil switched on) and
         # shuts this many seconds after it locks again (the coil off); None: doors move only by pull()/shut().
         self.spring_close_s: float | None = None
@@ -251,10 +259,24 @@ class RelayPeer:
         refused = self.refuse.get((unit, fc))
         if refused is not None:
             return refused  # nothing is applied; the board answers with this exception
-        d = self.delay.get((unit, fc), self.delay.get(unit, 0.0))
-        if d > 0:
+        stamp = 0
+        if fc == 1 and unit in self.stamp_reads:
+            self._stamps[unit] += 1
+            stamp = self._stamps[unit]
+        d = self._delay_of(unit, fc)
+        if d > 0 and self.framer != FramerType.RTU:
             await asyncio.sleep(d)
+        if stamp:
+            _regs[_address // 16 - _start] = stamp  # coils are packed 16 to a register, coil 0 the lowest bit
         return None
+
+    def _delay_of(self, unit: int, fc: int) -> float:
+        return self.delay.get((unit, fc), self.delay.get(unit, 0.0))
+
+    def _send_late(self, data: bytes) -> None:
+        transport = getattr(self.server, "transport", None)
+        if transport is not None:
+            transport.write(data)
 
     def _spring(self, unit: int, channel: int, on: bool) -> None:
         """The door follows the latch: open once released, shut a while after it locks again."""
@@ -286,9 +308,15 @@ class RelayPeer:
         unit = self._unit_of(data)
         if unit in self.dead or unit in self.lose_replies:
             return b""
-        queue = self.mangle.get((unit, self._function_of(data))) if unit is not None else None
+        fc = self._function_of(data)
+        queue = self.mangle.get((unit, fc)) if unit is not None else None
         if queue:
-            return queue.pop(0)(data)
+            data = queue.pop(0)(data)
+        d = self._delay_of(unit, fc) if unit is not None and fc is not None else 0.0
+        if d > 0 and self.framer == FramerType.RTU:
+            handle = asyncio.get_running_loop().call_later(d, self._send_late, data)
+            self._timers.add(handle)
+            return b""
         return data
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:

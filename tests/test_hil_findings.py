@@ -193,6 +193,23 @@ def test_a_door_opened_with_no_pulse_is_its_own_finding_and_blames_no_lock():
     assert {c.id: c.status for c in out.compartments} == {"m01": PASS, "m04": PASS}
 
 
+def test_a_board_answering_after_the_timeout_is_one_finding_saying_how_late():
+    # A board answering in 300 ms with timeout_ms 200: every read timed out (its late replies dropped), the
+    # board went offline and its compartments untested. Said once, as what it is.
+    slow = BoardResult("board-b", "rs485-a", 2, requests=5, answered=0, silent=5, late_ms=300, timeout_ms=200,
+                       error="board-b (unit 2 on rs485-a) answers in about 300 ms, more than timeout_ms 200")
+    r = observed([passed("m01", 0), comp("n01", 0, "board-b", "n", note="board-b offline")],
+                 [board("board-a", 20, 20), slow])
+    out = conclude(r, {"board-b": slow.error})
+    assert [f.key for f in out.findings] == [("board-slow", "board-b")]
+    assert out.findings[0].message == ("board board-b answers in about 300 ms, more than timeout_ms 200 of "
+                                       "[buses.rs485-a]: its replies come too late to be used (raise timeout_ms "
+                                       "above 300, or find why the board is slow); not tested: n01")
+    # Some reads answered in time, some late: still the one finding, not also "misses replies".
+    slow.answered, slow.silent = 3, 2
+    assert [f.key for f in conclude(r, {}).findings] == [("board-slow", "board-b")]
+
+
 def test_a_relay_left_on_ends_with_cutting_that_boards_power():
     r = observed([comp("m01", 0, problems=["relay-stuck"]), comp("m02", 1, problems=["relay-stuck"]),
                   comp("n01", 0, "board-b", "n", problems=["lock-not-released"])])
@@ -205,6 +222,6 @@ def test_every_labelled_finding_kind_is_covered_here():
     # Each kind the report can label is produced by a test above; a new kind needs a test here too.
     covered = {"crossed", "wrong-sensor", "extra-sensor", "lock-not-released", "sensor-dead", "no-change",
                "not-closed", "open-before", "sensor-unknown", "relay-stuck", "pulse-failed", "board-offline",
-               "board-unreliable", "unexplained-opening", "scanner-silent", "scanner-bad-read",
+               "board-unreliable", "board-slow", "unexplained-opening", "scanner-silent", "scanner-bad-read",
                "scanner-wrong-code", "scanner-offline", "broker-unreachable"}
     assert covered == set(FINDING_LABELS)
