@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 from lockerd.drivers.base import DoorSensors, DoorState, LockBank, Parts, PowerBudget
 from lockerd.drivers.modbus_bus import ModbusBus
+from lockerd.drivers.modbus_line import PollSlot, next_poll_at
 from lockerd.drivers.modbus_request import BadReply, DriverRefused, ModbusClient, Request
-from lockerd.drivers.modbus_rtu import PollSlot, next_poll_at
 from lockerd.drivers.options import Channels, Opt, Problem, Spec, count_channels, with_defaults
 
 from lockerd.clock import Clock

@@ -30,8 +30,9 @@ from typing import Any
 
 from lockerd.drivers.base import Driver, Parts
 from lockerd.drivers.modbus_frame import BadFrame, RawCoilWrite, RtuReply, rtu_frame_gap_ms
+from lockerd.drivers.modbus_line import LineLost, PollSlot
 from lockerd.drivers.modbus_request import COMMON_ERRORS, Judge, Polled, Request
-from lockerd.drivers.modbus_rtu import LineLost, PollSlot, RtuClient
+from lockerd.drivers.modbus_rtu import RtuClient
 from lockerd.drivers.options import BAUD_RATES, Opt, Spec, with_defaults
 from lockerd.drivers.wakeup import Wakeup
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lockerd.drivers.modbus_frame import BadFrame
-from lockerd.drivers.modbus_rtu import LateReply, LineLost, PollSlot, late_ms
+from lockerd.drivers.modbus_line import LateReply, LineLost, PollSlot, late_ms
 
 from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
 

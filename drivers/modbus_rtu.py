@@ -34,17 +34,7 @@ keeps the line's rules for both: one request in flight, a gap between frames,
 a timeout from the moment a request is sent. Judging replies, retrying and
 board state stay on the loop, in the bus.
 
-Late replies. A board slower than ``timeout_s`` answers a request after the
-client has given up on it; sent at once, its next request would take that
-late answer as its own (a bench measured 300 ms replies as 100 ms ones, and
-stale door levels as fresh). So after a timeout the board's unit is *owed* a
-reply: nothing more goes to that unit until the late reply has come (it is
-dropped, and how late it came is kept in ``late_s``) or until
-``LATE_WINDOW`` timeouts after the request was sent. Requests to other
-units go meanwhile (their replies carry another unit id), so a slow board
-costs the others nothing. The next timeout of a unit known to be late is a
-:class:`LateReply` saying how late it answers, which is what the board's
-status and the log then say, once.
+Late replies: see :mod:`modbus_line`.
 
 The loop and the thread share the request in flight, the command queue and the
 poll schedule under one lock, held for microseconds and never across a wait.
@@ -67,7 +57,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from lockerd.drivers import modbus_frame as codec
-from lockerd.drivers.modbus_frame import BadFrame, RtuReply, decode, frame, reply_length, take_reply
+from lockerd.drivers.modbus_frame import BadFrame, RtuReply, decode, frame, take_reply
+from lockerd.drivers.modbus_line import (
+    Command,
+    LateReplies,
+    LineLost,
+    PollSlot,
+    next_poll_at,
+    settle,
+)
 from lockerd.drivers.tty import open_problem, read_ready
 
 log = logging.getLogger(__name__)
@@ -76,41 +74,8 @@ log = logging.getLogger(__name__)
 Call = tuple[Any, ...]
 
 READ_SIZE = 512
-
-
-class LineLost(ConnectionError):
-    """The serial device went away (read error, hangup) or is not open."""
-
-
-class LateReply(TimeoutError):
-    """No reply within the timeout from a unit seen answering later than that: how much later."""
-
-    def __init__(self, unit: int, after_s: float, timeout_s: float) -> None:
-        self.unit, self.after_s, self.timeout_s = unit, after_s, timeout_s
-        super().__init__(f"unit {unit} answers in about {late_ms(after_s)} ms, more than timeout_ms "
-                         f"{timeout_s * 1000:.0f}")
-
-
-def late_ms(after_s: float) -> int:
-    """A late reply's delay as said to a person: to 10 ms, which is what a timeout is set in."""
-    return max(10, round(after_s * 100) * 10)
-
-
-# After a timeout, the unit's next request waits this many timeouts from the sending of the
-# one unanswered (or 1.5 times the lateness last seen, if longer) for its late reply.
-LATE_WINDOW = 3.0
-
-
-def next_poll_at(now: float, period: float) -> float:
-    """The next multiple of ``period`` after ``now`` (monotonic seconds).
-
-    Boards polled at the same rate fall due together, so each cycle's polls
-    run as one train on the line, frame after frame, and the line then rests
-    until the next cycle. The same polls spread evenly over the cycle cost
-    about twice the CPU: each one starts from an idle machine (measured by
-    ``bench/modbus_poll.py``). Every board still has its poll once a period.
-    """
-    return (now // period + 1) * period
+IDLE_WAIT_S = 1.0  # the longest the thread sleeps with nothing to do (beats and wake-ups cut it shorter)
+JOIN_S = 2.0
 
 
 class LineOwner(Protocol):
@@ -128,69 +93,6 @@ class LineOwner(Protocol):
 
     def line_lost(self, client: RtuClient, detail: str) -> None:
         """On the loop: the port is gone and the line thread has stopped."""
-
-
-class PollSlot:
-    """One board's door poll, as the line thread runs it.
-
-    A slot is *parked* while the loop holds it: before its board starts, and
-    from a poll with news until the bus has judged it and resumed the slot
-    with its next due time. ``quiet_reply`` is the reply frame the board last
-    took in full; while the same frame comes back and the board's ``quiet()``
-    says it needs nothing more, the thread counts the poll, sets the next due
-    time and wakes nobody.
-    """
-
-    __slots__ = ("owner", "request", "unit", "fc", "count", "length", "due", "deadline", "parked", "quiet_reply",
-                 "quiet_polls")
-
-    def __init__(self, owner: Any, unit: int, fc: int, address: int, count: int) -> None:
-        self.owner = owner  # the board: its period_s and quiet() are read from the line thread
-        self.request = codec.read_frame(unit, fc, address, count)
-        self.unit, self.fc, self.count = unit, fc, count
-        self.length = reply_length(fc, count)
-        self.due = 0.0
-        self.deadline = 0.0
-        self.parked = True
-        self.quiet_reply: bytes | None = None
-        self.quiet_polls = 0  # polls answered as the last one, counted by the thread alone
-
-
-class _Command:
-    """A request from the loop, and the future its caller waits on."""
-
-    __slots__ = ("request", "unit", "fc", "count", "length", "future", "deadline")
-    quiet_reply = None  # a command's reply always goes to its caller
-
-    def __init__(self, request: bytes, unit: int, fc: int, count: int, future: asyncio.Future[RtuReply]) -> None:
-        self.request, self.unit, self.fc, self.count = request, unit, fc, count
-        self.length = reply_length(fc, count)
-        self.future = future
-        self.deadline = 0.0
-
-
-class _Owed:
-    """A request that timed out: its unit may still answer it, until ``until``."""
-
-    __slots__ = ("fc", "length", "sent", "until")
-
-    def __init__(self, fc: int, length: int, sent: float, until: float) -> None:
-        self.fc, self.length, self.sent, self.until = fc, length, sent, until
-
-
-def _settle(fut: asyncio.Future[RtuReply], reply: RtuReply | None, exc: Exception | None) -> None:
-    if fut.done():
-        return  # the caller gave up (its own bound, or cancelled)
-    if exc is not None:
-        fut.set_exception(exc)
-    elif reply is not None:
-        fut.set_result(reply)
-    else:  # a result is either a reply or an error: never neither
-        fut.set_exception(BadFrame("no reply and no error"))
-
-
-IDLE_WAIT_S = 1.0  # the longest the thread sleeps with nothing to do (beats and wake-ups cut it shorter)
-JOIN_S = 2.0
 
 
 class RtuClient:
@@ -215,14 +117,12 @@ class RtuClient:
         self._lost = ""  # why the line is gone, once it is
         # Shared with the line thread, under the lock:
         self._lock = threading.Lock()
-        self._inflight: _Command | PollSlot | None = None
-        self._queue: deque[_Command] = deque()
+        self._inflight: Command | PollSlot | None = None
+        self._queue: deque[Command] = deque()
         self._slots: list[PollSlot] = []
         self._last_end = 0.0  # monotonic time the last request ended (reply, timeout or failure)
         self._buf = bytearray()
-        self._owed: dict[int, _Owed] = {}  # unit -> its request that timed out, while a late reply may come
-        # (unit, function) -> how long after its request the last late reply came; cleared by a reply in time
-        self.late_s: dict[tuple[int, int], float] = {}
+        self.late = LateReplies(name, timeout_s)  # replies owed by units that answered after their timeout
         self._sent_listener: Callable[[bytes], None] | None = None
 
     # -- the port and the thread (loop side) ----------------------------------------------
@@ -248,7 +148,7 @@ class RtuClient:
         self._stopping, self._lost, self.last_error = False, "", ""
         self._inflight, self._last_end = None, 0.0
         self._buf.clear()
-        self._owed.clear()
+        self.late.owed.clear()
         self._thread = threading.Thread(target=self._run, name=f"rtu-{self.name}", daemon=True)
         self._thread.start()
         return True
@@ -272,12 +172,12 @@ class RtuClient:
             os.close(fd)
         exc = LineLost(reason or self._lost or f"{self.device} closed")
         for c in waiting:
-            _settle(c.future, None, exc)
+            settle(c.future, None, exc)
 
-    def _take_commands(self) -> list[_Command]:
+    def _take_commands(self) -> list[Command]:
         """Clear the line of commands, the one in flight and those queued: none will be answered."""
         with self._lock:
-            commands = [c for c in (self._inflight, *self._queue) if isinstance(c, _Command)]
+            commands = [c for c in (self._inflight, *self._queue) if isinstance(c, Command)]
             self._inflight = None
             self._queue.clear()
         return commands
@@ -360,12 +260,12 @@ class RtuClient:
         """
         if not self.connected or self._loop is None:
             raise LineLost(f"{self.device} is not open ({self.last_error or 'not connected'})")
-        c = _Command(request, unit, fc, count, self._loop.create_future())
+        c = Command(request, unit, fc, count, self._loop.create_future())
         try:
             with self._lock:
                 now = time.monotonic()
                 if (self._inflight is None and not self._queue and now >= self._last_end + self.gap_s
-                        and not self._owes(unit, now)):
+                        and not self.late.owes(unit, now)):
                     self._write(c, now)  # the usual case: no hop through the thread on the way out
                 else:
                     self._queue.append(c)
@@ -375,7 +275,7 @@ class RtuClient:
 
     # -- the line thread ---------------------------------------------------------------------
 
-    def _write(self, item: _Command | PollSlot, now: float) -> None:
+    def _write(self, item: Command | PollSlot, now: float) -> None:
         """Put one request on the wire (lock held) and make it the one in flight."""
         request = item.request
         try:
@@ -442,7 +342,7 @@ class RtuClient:
         """The line is gone: fail what waits and tell the bus (thread side)."""
         self.last_error = self._lost
         exc = LineLost(self._lost)
-        news: list[Call] = [(_settle, c.future, None, exc) for c in self._take_commands()]
+        news: list[Call] = [(settle, c.future, None, exc) for c in self._take_commands()]
         news.append((self._owner.line_lost, self, self._lost))
         self._post(news)
 
@@ -465,8 +365,8 @@ class RtuClient:
         queue = self._queue
         while queue and queue[0].future.done():
             queue.popleft()  # its caller gave up before it was sent
-        owed = self._owed
-        wait = self._owed_wait(now) if owed else IDLE_WAIT_S
+        owed = self.late.owed
+        wait = self.late.wait(now, IDLE_WAIT_S) if owed else IDLE_WAIT_S
         if queue:
             # Commands in order, but one to a unit that owes a late reply waits for it behind the others.
             c = queue[0] if not owed else next((c for c in queue if c.unit not in owed), None)
@@ -490,33 +390,12 @@ class RtuClient:
         self.polls_sent += 1
         return self._send(best, now, news)
 
-    def _owed_wait(self, now: float) -> float:
-        """Forget the late replies no longer waited for (lock held); how long until the next is not."""
-        wait = IDLE_WAIT_S
-        for unit, o in list(self._owed.items()):
-            if now >= o.until:
-                del self._owed[unit]  # no late reply came: the unit may be asked again
-            elif o.until - now < wait:
-                wait = o.until - now
-        return wait
-
-    def _owes(self, unit: int, now: float) -> bool:
-        """Does ``unit`` owe a reply to a request that timed out (lock held)?"""
-        o = self._owed.get(unit)
-        return o is not None and now < o.until
-
-    def _timed_out(self, p: _Command | PollSlot, now: float, news: list[Call]) -> None:
+    def _timed_out(self, p: Command | PollSlot, now: float, news: list[Call]) -> None:
         """``p`` got no reply in time (lock held): its unit owes one, and whatever came so far is dropped."""
-        sent = p.deadline - self.timeout_s
-        late = self.late_s.get((p.unit, p.fc))
-        window = max(LATE_WINDOW * self.timeout_s, 1.5 * late if late is not None else 0.0)
-        self._owed[p.unit] = _Owed(p.fc, p.length, sent, sent + window)
         self._buf.clear()
-        exc = (LateReply(p.unit, late, self.timeout_s) if late is not None
-               else TimeoutError(f"no reply within {self.timeout_s * 1000:.0f} ms"))
-        self._finish(p, None, exc, now, news)
+        self._finish(p, None, self.late.timed_out(p.unit, p.fc, p.length, p.deadline - self.timeout_s), now, news)
 
-    def _send(self, item: _Command | PollSlot, now: float, news: list[Call]) -> float:
+    def _send(self, item: Command | PollSlot, now: float, news: list[Call]) -> float:
         """Write ``item``; how long until its reply is late (0 when it failed: the next may go)."""
         try:
             self._write(item, now)
@@ -525,16 +404,16 @@ class RtuClient:
             return 0.0
         return self.timeout_s
 
-    def _finish(self, item: _Command | PollSlot, reply: RtuReply | None, exc: Exception | None, now: float,
+    def _finish(self, item: Command | PollSlot, reply: RtuReply | None, exc: Exception | None, now: float,
                 news: list[Call]) -> None:
         """``item`` is over (lock held): its reply or error goes to the loop."""
         if self._inflight is item:
             self._inflight = None
         self._last_end = now
-        if reply is not None and self.late_s:
-            self.late_s.pop((item.unit, item.fc), None)  # answered in time: no longer a late unit
-        if isinstance(item, _Command):
-            news.append((_settle, item.future, reply, exc))
+        if reply is not None:
+            self.late.in_time(item.unit, item.fc)
+        if isinstance(item, Command):
+            news.append((settle, item.future, reply, exc))
         else:
             item.parked = True
             news.append((self._owner.line_polled, self, item, reply, exc))
@@ -551,45 +430,16 @@ class RtuClient:
             if p is not None and data == p.quiet_reply and not self._buf and p.owner.quiet():
                 self._quiet_poll(p, time.monotonic())  # the usual poll: one read, one compare
                 return
-            if p is None and not self._owed:
+            if p is None and not self.late.owed:
                 return  # nobody is waiting: noise, or a reply given up on; dropped
             self._buf += data
             now = time.monotonic()
-            if self._owed and not self._take_late(self._buf, now):
+            if self.late.owed and not self.late.take(self._buf, now):
                 return  # a late reply is still arriving
             if p is None:
                 self._buf.clear()  # the rest answers nothing we wait for
                 return
             self._match(p, self._buf, now, news)
-
-    def _take_late(self, buf: bytearray, now: float) -> bool:
-        """Drop the late replies at the front of ``buf``, noting how late each came (lock held).
-
-        False while the front looks like a late reply not yet whole.
-        """
-        owed = self._owed
-        while len(buf) >= 3:
-            o = owed.get(buf[0])
-            if o is None:
-                return True
-            if buf[1] == o.fc:
-                n = 5 + buf[2] if o.fc <= 4 else o.length
-            elif buf[1] == o.fc | codec.EXCEPTION_FLAG:
-                n = 5
-            else:
-                return True
-            if len(buf) < n:
-                return False
-            if codec.crc16(memoryview(buf)[: n - 2]) != buf[n - 2] | buf[n - 1] << 8:
-                return True  # not a frame after all: the request in flight judges these bytes
-            unit = buf[0]
-            del buf[:n]
-            del owed[unit]
-            after = now - o.sent
-            self.late_s[(unit, o.fc)] = after
-            log.debug("%s: unit %d answered %.0f ms after its request, past the %.0f ms timeout: dropped",
-                      self.name, unit, after * 1000, self.timeout_s * 1000)
-        return not buf or buf[0] not in owed  # one or two bytes of a late reply wait for the rest
 
     def _quiet_poll(self, p: PollSlot, now: float) -> None:
         """The same reply as last time, and the board needs nothing more (lock held): counted, nobody woken."""
@@ -597,10 +447,9 @@ class RtuClient:
         self._last_end = now
         p.quiet_polls += 1
         p.due = next_poll_at(now, p.owner.period_s)
-        if self.late_s:
-            self.late_s.pop((p.unit, p.fc), None)  # answered in time: no longer a late unit
+        self.late.in_time(p.unit, p.fc)
 
-    def _match(self, p: _Command | PollSlot, buf: bytearray, now: float, news: list[Call]) -> None:
+    def _match(self, p: Command | PollSlot, buf: bytearray, now: float, news: list[Call]) -> None:
         """Take a whole reply for ``p`` from the front of ``buf``, or fail it, or wait for more bytes."""
         whole, bad = take_reply(buf, p.unit, p.fc, p.length)
         if bad is not None:
@@ -620,6 +469,6 @@ class RtuClient:
         else:
             self._finish(p, decode(p.fc, p.unit, whole, p.count), None, now, news)
 
-    def _reject(self, p: _Command | PollSlot, detail: str, now: float, news: list[Call]) -> None:
+    def _reject(self, p: Command | PollSlot, detail: str, now: float, news: list[Call]) -> None:
         self._buf.clear()
         self._finish(p, None, BadFrame(detail), now, news)

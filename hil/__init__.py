@@ -5,7 +5,8 @@ Installed as ``lockerd.hil``; the command is ``lockerd-hil`` (see hil/README.md)
 
 from __future__ import annotations
 
-from lockerd.hil.bench import Bench, BenchOptions
+from lockerd.hil.bench import Bench
+from lockerd.hil.options import BenchOptions
 from lockerd.hil.report import Finding, Report
 from lockerd.hil.technician import ConsoleTechnician, Technician, Unattended
 

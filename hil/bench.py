@@ -28,13 +28,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from lockerd.drivers.base import DoorChange, DoorSensors, DoorState, DriverStatus, LockBank, Scan
 from lockerd.hil.broker_probe import probe_broker
 from lockerd.hil.findings import conclude
+from lockerd.hil.options import BenchOptions, default_rows
 from lockerd.hil.report import FAIL, PASS, BoardResult, BrokerResult, CompartmentResult, Report, ScannerResult
 from lockerd.hil.technician import Technician
 
@@ -45,34 +45,6 @@ from lockerd.hardware import Hardware, build_hardware
 from lockerd.hwlock import HardwareLock, hardware_lock_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BenchOptions:
-    """How the bench runs; None means "as the config says"."""
-
-    pulse_ms: int | None = None
-    open_timeout_s: float | None = None
-    settle_s: float = 0.3  # after the expected door opened, keep watching this long for other sensors
-    close_timeout_s: float = 30.0
-    doors: str = "auto"  # "spring", "manual", or "auto" (sim: its spring option; else manual when attended)
-    modbus_requests: int = 50
-    modbus_give_up_after: int = 5  # silent replies in a row before a board counts as gone
-    scan_timeout_s: float = 30.0
-    test_card: str | None = None
-    broker_timeout_s: float = 5.0
-    compartments: tuple[str, ...] = ()  # only these (default: all)
-    rows: dict[str, int] | None = None  # cabinet -> compartments per column, for the grid
-    skip_boards: bool = False
-    skip_scanners: bool = False
-    skip_broker: bool = False
-
-
-def default_rows(count: int) -> int:
-    """Compartments per column when the layout is not given: cabinets are taller than wide."""
-    if count <= 4:
-        return count
-    return 4 if count <= 8 else 6
 
 
 class Bench:
@@ -237,12 +209,13 @@ class Bench:
     @staticmethod
     def _late(board: Any, res: BoardResult) -> None:
         """How late the board answers, if the bus's client saw it answer after the timeout."""
-        from lockerd.drivers.modbus_rtu import RtuClient, late_ms
+        from lockerd.drivers.modbus_line import late_ms
+        from lockerd.drivers.modbus_rtu import RtuClient
 
         client = board.bus.client
         if not isinstance(client, RtuClient):
             return
-        late = [after for (unit, _fc), after in client.late_s.items() if unit == board.unit]
+        late = [after for (unit, _fc), after in client.late.late_s.items() if unit == board.unit]
         if late:
             res.late_ms, res.timeout_ms = late_ms(max(late)), round(client.timeout_s * 1000)
 

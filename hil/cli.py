@@ -9,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from lockerd.hil.bench import Bench, BenchOptions
+from lockerd.hil.bench import Bench
+from lockerd.hil.options import BenchOptions
 from lockerd.hil.report import FINDING_LABELS, Report
 from lockerd.hil.technician import ConsoleTechnician, SimTechnician, Unattended
 

@@ -20,7 +20,8 @@ from lockerd.drivers.modbus import (
     WaveshareFlashRequest,
     waveshare_flash_units,
 )
-from lockerd.drivers.modbus_rtu import LineLost, RtuClient, next_poll_at
+from lockerd.drivers.modbus_line import LineLost, next_poll_at
+from lockerd.drivers.modbus_rtu import RtuClient
 from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import DecodePDU
