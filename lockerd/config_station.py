@@ -28,6 +28,9 @@ STATION = {
                             doc="how long the broker keeps our session (queued commands) while we are away"),
     "signers": Opt("table", {}, doc="station users whose signed commands this controller obeys: "
                    "[station.signers.<key id>] public_key = hex Ed25519 key, roles = [...]"),
+    "homeassistant_discovery": Opt("bool", default=False,
+                                   doc="publish Home Assistant MQTT discovery configs: read-only sensors only"),
+    "homeassistant_prefix": Opt("str", "homeassistant", doc="Home Assistant's discovery prefix"),
     "allow_unsigned": Opt("bool", default=False,
                           doc="LAB ONLY: obey unsigned commands; journaled and logged at every start"),
     "allow_plaintext": Opt("bool", default=False,

@@ -197,6 +197,10 @@ class Controller:
     def off_outcome(self, listener: Callable[[Scan, Outcome], None]) -> None:
         self._outcome_listeners.remove(listener)
 
+    def overdue(self) -> list[dict[str, Any]]:
+        """The items overdue now, for the station's dashboards (lockerd.station.link publishes them)."""
+        return self.custody.overdue()
+
     def states(self) -> dict[str, dict[str, Any]]:
         return {cid: s.view(self.registry.in_compartment(s.compartment)) for cid, s in self.slots.items()}
 

@@ -21,6 +21,7 @@ from lockerd.station.contract import (
     ID_PATTERN,
     INFO,
     MAX_COMMAND_BYTES,
+    OVERDUE,
     PING_RESULT,
     PRESENCE,
     REMINDER,
@@ -92,6 +93,9 @@ def asyncapi() -> dict[str, Any]:
         f"{base}/snapshot": {"parameters": params, "subscribe": sub(
             "the whole current state, at every connect (also the result of the snapshot command); never retained",
             1, retain=False, name="snapshot")},
+        f"{base}/overdue": {"parameters": params, "subscribe": sub(
+            "the items overdue now; on every connect, when a reminder fires and when a deadline ends", 1,
+            retain=True, name="overdue")},
         f"{base}/replay": {"parameters": params, "subscribe": sub(
             "events re-published on a replay command (same payload as events)", 1, retain=False, name="event")},
         f"{base}/state/{{compartment}}": {
@@ -112,7 +116,7 @@ def asyncapi() -> dict[str, Any]:
         }
     schemas: dict[str, Any] = {"presence": PRESENCE, "info": INFO, "checkpoint": CHECKPOINT, "event": EVENT,
                                "state": STATE, "reply": REPLY, "snapshot": SNAPSHOT,
-                               "reminder": REMINDER,
+                               "reminder": REMINDER, "overdue": OVERDUE,
                                "ping-result": PING_RESULT, "replay-result": REPLAY_RESULT}
     for name in COMMAND_ARGS:
         schemas[f"cmd-{name}"] = command_schema(name)

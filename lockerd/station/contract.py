@@ -352,6 +352,23 @@ REMINDER = {
     "additionalProperties": False,
 }
 
+OVERDUE = {
+    "type": "object",
+    "description": "the items overdue now, most overdue first; republished when a reminder fires or a deadline "
+                   "ends, and on every connect",
+    "properties": {
+        "ts": TS,
+        "count": {"type": "integer", "minimum": 0},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "code": _s(128), "deadline": {"type": "string", "enum": list(DEADLINE_KINDS)}, "due": TS,
+            "level": {"type": "integer", "minimum": 0}, "officer": {"type": ["string", "null"]},
+            "holder": {"type": ["string", "null"]}},
+            "required": ["code", "deadline", "due", "level"], "additionalProperties": False}},
+    },
+    "required": ["ts", "count", "items"],
+    "additionalProperties": False,
+}
+
 # What the link answers with for its own commands (inside the reply's "result").
 PING_RESULT = {"type": "object", "properties": {"last_seq": {"type": "integer"}, "delivered": {"type": "integer"}},
                "required": ["last_seq", "delivered"]}

@@ -21,7 +21,7 @@ from lockerd.clock import Clock, iso_utc
 from lockerd.config import Config
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal
-from lockerd.station import contract, snapshot
+from lockerd.station import contract, discovery, snapshot
 from lockerd.station.gate import Gate, Vetting
 from lockerd.station.intake import Command, Refused, SeenIds, parse
 from lockerd.station.mqtt import Connection, Settings
@@ -44,6 +44,16 @@ class StateSource(Protocol):
     def states(self) -> dict[str, dict[str, Any]]: ...
 
     def on_state(self, callback: Any) -> None: ...
+
+
+class OverdueSource(Protocol):
+    """A state source that also knows the items overdue now (the daemon's controller does)."""
+
+    def overdue(self) -> list[dict[str, Any]]: ...
+
+
+# Events after which the overdue items may have changed: a reminder fired, a deadline ended or moved.
+OVERDUE_KINDS = ("reminder.", "deadline.")
 
 
 def _json(obj: Any) -> bytes:
@@ -167,6 +177,12 @@ class StationLink:
         self.conn.publish(self.topics.snapshot, _json(snapshot.build(self.journal, states, self.config.site,
                                                                      self.config.node, self._now())),
                           qos=1, retain=False)
+        self._publish_overdue()
+        if self.config.station.get("homeassistant_discovery"):
+            for topic, payload in discovery.messages(self.topics, sorted(states),
+                                                     self.config.station.get("homeassistant_prefix") or
+                                                     "homeassistant"):
+                self.conn.publish(topic, payload, qos=1, retain=True)
         self.outbox.on_connect()
 
     def _on_disconnect(self) -> None:
@@ -188,6 +204,8 @@ class StationLink:
         for ev in events:
             if ev.kind == "journal.checkpoint" and self.connected and self.conn is not None:
                 self.conn.publish(self.topics.checkpoint, _json(ev.data), qos=1, retain=True)
+        if any(ev.kind.startswith(OVERDUE_KINDS) for ev in events):
+            self._publish_overdue()
 
     def _on_journal_outage(self) -> None:
         # The station hears at once that the journal stopped (or started again) taking events: the events
@@ -221,6 +239,20 @@ class StationLink:
                 "last_seq": self.journal.last_seq,
                 "journal": {"writable": self.journal.healthy and not self.journal.held,
                             "error": self.journal.error, "held": self.journal.held}}
+
+    def _publish_overdue(self) -> None:
+        """The items overdue now, retained: what a dashboard counts without reading every reminder."""
+        overdue = getattr(self.state_source, "overdue", None)
+        if overdue is None or self._stopped or not self.connected or self.conn is None:
+            return
+        try:
+            rows = overdue()
+        except Exception:
+            log.exception("station: cannot read the overdue items")
+            return
+        items = [{k: r.get(k) for k in ("code", "deadline", "due", "level", "officer", "holder")} for r in rows]
+        self.conn.publish(self.topics.overdue, _json({"ts": self._now(), "count": len(items), "items": items}),
+                          qos=1, retain=True)
 
     def _publish_state(self, state: dict[str, Any]) -> None:
         assert self.conn is not None

@@ -38,6 +38,10 @@ class Topics:
         return f"{self.base}/snapshot"
 
     @property
+    def overdue(self) -> str:
+        return f"{self.base}/overdue"
+
+    @property
     def replay(self) -> str:
         return f"{self.base}/replay"
 
