@@ -115,10 +115,11 @@ def test_install_with_pip_builds_a_venv_of_its_own_that_runs_a_station_daemon(ro
     venv_dir = root / "opt/lockerd/venv"
     assert "include-system-site-packages = false" in (venv_dir / "pyvenv.cfg").read_text()
     python = venv_dir / "bin/python"
+    # Names compared as pip normalises them: prometheus-client is frozen as prometheus_client.
     frozen = subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True,
-                            check=True).stdout.lower().split()
+                            check=True).stdout.lower().replace("_", "-").split()
     # Every pin of the lock that applies here (lgpio's marker limits it to a Pi).
-    locked = [line.split(" ")[0].lower() for line in RUNTIME_LOCK.read_text().splitlines()
+    locked = [line.split(" ")[0].lower().replace("_", "-") for line in RUNTIME_LOCK.read_text().splitlines()
               if "==" in line and ";" not in line]
     assert [p for p in locked if p not in frozen] == [], "the venv does not hold the locked versions"
     where = check_modules(python, tmp_path)
