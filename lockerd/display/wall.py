@@ -221,7 +221,8 @@ def room_board(room: RoomSource, today: Today, lang: Lang, now: float) -> dict[s
             cells = []
             for st in states:
                 cid = st["compartment"]
-                faults = [str(f) for f in st.get("faults") or []]
+                # A state message says "kind: why" for each fault; the board shows the kind, in words.
+                faults = [str(f).partition(":")[0] for f in st.get("faults") or []]
                 alarm = [str(st["alarm"])] if st.get("alarm") else []
                 lock = N_("lock fault") if "lock" in faults else (
                     N_("released") if st.get("lock") == "released" else N_("locked"))
