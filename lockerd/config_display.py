@@ -25,6 +25,19 @@ DISPLAY = {
     "language": Opt("str", "", choices=("", *LANGUAGES), doc="every screen's language ('': the browser's)"),
     "idle_after_s": Opt("float", 8.0, min=1, max=600, doc="a cabinet screen goes back to idle this long after"),
     "poll_ms": Opt("int", 50, min=10, max=2000, doc="how often the journal is asked for new events"),
+    # The wall board of a room with several controllers, from their station broker (subscribe only).
+    "room_brokers": Opt("list-str", (), doc='"host:port" of the station broker(s): the wall board shows every '
+                        "controller of room_site; empty: only the local journal's controller"),
+    "room_prefix": Opt("str", "lockerd", doc="the controllers' topic prefix ([station] prefix)"),
+    "room_site": Opt("str", "", doc="the site whose controllers the wall shows ('': [controller] site)"),
+    "room_client_id": Opt("str", "", doc="MQTT client id of the display; default lockerd-display-<site>-<node>"),
+    "room_protocol": Opt("str", "5", choices=("5", "3.1.1")),
+    "room_username": Opt("str", ""),
+    "room_password_file": Opt("path", "", doc="file holding the broker password of room_username"),
+    "room_tls": Opt("bool", default=False),
+    "room_ca_file": Opt("path", ""),
+    "room_cert_file": Opt("path", ""),
+    "room_key_file": Opt("path", ""),
     # plus "screens": named tables checked against SCREEN
 }
 
@@ -41,6 +54,23 @@ class Screen:
 
 
 @dataclass(frozen=True)
+class Room:
+    """Where the wall board hears a room's controllers: their station broker, read-only."""
+
+    brokers: tuple[str, ...]
+    prefix: str = "lockerd"
+    site: str = ""
+    client_id: str = ""
+    protocol: str = "5"
+    username: str = ""
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Display:
     bind: str = "127.0.0.1"
     port: int = 8470
@@ -51,6 +81,7 @@ class Display:
     idle_after_s: float = 8.0
     poll_ms: int = 50
     screens: dict[str, Screen] = field(default_factory=dict)
+    room: Room | None = None  # None: the wall board shows the local journal's controller only
 
     @property
     def local_only(self) -> bool:
@@ -89,8 +120,45 @@ def display(c: Checker, raw: Any, names: set[str]) -> Display:
     if bool(opts["tls_cert"]) != bool(opts["tls_key"]):
         c.problem("display.tls_key" if opts["tls_cert"] else "display.tls_cert", MISSING,
                   "tls_cert and tls_key together (or neither)")
+    room = _room(c, opts)
     if MISSING in opts.values():
         return Display(screens=screens)
     return Display(bind=opts["bind"], port=opts["port"], token_file=opts["token_file"] or None,
                    tls_cert=opts["tls_cert"] or None, tls_key=opts["tls_key"] or None, language=opts["language"],
-                   idle_after_s=opts["idle_after_s"], poll_ms=opts["poll_ms"], screens=screens)
+                   idle_after_s=opts["idle_after_s"], poll_ms=opts["poll_ms"], screens=screens, room=room)
+
+
+def _room(c: Checker, opts: dict[str, Any]) -> Room | None:
+    """The room_* options: None when no broker is named (then every other room_* option is a mistake)."""
+    brokers = opts["room_brokers"]
+    if brokers is MISSING:
+        return None
+    if not brokers:
+        for key, opt in DISPLAY.items():
+            if key.startswith("room_") and opts[key] not in (MISSING, opt.default):
+                c.problem(f"display.{key}", opts[key], "room_brokers as well (no broker, no room)")
+        return None
+    for i, b in enumerate(brokers):
+        host, sep, port = b.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            c.problem(f"display.room_brokers[{i}]", b, '"host:port" with a port from 1 to 65535')
+    prefix = opts["room_prefix"]
+    if isinstance(prefix, str) and not all(ID_RE.match(level) for level in prefix.split("/")):
+        c.problem("display.room_prefix", prefix, "topic levels of a-z, 0-9 and '-', separated by '/'")
+    site = opts["room_site"]
+    if isinstance(site, str) and site and not ID_RE.match(site):
+        c.problem("display.room_site", site, f"a site id ({ID_EXPECT})")
+    if opts["room_tls"] is True and not opts["room_ca_file"]:
+        c.problem("display.room_ca_file", "", "a CA file when room_tls = true")
+    if bool(opts["room_cert_file"]) != bool(opts["room_key_file"]):
+        c.problem("display.room_key_file", str(opts["room_key_file"] or ""),
+                  "room_cert_file and room_key_file given together")
+    if opts["room_password_file"] and not opts["room_username"]:
+        c.problem("display.room_username", "", "a user name for room_password_file")
+    if any(opts[k] is MISSING for k in DISPLAY if k.startswith("room_")):
+        return None
+    return Room(brokers=tuple(brokers), prefix=prefix, site=site, client_id=opts["room_client_id"],
+                protocol=opts["room_protocol"], username=opts["room_username"],
+                password_file=opts["room_password_file"] or None, tls=opts["room_tls"],
+                ca_file=opts["room_ca_file"] or None, cert_file=opts["room_cert_file"] or None,
+                key_file=opts["room_key_file"] or None)

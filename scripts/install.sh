@@ -6,7 +6,8 @@
 #
 # It creates /opt/lockerd/venv and installs the checkout into it with the
 # locked versions of every library (requirements/runtime.lock), installs the
-# unit and the udev rules, copies an example config to /etc/lockerd/lockerd.toml
+# unit and the udev rules, installs the screens' unit (lockerd-display, left
+# disabled: see docs/display.md to enable it), copies an example config to /etc/lockerd/lockerd.toml
 # only if there is none yet, checks the config, reloads systemd and udev and
 # enables the service. Safe to run again: that is
 # also how an update is installed (see docs/install.md).
@@ -103,8 +104,11 @@ fi
 install -d -m 0755 "$R/etc/systemd/system" "$R/etc/udev/rules.d" "$R/opt/lockerd/docs"
 install -m 0644 "$SRC/systemd/lockerd.service" "$R/etc/systemd/system/lockerd.service"
 install -m 0644 "$SRC/systemd/99-lockerd.rules" "$R/etc/udev/rules.d/99-lockerd.rules"
+# The screens run beside the daemon, but only where a screen hangs: installed, never enabled here.
+install -m 0644 "$SRC/systemd/lockerd-display.service" "$R/etc/systemd/system/lockerd-display.service"
 [ -f "$SRC/docs/install.md" ] && install -m 0644 "$SRC/docs/install.md" "$R/opt/lockerd/docs/install.md"
-say "installed lockerd.service and 99-lockerd.rules"
+[ -f "$SRC/docs/display.md" ] && install -m 0644 "$SRC/docs/display.md" "$R/opt/lockerd/docs/display.md"
+say "installed lockerd.service, lockerd-display.service (not enabled) and 99-lockerd.rules"
 
 # --- Config: only if there is none ----------------------------------------------
 # /etc/lockerd is readable by the service (a dynamic user), writable by root only.
@@ -149,8 +153,11 @@ fi
 if [ "$START" -eq 1 ]; then
     # restart, not start: an update must replace the running daemon.
     live systemctl restart lockerd.service
+    # An update replaces the screens too, where a station enabled and started them; elsewhere nothing starts.
+    live systemctl try-restart lockerd-display.service
     if [ "$LIVE" -eq 1 ]; then
         systemctl --no-pager --lines=0 status lockerd.service || true
     fi
 fi
 say "done. Logs: journalctl -u lockerd -f    Status: systemctl status lockerd"
+say "screens (lockerd-display): systemctl enable --now lockerd-display, once [display] is set (docs/display.md)"

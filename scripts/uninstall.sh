@@ -5,7 +5,7 @@
 #   sudo scripts/uninstall.sh --purge    # also deletes them: the journal is the
 #                                        # station's record, export it first
 #
-# Removes the unit, the udev rules and /opt/lockerd (the venv). Keeps
+# Removes the units (the daemon's and the screens'), the udev rules and /opt/lockerd (the venv). Keeps
 # /etc/lockerd (config) and /var/lib/lockerd (journal) unless --purge.
 #
 # Options:
@@ -41,20 +41,25 @@ if [ "$LIVE" -eq 1 ] && [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Stop first: the daemon switches every relay off on its way down.
-if [ "$LIVE" -eq 1 ]; then
-    systemctl disable --now lockerd.service 2>/dev/null || true
-else
-    live systemctl disable --now lockerd.service
-fi
+# The screens first: they read the daemon's journal.
+for unit in lockerd-display.service lockerd.service; do
+    if [ "$LIVE" -eq 1 ]; then
+        systemctl disable --now "$unit" 2>/dev/null || true
+    else
+        live systemctl disable --now "$unit"
+    fi
+done
 rm -f "$R/etc/systemd/system/multi-user.target.wants/lockerd.service" \
+      "$R/etc/systemd/system/multi-user.target.wants/lockerd-display.service" \
       "$R/etc/systemd/system/lockerd.service" \
+      "$R/etc/systemd/system/lockerd-display.service" \
       "$R/etc/udev/rules.d/99-lockerd.rules"
 # Drop-ins made with "systemctl edit lockerd" belong to this station's setup.
 if [ "$PURGE" -eq 1 ]; then
-    rm -rf "$R/etc/systemd/system/lockerd.service.d"
+    rm -rf "$R/etc/systemd/system/lockerd.service.d" "$R/etc/systemd/system/lockerd-display.service.d"
 fi
 rm -rf "$R/opt/lockerd"
-say "removed the unit, the udev rules and /opt/lockerd"
+say "removed the units, the udev rules and /opt/lockerd"
 
 live systemctl daemon-reload
 live udevadm control --reload-rules

@@ -163,3 +163,31 @@ def test_display_mistakes_each_get_one_line(tmp_path):
     assert "display.port = 0" in text and "display.language = 'fr'" in text
     assert "display.colour: unknown option" in text and "display.tls_key = (missing)" in text
     assert "display.screens = 'nowhere': expected a scanner or cabinet id, or 'wall'" in text
+
+
+def test_the_room_of_the_wall_board_is_read_and_left_out_without_a_broker(tmp_path):
+    path = tmp_path / "room.toml"
+    path.write_text(TOML + '[display]\nroom_brokers = ["broker.lan:8883", "10.0.0.2:8883"]\nroom_site = "hq"\n'
+                           'room_username = "wall"\nroom_password_file = "wall.pw"\nroom_tls = true\n'
+                           'room_ca_file = "ca.pem"\n')
+    room = config.load(path).display.room
+    assert room is not None and room.brokers == ("broker.lan:8883", "10.0.0.2:8883")
+    assert (room.site, room.prefix, room.username, room.tls) == ("hq", "lockerd", "wall", True)
+    assert room.password_file == tmp_path / "wall.pw" and room.ca_file == tmp_path / "ca.pem"
+    path.write_text(TOML + "[display]\nport = 8480\n")
+    assert config.load(path).display.room is None  # no broker: the wall shows the local journal
+
+
+def test_room_mistakes_each_get_one_line(tmp_path):
+    got = problems(tmp_path, TOML + '[display]\nroom_brokers = ["broker.lan", "h:99999"]\nroom_prefix = "Lockerd"\n'
+                                    'room_site = "HQ"\nroom_tls = true\nroom_cert_file = "c.pem"\n'
+                                    'room_password_file = "pw"\nroom_protocol = "4"\n')
+    text = "\n".join(got)
+    assert len(got) == 8, text
+    assert "display.room_brokers[0] = 'broker.lan': expected \"host:port\"" in text
+    assert "display.room_brokers[1] = 'h:99999'" in text and "display.room_prefix = 'Lockerd'" in text
+    assert "display.room_site = 'HQ'" in text and "display.room_ca_file = '': expected a CA file" in text
+    assert "display.room_key_file" in text and "display.room_username = '': expected a user name" in text
+    assert "display.room_protocol = '4'" in text
+    got = problems(tmp_path, TOML + '[display]\nroom_site = "hq"\n')
+    assert len(got) == 1 and "display.room_site = 'hq': expected room_brokers as well" in got[0], got

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -282,3 +284,60 @@ async def test_off_the_board_every_request_needs_the_token_and_nothing_but_readi
     finally:
         stop.set()
         await task
+
+
+def test_a_room_of_two_controllers_on_one_broker_shows_whole_with_presence_and_a_jammed_door(tmp_path, browser):
+    """Two daemons of one site on a real Mosquitto; the display hears them only through the broker (it starts
+    first, so nothing rests on retained messages): both controllers' compartments and presence, a jammed door
+    on one of them, and the other going offline when it stops."""
+    from broker import Mosquitto
+
+    broker = Mosquitto(tmp_path).start()
+    port = free_port()
+    station = f'[station]\nbrokers = ["127.0.0.1:{broker.port}"]\nallow_plaintext = true\n'
+    fast = TOML.replace("open_timeout_s = 10", "open_timeout_s = 0.5")  # three unopened pulses make a jam
+    texts = {node: fast.replace('node = "node-1"', f'node = "{node}"') + station for node in ("node-1", "node-2")}
+    texts["node-1"] += f'[display]\nport = {port}\nroom_brokers = ["127.0.0.1:{broker.port}"]\n'
+    folders = {node: tmp_path / node for node in texts}
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["node-1"] / "lockerd.toml").write_text(texts["node-1"])
+    display = subprocess.Popen([sys.executable, "-m", "lockerd.display", "-c", str(folders["node-1"] / "lockerd.toml")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, display)
+        url = f"http://127.0.0.1:{port}"
+        with running_daemon(folders["node-1"], texts["node-1"]) as (cfg1, _d1), \
+                running_daemon(folders["node-2"], texts["node-2"]) as (_cfg2, daemon2):
+            browser.get(f"{url}/wall?lang=en")
+            shows(browser, "controller-node-1", "node-1: online since", timeout=15)
+            shows(browser, "controller-node-2", "node-2: online since", timeout=15)
+            cells = shows(browser, "cabinets", "node-2: cabinet e")
+            assert "node-1: cabinet d" in cells and "node-1: cabinet e" in cells and "node-2: cabinet d" in cells
+            for node in ("node-1", "node-2"):
+                for cid in ("d01", "d06", "e04"):
+                    assert browser.find_element("id", f"cell-{node}-{cid}")
+            # A latch that does not give: three pulses without the door opening, and the daemon calls it a jam.
+            assert cli(cfg1, "import", str(folders["node-1"] / "data.json")).returncode == 0
+            cli(cfg1, "sim", "jam", "d02")
+            deadline = time.monotonic() + 30
+            while "jam" not in str(json.loads(cli(cfg1, "status", "--json").stdout)["compartments"]["d02"]["faults"]):
+                assert time.monotonic() < deadline, "the daemon never journaled the jam"
+                cli(cfg1, "sim", "scan", "D-3")
+                time.sleep(0.7)  # past open_timeout_s: this pulse counts as not opened
+            shows(browser, "cell-node-1-d02", "jammed", timeout=10)
+            assert "jammed" not in browser.find_element("id", "cell-node-2-d02").text
+            keep(browser, "wall-room-en")
+            browser.get(f"{url}/wall?lang=zh_Hans")
+            shows(browser, "controller-node-2", "起在线")
+            shows(browser, "cell-node-1-d02", "卡住")
+            keep(browser, "wall-room-zh")
+            daemon2.send_signal(signal.SIGTERM)
+            assert daemon2.wait(15) == 0
+            shows(browser, "controller-node-2", "起离线", timeout=10)
+            assert "offline" in browser.find_element("id", "controller-node-2").get_attribute("class")
+            assert "起在线" in browser.find_element("id", "controller-node-1").text
+    finally:
+        display.terminate()
+        display.wait(10)
+        broker.kill()

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install.sh"
 UNINSTALL = REPO / "scripts" / "uninstall.sh"
 UNIT = REPO / "systemd" / "lockerd.service"
+DISPLAY_UNIT = REPO / "systemd" / "lockerd-display.service"
 RULES = REPO / "systemd" / "99-lockerd.rules"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"
 
@@ -196,6 +197,17 @@ def test_uninstall_removes_the_service_and_keeps_config_and_journal(root):
     assert "not run) systemctl disable --now lockerd.service" in r.stdout
     # And again: nothing left to remove is not an error.
     run(UNINSTALL, "--root", root)
+
+
+def test_the_screens_unit_is_installed_beside_the_daemons_but_left_disabled_and_uninstalled_with_it(root):
+    r = install(root)
+    unit = root / "etc/systemd/system/lockerd-display.service"
+    assert unit.read_text() == DISPLAY_UNIT.read_text() and mode(unit) == 0o644
+    assert not (root / "etc/systemd/system/multi-user.target.wants/lockerd-display.service").exists()
+    assert "not run) systemctl try-restart lockerd-display.service" in r.stdout  # an update restarts it if running
+    r = run(UNINSTALL, "--root", root)
+    assert not unit.exists()
+    assert "not run) systemctl disable --now lockerd-display.service" in r.stdout
 
 
 def test_uninstall_purge_deletes_config_and_journal(root):

@@ -28,8 +28,9 @@ from lockerd import config as config_mod
 from lockerd.clock import iso_utc
 from lockerd.display.cabinet import CabinetScreen, screens
 from lockerd.display.i18n import N_, Lang, choose
+from lockerd.display.room import RoomSource
 from lockerd.display.source import JournalSource
-from lockerd.display.wall import Today, board
+from lockerd.display.wall import Today, board, room_board
 from lockerd.errors import ConfigError
 from lockerd.journal import Event
 from lockerd.metrics import JournalMetrics
@@ -70,6 +71,12 @@ class Hub:
         self.stop = asyncio.Event()
         self.names: dict[str, str] = {}
         self.doors: dict[str, dict[str, Any]] = {}
+        # A room with several controllers: the wall hears them on their station broker; the cabinet screens
+        # still read the local journal, so they keep working with the station link down.
+        self.room: RoomSource | None = None
+        if cfg.display.room is not None:
+            self.room = RoomSource(cfg.display.room, cfg.site, cfg.node, self.on_room)
+            self.today.room = True
 
     def lang(self, page: str, accept: str | None, asked: str | None) -> Lang:
         screen = self.cfg.display.screens.get(page)
@@ -80,8 +87,20 @@ class Hub:
         now = time.time()
         # The screens start from the journal's end: an outcome from before the display started is not news.
         self.source.seq = self.source.last_seq()
-        self.today.load(self.source, now)
+        self._load_today(now)
         self._refresh_tables()
+        if self.room is not None:
+            self.room.start()
+
+    def _load_today(self, now: float) -> None:
+        if self.room is not None:
+            self.today.reset(now)
+        else:
+            self.today.load(self.source, now)
+
+    def on_room(self, events: list[Event]) -> None:
+        self.today.add(events)
+        self.push(wall=True)
 
     def _refresh_tables(self) -> None:
         self.names = {p["id"]: p.get("name") or p["id"] for p in self.source.table("people")}
@@ -91,11 +110,14 @@ class Hub:
         for e in events:
             for s in self.screens.values():
                 s.apply(e)
-        self.today.add(events)
+        if self.room is None:
+            self.today.add(events)
         self._refresh_tables()
-        self.push(wall=True)
+        self.push(wall=self.room is None)
 
     def view(self, v: Viewer, now: float) -> str:
+        if v.page == "wall" and self.room is not None:
+            return json.dumps(room_board(self.room, self.today, v.lang, now), ensure_ascii=False)
         if v.page == "wall":
             return json.dumps(board(self.cfg, self.source, self.today, v.lang, now), ensure_ascii=False)
         return json.dumps(self.screens[v.page].view(v.lang, self.names, now, self.cfg.display.idle_after_s,
@@ -104,7 +126,7 @@ class Hub:
     def push(self, *, wall: bool) -> None:
         now = time.time()
         if wall and iso_utc(self.today.start_of_day(now)) != self.today.day:
-            self.today.load(self.source, now)  # past midnight in the station's zone: a new day's counts
+            self._load_today(now)  # past midnight in the station's zone: a new day's counts
         for v in list(self.viewers):
             if v.page != "wall" or wall:
                 v.offer(self.view(v, now))
@@ -123,6 +145,8 @@ class Hub:
         finally:
             self.stop.set()
             await follower
+            if self.room is not None:
+                await self.room.stop()
             self.source.close()
 
 
@@ -253,8 +277,9 @@ async def serve(cfg: config_mod.Config, port: int | None = None, ready: asyncio.
     await site.start()
     hub_task = asyncio.create_task(hub.run())
     scheme = "https" if context else "http"
-    log.warning("lockerd-display: serving %s://%s:%s/ (read-only, journal %s)", scheme, cfg.display.bind,
-                port or cfg.display.port, cfg.journal_path)
+    log.warning("lockerd-display: serving %s://%s:%s/ (read-only, journal %s%s)", scheme, cfg.display.bind,
+                port or cfg.display.port, cfg.journal_path,
+                f", the room from {', '.join(cfg.display.room.brokers)}" if cfg.display.room else "")
     if ready is not None:
         ready.set()
     stop = stop or asyncio.Event()

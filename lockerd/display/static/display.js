@@ -77,7 +77,11 @@
     root.replaceChildren();
     const head = el("header", "title");
     head.appendChild(el("span", "name", v.title));
-    for (const c of v.controllers) head.appendChild(el("span", "controller " + (c.online ? "online" : "offline"), c.text));
+    for (const c of v.controllers) {
+      const span = el("span", "controller " + (c.online ? "online" : "offline"), c.text);
+      span.id = "controller-" + c.node;
+      head.appendChild(span);
+    }
     head.appendChild(el("span", "clock", v.clock + " (" + v.zone + ")"));
     root.appendChild(head);
     const cabs = el("section", "cabinets");
@@ -88,7 +92,7 @@
       const g = el("div", "grid");
       for (const c of cab.cells) {
         const cell = el("div", "cell door-" + c.door + (c.alarm.length ? " alarm" : "") + (c.faults.length ? " fault" : ""));
-        cell.id = "cell-" + c.id;
+        cell.id = "cell-" + (c.key || c.id);
         cell.appendChild(el("b", "", c.id));
         cell.appendChild(el("span", "door", c.door_text));
         cell.appendChild(el("span", "lock", c.lock));
