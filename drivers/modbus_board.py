@@ -218,7 +218,7 @@ class ModbusBoard(LockBank, DoorSensors):
                 raise BadReply(f"reply does not echo the write to coil {address} ({r})")
 
         off = None if on else (self.name, address)
-        return self.bus.call(self, what, send, check, attempts, off=off)
+        return self.bus.call(self, what, send, check, attempts, off=off, pulse=on)
 
     async def _energise(self, channel: int, ms: int) -> None:
         """One transaction: the coil on (generic) or a hardware-timed flash (waveshare)."""
@@ -265,7 +265,7 @@ class ModbusBoard(LockBank, DoorSensors):
         # started it later, so a coil read after this (and the slack) finds it off.
         ends = self.bus.now() + value * WAVESHARE_FLASH_UNIT_MS / 1000
         self._flash_ends[channel] = max(ends, self._flash_ends.get(channel, 0.0))
-        await self.bus.call(self, f"lock {channel} flash {value * 100} ms", send, check, attempts)
+        await self.bus.call(self, f"lock {channel} flash {value * 100} ms", send, check, attempts, pulse=True)
 
     async def _deenergise(self, channel: int) -> None:
         if self.profile != "waveshare":

@@ -196,11 +196,13 @@ class ModbusBus(Driver):
     # -- the API boards use ---------------------------------------------------------
 
     async def call(self, board: Polled, what: str, send: Callable[[Any], Awaitable[Any]],
-                   check: Callable[[Any], Any], attempts: int | None = None, *, off: Hashable | None = None) -> Any:
+                   check: Callable[[Any], Any], attempts: int | None = None, *, off: Hashable | None = None,
+                   pulse: bool = False) -> Any:
         """Queue a command ahead of every poll and wait for its result.
 
         ``off`` marks an off-write: it goes before the other commands, and ends
-        the hold :meth:`expect_off` began under the same key.
+        the hold :meth:`expect_off` began under the same key. ``pulse`` marks an
+        on-write a scan waits for: a board that answers lately gets it at once.
         """
         if self._closing or self._loop is None:
             raise DriverUnavailable(f"{board.name}: bus {self.name} is not running")
@@ -208,7 +210,7 @@ class ModbusBus(Driver):
             raise DriverUnavailable(f"{board.name}: bus {self.name} is down ({self.detail})")
         fut = self._loop.create_future()
         n = self.retries + 1 if attempts is None else max(1, attempts)
-        req = Request(board, what, send, check, n, fut, off)
+        req = Request(board, what, send, check, n, fut, off, pulse)
         (self._commands if off is None else self._off_writes).append(req)
         self.line_held = True  # no new poll on an RTU line from now: the command goes next
         self._wake()
@@ -574,10 +576,11 @@ class ModbusBus(Driver):
     # an off-write falls due, it stretches another board's pulse by that much. So a
     # board tells the bus when its off-write falls due, and from the worst case of a
     # request before that moment until the off-write has gone, no request starts to a
-    # board that may not answer promptly: polls of a board that left an attempt
-    # unanswered in the last ``doubt_s``, commands to a board reported offline.
-    # Answering boards keep their polls (one transaction is what the off-write may
-    # wait behind) and pulse-ons are never held for them. On an RTU line the bus
+    # board that may not answer promptly: one reported offline, or one that left an
+    # attempt unanswered in the last ``doubt_s``. Answering boards keep their polls
+    # and commands (one transaction is what the off-write may wait behind), and a
+    # pulse-on waits only when its board is offline: a scan is not kept waiting for
+    # a board that missed one reply a while ago. On an RTU line the bus
     # parks a held board's poll slot, which the line thread then skips.
 
     def expect_off(self, key: Hashable, at: float) -> None:
@@ -609,8 +612,8 @@ class ModbusBus(Driver):
         return bool(self._offs) and self._doubtful(board, now) and self._off_within(self._poll_worst_s(), now)
 
     def _command_held(self, req: Request, now: float) -> bool:
-        """A command to a board reported offline waits while an off-write falls due within its worst case."""
-        if not self._offs or req.board.online:
+        """A command to a doubtful board waits while an off-write falls due within its worst case."""
+        if not self._offs or (req.board.online if req.pulse else not self._doubtful(req.board, now)):
             return False
         worst = (req.attempts + 1) * (self.timeout_s + self.gap_s) + self.hold_margin_s
         return self._off_within(worst, now, besides=req.off)

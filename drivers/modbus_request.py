@@ -59,6 +59,7 @@ class Request:
     attempts: int
     future: asyncio.Future[Any] | None = None  # commands: the caller waits on it; polls: None
     off: Hashable | None = None  # an off-write: it goes before other commands and ends the hold for this key
+    pulse: bool = False  # an on-write a scan waits for: held back only for a board reported offline
 
 
 class ModbusClient(Protocol):
