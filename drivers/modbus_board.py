@@ -62,6 +62,9 @@ class ModbusBoard(LockBank, DoorSensors):
     # Polling a board that does not answer: first and largest interval (seconds).
     offline_retry_first_s = 1.0
     offline_retry_max_s = 5.0
+    # After a hardware-timed pulse: how long past the board's own end of it the coils are
+    # read, for a board timer that runs a little slow and a reply that came back late.
+    flash_check_after_s = 0.15
 
     OPTIONS: ClassVar[Spec] = {
         "bus": Opt("id", doc="the [buses.*] section this board hangs on"),
@@ -109,6 +112,9 @@ class ModbusBoard(LockBank, DoorSensors):
         self._all_off_pending = True
         self._starting = 0  # pulse-on writes in flight
         self._off_tasks: dict[int, asyncio.Task[None]] = {}
+        self._flash_ends: dict[int, float] = {}  # bus time each channel's last flash ends by the board's timer
+        self._coil_check: asyncio.Task[None] | None = None
+        self._coil_check_at = 0.0
         self._poll_req: Request | None = None
         self._slot: PollSlot | None = None  # the RTU line thread's view of this board's poll
         self.poll_attempt = 0  # RTU: attempts made so far at the poll being judged
@@ -190,6 +196,8 @@ class ModbusBoard(LockBank, DoorSensors):
                 log.error("%s: switching every relay off at close failed: %s", self.name, e)  # noqa: TRY400
         for task in list(self._off_tasks.values()):
             task.cancel()
+        if self._coil_check is not None:
+            self._coil_check.cancel()
 
     # -- LockBank -------------------------------------------------------------------
 
@@ -199,6 +207,7 @@ class ModbusBoard(LockBank, DoorSensors):
         return self.first_coil + channel
 
     def _write_coil(self, address: int, *, on: bool, what: str, attempts: int | None = None) -> Awaitable[Any]:
+        """One coil on or off; an off is an off-write for the bus (before other commands, see ``expect_off``)."""
         unit = self.unit
 
         def send(c: ModbusClient) -> Awaitable[Any]:
@@ -208,7 +217,8 @@ class ModbusBoard(LockBank, DoorSensors):
             if r.function_code != 5 or r.address != address or bool(r.bits and r.bits[0]) != on:
                 raise BadReply(f"reply does not echo the write to coil {address} ({r})")
 
-        return self.bus.call(self, what, send, check, attempts)
+        off = None if on else (self.name, address)
+        return self.bus.call(self, what, send, check, attempts, off=off, pulse=on)
 
     async def _energise(self, channel: int, ms: int) -> None:
         """One transaction: the coil on (generic) or a hardware-timed flash (waveshare)."""
@@ -223,6 +233,8 @@ class ModbusBoard(LockBank, DoorSensors):
                 await self._flash(address, ms, attempts)
             else:
                 await self._write_coil(address, on=True, what=f"lock {channel} on", attempts=attempts)
+                # The off-write falls due when the pulse ends: the bus keeps the line free for it.
+                self.bus.expect_off((self.name, address), self.bus.now() + ms / 1000)
         except DriverError as e:
             if self.profile == "generic" and not isinstance(e, DriverRefused):
                 # No answer does not mean the write did not land: make sure it goes off.
@@ -248,13 +260,65 @@ class ModbusBoard(LockBank, DoorSensors):
             if r.function_code != 5 or r.address != flash:
                 raise BadReply(f"reply does not echo the flash command to 0x{flash:04x} ({r})")
 
-        await self.bus.call(self, f"lock {address - self.first_coil} flash {value * 100} ms", send, check, attempts)
+        channel = address - self.first_coil
+        # Its end by the board's timer, counted from before the request went out: the board
+        # started it later, so a coil read after this (and the slack) finds it off.
+        ends = self.bus.now() + value * WAVESHARE_FLASH_UNIT_MS / 1000
+        self._flash_ends[channel] = max(ends, self._flash_ends.get(channel, 0.0))
+        await self.bus.call(self, f"lock {channel} flash {value * 100} ms", send, check, attempts, pulse=True)
 
     async def _deenergise(self, channel: int) -> None:
-        # Generic: this is the off. Waveshare: the board has already switched the
-        # relay off by itself; the plain off is a backstop for a board that did not
-        # take the flash command, and costs nothing in the scan's hot path.
-        await self._write_coil(self._coil(channel), on=False, what=f"lock {channel} off")
+        if self.profile != "waveshare":
+            await self._write_coil(self._coil(channel), on=False, what=f"lock {channel} off")
+            return
+        # The board switches the relay off by its own timer: an off-write here would be a
+        # second transaction per opening, landing after the relay is already off. A coil
+        # read once the flash is over catches a relay the board left on (a board that did
+        # not take the flash as one), and switches it off as any stray relay.
+        if self.inputs == 0:
+            return  # its door poll reads the coils already
+        self._check_coils_at(self._flash_ends.get(channel, self.bus.now()) + self.flash_check_after_s)
+
+    def _check_coils_at(self, at: float) -> None:
+        """Read the coils once at loop time ``at`` or later (checks falling due together share one read)."""
+        self._coil_check_at = max(self._coil_check_at, at)
+        if self._coil_check is None or self._coil_check.done():
+            self._coil_check = asyncio.get_running_loop().create_task(self._coil_check_loop(),
+                                                                      name=f"{self.name}-coil-check")
+
+    async def _coil_check_loop(self) -> None:
+        delay = 0.1
+        first, n, unit = self.first_coil, self.coils, self.unit
+
+        def read(c: ModbusClient) -> Awaitable[Any]:
+            return c.read_coils(first, count=n, device_id=unit)
+
+        while self.polling:
+            wait = self._coil_check_at - self.bus.now()
+            if wait > 0:
+                await asyncio.sleep(wait)  # bus time: the board's own timer runs on real time
+                continue
+            try:
+                levels = await self.bus.call(self, "read coils (after a hardware-timed pulse)", read,
+                                             self._coil_levels, attempts=1)
+            except DriverError as e:
+                # Unknown until the board answers: asked again, less often, while it does not.
+                log.debug("%s: coil check failed: %s", self.name, e)
+                self._coil_check_at = self.bus.now() + delay
+                delay = min(delay * 2, self.offline_retry_max_s)
+                continue
+            if self._starting:  # a pulse is starting: its relay is meant to be on; read again after it
+                self._coil_check_at = self.bus.now() + self.flash_check_after_s
+                continue
+            if self.bus.now() < self._coil_check_at:
+                continue  # another flash ends later than this read: read again after it
+            self._check_coils(levels, "left on after its hardware-timed pulse")
+            return
+
+    def _coil_levels(self, r: Any) -> tuple[int, ...]:
+        if r.function_code != 1 or len(r.bits) < self.coils:
+            raise BadReply(f"expected {self.coils} coils (function 1), got {r}")
+        return tuple(map(int, r.bits[:self.coils]))
 
     async def _all_off(self) -> None:
         """Every coil of the board off, in one request."""
@@ -269,7 +333,7 @@ class ModbusBoard(LockBank, DoorSensors):
             if r.function_code != 15 or r.address != first or r.count != n:
                 raise BadReply(f"reply does not echo the write of coils {first}..{first + n - 1} ({r})")
 
-        await self.bus.call(self, "all relays off", send, check)
+        await self.bus.call(self, "all relays off", send, check, off=(self.name, "all"))
         self._all_off_pending = False
 
     def _ensure_off(self, channel: int, reason: str) -> None:
@@ -382,14 +446,17 @@ class ModbusBoard(LockBank, DoorSensors):
         for ch, level in enumerate(levels):
             self._set_door(ch, DoorState.OPEN if level == self.open_level else DoorState.CLOSED)
 
-    def _check_coils(self, levels: tuple[int, ...]) -> None:
-        """A relay on that we are not pulsing is switched off (a pulse lost to a crash, or a stray write)."""
+    def _check_coils(self, levels: tuple[int, ...], why: str = "on without a pulse") -> None:
+        """A relay on that we are not pulsing is switched off (a pulse lost to a crash, a stray write,
+        a board that did not end its hardware-timed pulse)."""
         if self._starting:
             return
+        now = self.bus.now()
         for ch, level in enumerate(levels):
-            if level and ch not in self.energised and ch not in self._off_tasks:
-                log.error("%s: relay %s is on without a pulse: switching it off", self.name, ch)
-                self._ensure_off(ch, "found on without a pulse")
+            if level and ch not in self.energised and ch not in self._off_tasks \
+                    and self._flash_ends.get(ch, 0.0) + self.flash_check_after_s <= now:
+                log.error("%s: relay %s is %s: switching it off", self.name, ch, why)
+                self._ensure_off(ch, f"found {why}")
 
     def poll_refused(self, error: DriverError) -> None:
         """The board answers but refuses the poll (a wrong input address in the config, usually)."""

@@ -5,10 +5,16 @@ lean RTU client of :mod:`modbus_rtu` on a serial line, pymodbus's TCP client
 on a gateway) and one task. That task is the only thing that sends commands (lock
 on/off, all off): from a queue, one request in flight, a gap between frames, a
 timeout and a bounded number of attempts per request. Commands always go
-before polls, so a scan is never stuck behind a poll cycle. Polls run board by
-board at each board's ``poll_hz``: on a TCP gateway the task sends them too; on
-an RS-485 line the RTU client's line thread sends them and the bus judges only
-the polls with news (see "the poll path" below).
+before polls, so a scan is never stuck behind a poll cycle, and off-writes go
+before other commands. Polls run board by board at each board's ``poll_hz``: on
+a TCP gateway the task sends them too; on an RS-485 line the RTU client's line
+thread sends them and the bus judges only the polls with news (see "the poll
+path" below).
+
+A pulse's length is the hardware's, not the queue's: a board that pulses says
+when its off-write falls due (:meth:`ModbusBus.expect_off`), and from a
+request's worst case before that moment no request goes to a board that has
+lately left one unanswered (see "holding doubtful boards" below).
 
 The bus knows its boards through :class:`Polled`, the few public methods
 by which a board (:mod:`modbus_board`) is scheduled and told how its
@@ -25,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 from lockerd.drivers.base import Driver, Parts
@@ -79,6 +85,12 @@ class ModbusBus(Driver):
     # stuck line thread; a silent board does not.
     beat_every_s = 0.5
     heartbeat_s = 1.0
+    # Holding doubtful boards ahead of an off-write (see there): how long a board that
+    # left a request unanswered stays doubtful, the slack for a loop that runs late on a
+    # busy machine, and how long an expected off-write that never comes holds the line.
+    doubt_s = 60.0
+    hold_margin_s = 0.05
+    off_expire_s = 1.0
 
     def __init__(self, name: str, clock: Clock, kind: str, options: Mapping[str, Any]):
         super().__init__(name, clock)
@@ -111,6 +123,10 @@ class ModbusBus(Driver):
         self.connected = False
         self._client: Any = None
         self._commands: deque[Request] = deque()
+        self._off_writes: deque[Request] = deque()  # commands with ``off``: before the others
+        self._offs: dict[Hashable, tuple[float, list[asyncio.TimerHandle]]] = {}  # expected off-writes: due at
+        self._held: set[Polled] = set()  # RTU: boards whose poll slot the bus parked for an off-write
+        self._missed: dict[Polled, float] = {}  # loop time each board last left an attempt unanswered
         self._wakeup = Wakeup()  # the task's wait for a command, a schedule change or close
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -172,19 +188,31 @@ class ModbusBus(Driver):
             self._task = None
         self._fail_pending(DriverUnavailable(f"{self.name}: bus closed"))
         self._drop_client()
+        for _at, timers in self._offs.values():
+            for t in timers:
+                t.cancel()
+        self._offs.clear()
+        self._held.clear()
 
     # -- the API boards use ---------------------------------------------------------
 
     async def call(self, board: Polled, what: str, send: Callable[[Any], Awaitable[Any]],
-                   check: Callable[[Any], Any], attempts: int | None = None) -> Any:
-        """Queue a command ahead of every poll and wait for its result."""
+                   check: Callable[[Any], Any], attempts: int | None = None, *, off: Hashable | None = None,
+                   pulse: bool = False) -> Any:
+        """Queue a command ahead of every poll and wait for its result.
+
+        ``off`` marks an off-write: it goes before the other commands, and ends
+        the hold :meth:`expect_off` began under the same key. ``pulse`` marks an
+        on-write a scan waits for: a board that answers lately gets it at once.
+        """
         if self._closing or self._loop is None:
             raise DriverUnavailable(f"{board.name}: bus {self.name} is not running")
         if not self.connected:
             raise DriverUnavailable(f"{board.name}: bus {self.name} is down ({self.detail})")
         fut = self._loop.create_future()
         n = self.retries + 1 if attempts is None else max(1, attempts)
-        self._commands.append(Request(board, what, send, check, n, fut))
+        req = Request(board, what, send, check, n, fut, off, pulse)
+        (self._commands if off is None else self._off_writes).append(req)
         self.line_held = True  # no new poll on an RTU line from now: the command goes next
         self._wake()
         return await fut
@@ -204,18 +232,26 @@ class ModbusBus(Driver):
         if self._loop is not None:
             board.due = self._loop.time()
             if isinstance(self._client, RtuClient):
-                self._client.resume(board.poll_slot(), board.due, None)
+                if self._poll_held(board, board.due):
+                    self._held.add(board)  # its slot stays parked: resumed once the off-write is done
+                else:
+                    self._client.resume(board.poll_slot(), board.due, None)
             else:
                 self._wake()
 
     def stop_polling(self, board: Polled) -> None:
+        self._held.discard(board)
         if isinstance(self._client, RtuClient):
             self._client.park(board.poll_slot())
 
     def due_changed(self, board: Polled) -> None:
         """``board.due`` was set outside a poll's judgement (a command's outcome): tell the line thread."""
         if isinstance(self._client, RtuClient):
-            self._client.reschedule(board.poll_slot(), board.due)
+            if board.polling and board not in self._held and self._poll_held(board, self.now()):
+                self._client.park(board.poll_slot())  # it just left a command unanswered, near an off-write
+                self._held.add(board)
+            else:
+                self._client.reschedule(board.poll_slot(), board.due)
 
     # -- the task ---------------------------------------------------------------
 
@@ -288,7 +324,9 @@ class ModbusBus(Driver):
             slots = [b.poll_slot() for b in self.boards if not b.misconfigured]
             for slot in slots:
                 slot.due, slot.quiet_reply, slot.parked = now, None, not slot.owner.polling
+            self._held.clear()
             self._client.set_polls(slots)
+            self._hold_polls()
         return True
 
     def _client_connected(self) -> bool:
@@ -316,10 +354,11 @@ class ModbusBus(Driver):
         self._wake()
 
     def _fail_pending(self, exc: DriverError) -> None:
-        while self._commands:
-            req = self._commands.popleft()
-            if req.future is not None and not req.future.done():
-                req.future.set_exception(exc)
+        for queue in (self._off_writes, self._commands):
+            while queue:
+                req = queue.popleft()
+                if req.future is not None and not req.future.done():
+                    req.future.set_exception(exc)
 
     def _wake(self) -> None:
         self._wakeup.wake()
@@ -342,28 +381,46 @@ class ModbusBus(Driver):
             if wait > 0:
                 await asyncio.sleep(wait)
 
-    def _next_poll(self) -> Polled | None:
+    def _next_poll(self, now: float) -> Polled | None:
         best: Polled | None = None
         for b in self.boards:
-            if b.polling and (best is None or b.due < best.due):
+            if b.polling and (best is None or b.due < best.due) and not self._poll_held(b, now):
                 best = b
         return best
 
+    def _next_command(self, now: float) -> Request | None:
+        """The command to send now: off-writes first, then the others in order, none that must wait."""
+        for queue in (self._off_writes, self._commands):
+            for req in queue:
+                if req.future is not None and req.future.done():
+                    continue  # the caller gave up before it was sent: dropped below
+                if not self._command_held(req, now):
+                    return req
+        return None
+
+    def _drop_abandoned(self) -> None:
+        for queue in (self._off_writes, self._commands):
+            if any(r.future is not None and r.future.done() for r in queue):
+                kept = [r for r in queue if r.future is None or not r.future.done()]
+                queue.clear()
+                queue.extend(kept)
+
     async def _next_request(self) -> Request | None:
-        """The next transaction: a queued command first, else the most overdue poll.
+        """The next transaction: a queued command first (off-writes before the rest), else the most overdue poll.
 
         On an RTU line polls are not returned: the line thread runs them (see
         "the poll path" below) while the task waits here for a command.
         """
         loop = self._loop
         while not self._closing:
-            while self._commands and self._commands[0].future is not None and self._commands[0].future.done():
-                self._commands.popleft()  # the caller gave up before it was sent
-            if self._commands:
+            self._drop_abandoned()
+            req = self._next_command(loop.time())  # type: ignore[union-attr]
+            if req is not None:
                 await self._respect_gap()
-                if self._commands:
-                    return self._commands.popleft()
-                continue
+                if self._next_command(loop.time()) is req:  # type: ignore[union-attr]
+                    (self._commands if req.off is None else self._off_writes).remove(req)
+                    return req
+                continue  # an off-write arrived during the gap, or this one must wait now
             if isinstance(self._client, RtuClient):
                 self.line_held = False
                 self._client.wake()  # polls may start again
@@ -371,11 +428,11 @@ class ModbusBus(Driver):
                 if not self._client_connected():
                     return None
                 continue
-            board = self._next_poll()
             now = loop.time()  # type: ignore[union-attr]
+            board = self._next_poll(now)
             if board is not None and board.due <= now:
                 await self._respect_gap()
-                if self._commands:
+                if self._off_writes or self._commands:
                     continue  # a command arrived during the gap: it goes first
                 return board.poll_request()
             await self._sleep_until_work(None if board is None else board.due - now)
@@ -392,9 +449,10 @@ class ModbusBus(Driver):
             if req.future is not None and req.future.done():
                 return  # caller gone before this attempt: nothing was sent for it
             if attempt:
-                if req.future is None and self._commands:
-                    # A poll never delays a command with its retries: poll again
-                    # right after the command, without judging the board yet.
+                if req.future is None and (self._off_writes or self._commands
+                                           or self._poll_held(req.board, loop.time())):  # type: ignore[union-attr]
+                    # A poll never delays a command with its retries, nor an off-write
+                    # falling due: poll again after it, without judging the board yet.
                     req.board.due = loop.time()  # type: ignore[union-attr]
                     return
                 await self._respect_gap()
@@ -412,10 +470,14 @@ class ModbusBus(Driver):
                 exc = e
             finally:
                 self._last_end = loop.time()  # type: ignore[union-attr]
+                if req.off is not None:
+                    self._off_sent(req.off)
             value, error, retry, silent = self._judge(req, reply, exc)
             if error is None:
                 self._succeeded(req, value)
                 return
+            if silent:
+                self._missed[req.board] = self._last_end
             if not retry:
                 break
         assert error is not None
@@ -484,6 +546,8 @@ class ModbusBus(Driver):
         quiet_reply: bytes | None = None
         try:
             value, error, retry, silent = self._judge(req, reply, exc)
+            if error is not None and silent:
+                self._missed[board] = self._loop.time()  # type: ignore[union-attr]
             if error is None:
                 board.poll_attempt = 0
                 self._succeeded(req, value)
@@ -500,4 +564,98 @@ class ModbusBus(Driver):
         except Exception:  # whatever happens, the board's polls must go on: resumed below
             log.exception("%s: unexpected error handling a poll reply", self.name)
         if client is self._client and board.polling:
-            client.resume(slot, board.due, quiet_reply)
+            if self._poll_held(board, self._loop.time()):  # type: ignore[union-attr]
+                self._held.add(board)  # parked until the off-write is done (see _release_polls)
+            else:
+                client.resume(slot, board.due, quiet_reply)
+
+    # -- holding doubtful boards ahead of an off-write ------------------------------------
+    #
+    # A pulse lasts from its on-write to its off-write at the board. A request to a
+    # board that does not answer holds the line for its timeout (and its late answer,
+    # on a half-duplex line, would collide with the next frame): started just before
+    # an off-write falls due, it stretches another board's pulse by that much. So a
+    # board tells the bus when its off-write falls due, and from the worst case of a
+    # request before that moment until the off-write has gone, no request starts to a
+    # board that may not answer promptly: one reported offline, or one that left an
+    # attempt unanswered in the last ``doubt_s``. Answering boards keep their polls
+    # and commands (one transaction is what the off-write may wait behind), and a
+    # pulse-on waits only when its board is offline: a scan is not kept waiting for
+    # a board that missed one reply a while ago. On an RTU line the bus
+    # parks a held board's poll slot, which the line thread then skips.
+
+    def expect_off(self, key: Hashable, at: float) -> None:
+        """An off-write under ``key`` falls due at loop time ``at``: hold doubtful boards until it has gone."""
+        loop = self._loop
+        if loop is None or self._closing:
+            return
+        self._forget_off(key)
+        timers = [loop.call_at(at + max(self.off_expire_s, self._poll_worst_s()), self._off_expired, key, at)]
+        hold_at = at - self._poll_worst_s()
+        if isinstance(self._client, RtuClient) and hold_at > loop.time():
+            timers.append(loop.call_at(hold_at, self._hold_polls))
+        self._offs[key] = (at, timers)
+        if hold_at <= loop.time():
+            self._hold_polls()  # now, not on the loop's next turn: the line thread may start a poll meanwhile
+
+    def _poll_worst_s(self) -> float:
+        """How long before an off-write a poll of a doubtful board must not start: one attempt
+        (its retries wait for the off-write) and its late answer, plus the slack."""
+        return 2 * (self.timeout_s + self.gap_s) + self.hold_margin_s
+
+    def _doubtful(self, board: Polled, now: float) -> bool:
+        return not board.online or now - self._missed.get(board, -self.doubt_s) < self.doubt_s
+
+    def _off_within(self, seconds: float, now: float, besides: Hashable | None = None) -> bool:
+        return any(at < now + seconds for key, (at, _t) in self._offs.items() if key != besides)
+
+    def _poll_held(self, board: Polled, now: float) -> bool:
+        return bool(self._offs) and self._doubtful(board, now) and self._off_within(self._poll_worst_s(), now)
+
+    def _command_held(self, req: Request, now: float) -> bool:
+        """A command to a doubtful board waits while an off-write falls due within its worst case."""
+        if not self._offs or (req.board.online if req.pulse else not self._doubtful(req.board, now)):
+            return False
+        worst = (req.attempts + 1) * (self.timeout_s + self.gap_s) + self.hold_margin_s
+        return self._off_within(worst, now, besides=req.off)
+
+    def _hold_polls(self) -> None:
+        """RTU: park the poll slots of doubtful boards now that an off-write is near."""
+        client = self._client
+        if not isinstance(client, RtuClient) or self._loop is None:
+            return
+        now = self._loop.time()
+        for b in self.boards:
+            if b.polling and not b.misconfigured and b not in self._held and self._poll_held(b, now):
+                client.park(b.poll_slot())
+                self._held.add(b)
+
+    def _release_polls(self) -> None:
+        """Resume what waited for off-writes that have gone (or never came)."""
+        client = self._client
+        if isinstance(client, RtuClient) and self._loop is not None:
+            now = self._loop.time()
+            for b in list(self._held):
+                if not self._poll_held(b, now):
+                    self._held.discard(b)
+                    if b.polling:
+                        client.resume(b.poll_slot(), b.due, None)
+        self._wake()  # held commands, and a TCP bus's held polls
+
+    def _forget_off(self, key: Hashable) -> bool:
+        entry = self._offs.pop(key, None)
+        if entry is None:
+            return False
+        for t in entry[1]:
+            t.cancel()
+        return True
+
+    def _off_sent(self, key: Hashable) -> None:
+        if self._forget_off(key):
+            self._release_polls()
+
+    def _off_expired(self, key: Hashable, at: float) -> None:
+        entry = self._offs.get(key)
+        if entry is not None and entry[0] == at:
+            log.debug("%s: the off-write %s expected at %.3f never came", self.name, key, at)
+            self._off_sent(key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +58,8 @@ class Request:
     check: Callable[[Any], Any]  # validates the reply, returns the useful value or raises BadReply
     attempts: int
     future: asyncio.Future[Any] | None = None  # commands: the caller waits on it; polls: None
+    off: Hashable | None = None  # an off-write: it goes before other commands and ends the hold for this key
+    pulse: bool = False  # an on-write a scan waits for: held back only for a board reported offline
 
 
 class ModbusClient(Protocol):

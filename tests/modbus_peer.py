@@ -405,6 +405,10 @@ async def _serve(args: argparse.Namespace) -> None:
                      waveshare=tuple(_parse_units(args.waveshare)) if args.waveshare else ())
     if args.spring_close_ms >= 0:
         peer.spring_close_s = args.spring_close_ms / 1000
+    if args.dead:
+        peer.dead.update(_parse_units(args.dead))
+    for unit in _parse_units(args.slow) if args.slow else ():
+        peer.delay[unit] = args.slow_ms / 1000
     if args.rtu:
         await peer.start_rtu(args.rtu, args.baudrate)
     else:
@@ -431,6 +435,9 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0, help="TCP port (0: any free one, printed at start)")
     p.add_argument("--spring-close-ms", type=float, default=-1,
                    help="doors open when their coil goes on and shut this long after it goes off (-1: never move)")
+    p.add_argument("--dead", default="", help="unit ids that act on nothing and answer nothing")
+    p.add_argument("--slow", default="", help="unit ids that answer every request late (see --slow-ms)")
+    p.add_argument("--slow-ms", type=float, default=300.0, help="how late the --slow units answer")
     p.add_argument("--log", default="", help="write every request's arrival (monotonic ns) here at exit")
     asyncio.run(_serve(p.parse_args()))
 
