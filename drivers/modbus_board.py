@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from lockerd.drivers.base import DoorSensors, DoorState, LockBank, Parts, PowerBudget
 from lockerd.drivers.modbus_bus import ModbusBus
+from lockerd.drivers.modbus_coils import StrayRelays
 from lockerd.drivers.modbus_line import PollSlot, next_poll_at
 from lockerd.drivers.modbus_request import BadReply, DriverRefused, ModbusClient, Request
 from lockerd.drivers.options import Channels, Opt, Problem, Spec, count_channels, with_defaults
@@ -54,7 +55,7 @@ def waveshare_flash_units(ms: int) -> int:
 
 
 
-class ModbusBoard(LockBank, DoorSensors):
+class ModbusBoard(StrayRelays, LockBank, DoorSensors):
     """A relay board at one unit id: locks on coils, door sensors on discrete inputs or input registers."""
 
     type_name = "modbus"
@@ -279,47 +280,6 @@ class ModbusBoard(LockBank, DoorSensors):
             return  # its door poll reads the coils already
         self._check_coils_at(self._flash_ends.get(channel, self.bus.now()) + self.flash_check_after_s)
 
-    def _check_coils_at(self, at: float) -> None:
-        """Read the coils once at loop time ``at`` or later (checks falling due together share one read)."""
-        self._coil_check_at = max(self._coil_check_at, at)
-        if self._coil_check is None or self._coil_check.done():
-            self._coil_check = asyncio.get_running_loop().create_task(self._coil_check_loop(),
-                                                                      name=f"{self.name}-coil-check")
-
-    async def _coil_check_loop(self) -> None:
-        delay = 0.1
-        first, n, unit = self.first_coil, self.coils, self.unit
-
-        def read(c: ModbusClient) -> Awaitable[Any]:
-            return c.read_coils(first, count=n, device_id=unit)
-
-        while self.polling:
-            wait = self._coil_check_at - self.bus.now()
-            if wait > 0:
-                await asyncio.sleep(wait)  # bus time: the board's own timer runs on real time
-                continue
-            try:
-                levels = await self.bus.call(self, "read coils (after a hardware-timed pulse)", read,
-                                             self._coil_levels, attempts=1)
-            except DriverError as e:
-                # Unknown until the board answers: asked again, less often, while it does not.
-                log.debug("%s: coil check failed: %s", self.name, e)
-                self._coil_check_at = self.bus.now() + delay
-                delay = min(delay * 2, self.offline_retry_max_s)
-                continue
-            if self._starting:  # a pulse is starting: its relay is meant to be on; read again after it
-                self._coil_check_at = self.bus.now() + self.flash_check_after_s
-                continue
-            if self.bus.now() < self._coil_check_at:
-                continue  # another flash ends later than this read: read again after it
-            self._check_coils(levels, "left on after its hardware-timed pulse")
-            return
-
-    def _coil_levels(self, r: Any) -> tuple[int, ...]:
-        if r.function_code != 1 or len(r.bits) < self.coils:
-            raise BadReply(f"expected {self.coils} coils (function 1), got {r}")
-        return tuple(map(int, r.bits[:self.coils]))
-
     async def _all_off(self) -> None:
         """Every coil of the board off, in one request."""
         if self.misconfigured:
@@ -335,37 +295,6 @@ class ModbusBoard(LockBank, DoorSensors):
 
         await self.bus.call(self, "all relays off", send, check, off=(self.name, "all"))
         self._all_off_pending = False
-
-    def _ensure_off(self, channel: int, reason: str) -> None:
-        """Keep switching ``channel`` off in the background until the board confirms it."""
-        if channel in self._off_tasks:
-            return
-        task = asyncio.create_task(self._off_until_confirmed(channel, reason), name=f"{self.name}-ensure-off-{channel}")
-        self._off_tasks[channel] = task
-
-        def forget(t: asyncio.Task[None]) -> None:
-            if self._off_tasks.get(channel) is t:
-                del self._off_tasks[channel]
-
-        task.add_done_callback(forget)
-
-    async def _off_until_confirmed(self, channel: int, reason: str) -> None:
-        # Until the board confirms, nobody knows whether the solenoid is energised:
-        # the lock is in fault from now, not only after a retry has failed.
-        log.error("%s: lock %s may still be energised (%s); switching it off until the board confirms",
-                  self.name, channel, reason)
-        self.report_lock_fault(channel, f"relay may still be on: {reason}")
-        delay = 0.05
-        while True:
-            try:
-                await self._write_coil(self._coil(channel), on=False, what=f"lock {channel} off (safety)")
-                break
-            except DriverError as e:
-                log.debug("%s: safety off of lock %s failed: %s", self.name, channel, e)
-                await self.clock.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        log.warning("%s: lock %s confirmed off", self.name, channel)
-        self.report_lock_fault(channel, None)
 
     # -- polling (called by the bus task) ----------------------------------------------
 
@@ -445,18 +374,6 @@ class ModbusBoard(LockBank, DoorSensors):
         self._last_levels = levels
         for ch, level in enumerate(levels):
             self._set_door(ch, DoorState.OPEN if level == self.open_level else DoorState.CLOSED)
-
-    def _check_coils(self, levels: tuple[int, ...], why: str = "on without a pulse") -> None:
-        """A relay on that we are not pulsing is switched off (a pulse lost to a crash, a stray write,
-        a board that did not end its hardware-timed pulse)."""
-        if self._starting:
-            return
-        now = self.bus.now()
-        for ch, level in enumerate(levels):
-            if level and ch not in self.energised and ch not in self._off_tasks \
-                    and self._flash_ends.get(ch, 0.0) + self.flash_check_after_s <= now:
-                log.error("%s: relay %s is %s: switching it off", self.name, ch, why)
-                self._ensure_off(ch, f"found {why}")
 
     def poll_refused(self, error: DriverError) -> None:
         """The board answers but refuses the poll (a wrong input address in the config, usually)."""

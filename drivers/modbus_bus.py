@@ -8,13 +8,9 @@ timeout and a bounded number of attempts per request. Commands always go
 before polls, so a scan is never stuck behind a poll cycle, and off-writes go
 before other commands. Polls run board by board at each board's ``poll_hz``: on
 a TCP gateway the task sends them too; on an RS-485 line the RTU client's line
-thread sends them and the bus judges only the polls with news (see "the poll
-path" below).
-
-A pulse's length is the hardware's, not the queue's: a board that pulses says
-when its off-write falls due (:meth:`ModbusBus.expect_off`), and from a
-request's worst case before that moment no request goes to a board that has
-lately left one unanswered (see "holding doubtful boards" below).
+thread sends them and the bus judges only the polls with news
+(:mod:`modbus_line_side`). A pulse's length is the hardware's, not the queue's:
+near an off-write no request goes to a doubtful board (:mod:`modbus_hold`).
 
 The bus knows its boards through :class:`Polled`, the few public methods
 by which a board (:mod:`modbus_board`) is scheduled and told how its
@@ -35,8 +31,10 @@ from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 from lockerd.drivers.base import Driver, Parts
-from lockerd.drivers.modbus_frame import BadFrame, RawCoilWrite, RtuReply, rtu_frame_gap_ms
-from lockerd.drivers.modbus_line import LineLost, PollSlot
+from lockerd.drivers.modbus_frame import BadFrame, RawCoilWrite, rtu_frame_gap_ms
+from lockerd.drivers.modbus_hold import DoubtfulHolds
+from lockerd.drivers.modbus_line import LineLost
+from lockerd.drivers.modbus_line_side import RtuLineSide
 from lockerd.drivers.modbus_request import COMMON_ERRORS, Judge, Polled, Request
 from lockerd.drivers.modbus_rtu import RtuClient
 from lockerd.drivers.options import BAUD_RATES, Opt, Spec, with_defaults
@@ -67,7 +65,7 @@ TCP_OPTIONS: Spec = {
 }
 
 
-class ModbusBus(Driver):
+class ModbusBus(RtuLineSide, DoubtfulHolds, Driver):
     """One physical bus (RS-485 line or TCP connection) and the task that owns it."""
 
     type_name = "modbus-bus"
@@ -85,12 +83,6 @@ class ModbusBus(Driver):
     # stuck line thread; a silent board does not.
     beat_every_s = 0.5
     heartbeat_s = 1.0
-    # Holding doubtful boards ahead of an off-write (see there): how long a board that
-    # left a request unanswered stays doubtful, the slack for a loop that runs late on a
-    # busy machine, and how long an expected off-write that never comes holds the line.
-    doubt_s = 60.0
-    hold_margin_s = 0.05
-    off_expire_s = 1.0
 
     def __init__(self, name: str, clock: Clock, kind: str, options: Mapping[str, Any]):
         super().__init__(name, clock)
@@ -321,12 +313,7 @@ class ModbusBus(Driver):
         for b in self.boards:
             b.due = now
         if isinstance(self._client, RtuClient):
-            slots = [b.poll_slot() for b in self.boards if not b.misconfigured]
-            for slot in slots:
-                slot.due, slot.quiet_reply, slot.parked = now, None, not slot.owner.polling
-            self._held.clear()
-            self._client.set_polls(slots)
-            self._hold_polls()
+            self._line_connected(self._client, now)
         return True
 
     def _client_connected(self) -> bool:
@@ -510,152 +497,3 @@ class ModbusBus(Driver):
                 board.poll_refused(error)
         elif not req.future.done():
             req.future.set_exception(error)
-
-    # -- the poll path (RTU) ---------------------------------------------------------------
-    #
-    # Door polls are the line's steady load: 16 boards at 10 Hz is 160 polls a
-    # second, every hour of the day. The RTU client's line thread sends them on
-    # each board's schedule and wakes the loop only for a poll with news: data
-    # unlike the last, no answer, a wrong or refused reply. Those are judged here
-    # as the task judges its own requests, with the same bounded attempts; the
-    # board's slot is then resumed with its next due time, and with the reply
-    # data as "quiet" when the board needs nothing more for the same data again.
-    # The thread starts no poll while a command is queued or being performed
-    # (line_held), and beats for the bus while it cycles.
-
-    async def _wait_for_command(self) -> None:
-        """Wait for a command, close or a lost line; the line thread beats meanwhile."""
-        await self._wakeup.wait()
-
-    def line_beat(self, client: RtuClient) -> None:
-        if client is self._client:
-            self.beat()
-
-    def line_lost(self, client: RtuClient, detail: str) -> None:
-        if client is self._client:
-            log.debug("%s: %s", self.name, detail)
-            self._wake()  # the task sees the line gone and reconnects
-
-    def line_polled(self, client: RtuClient, slot: PollSlot, reply: RtuReply | None, exc: Exception | None) -> None:
-        """A poll with news from the line thread; the slot stays parked until resumed here."""
-        board = slot.owner
-        if client is not self._client or self._closing or not board.polling:
-            return  # from a line since replaced, or a board that stopped polling
-        board.due = slot.due
-        req = board.poll_request()
-        quiet_reply: bytes | None = None
-        try:
-            value, error, retry, silent = self._judge(req, reply, exc)
-            if error is not None and silent:
-                self._missed[board] = self._loop.time()  # type: ignore[union-attr]
-            if error is None:
-                board.poll_attempt = 0
-                self._succeeded(req, value)
-                if board.quiet() and (board.inputs > 0 or not any(value)) and reply is not None:
-                    quiet_reply = reply.frame  # the same again needs nothing from here
-            else:
-                board.poll_attempt += 1
-                if retry and board.poll_attempt < req.attempts:
-                    # Again after the gap, or after the commands queued: a poll never delays one.
-                    board.due = self._loop.time()  # type: ignore[union-attr]
-                else:
-                    board.poll_attempt = 0
-                    self._failed(req, error, silent)
-        except Exception:  # whatever happens, the board's polls must go on: resumed below
-            log.exception("%s: unexpected error handling a poll reply", self.name)
-        if client is self._client and board.polling:
-            if self._poll_held(board, self._loop.time()):  # type: ignore[union-attr]
-                self._held.add(board)  # parked until the off-write is done (see _release_polls)
-            else:
-                client.resume(slot, board.due, quiet_reply)
-
-    # -- holding doubtful boards ahead of an off-write ------------------------------------
-    #
-    # A pulse lasts from its on-write to its off-write at the board. A request to a
-    # board that does not answer holds the line for its timeout (and its late answer,
-    # on a half-duplex line, would collide with the next frame): started just before
-    # an off-write falls due, it stretches another board's pulse by that much. So a
-    # board tells the bus when its off-write falls due, and from the worst case of a
-    # request before that moment until the off-write has gone, no request starts to a
-    # board that may not answer promptly: one reported offline, or one that left an
-    # attempt unanswered in the last ``doubt_s``. Answering boards keep their polls
-    # and commands (one transaction is what the off-write may wait behind), and a
-    # pulse-on waits only when its board is offline: a scan is not kept waiting for
-    # a board that missed one reply a while ago. On an RTU line the bus
-    # parks a held board's poll slot, which the line thread then skips.
-
-    def expect_off(self, key: Hashable, at: float) -> None:
-        """An off-write under ``key`` falls due at loop time ``at``: hold doubtful boards until it has gone."""
-        loop = self._loop
-        if loop is None or self._closing:
-            return
-        self._forget_off(key)
-        timers = [loop.call_at(at + max(self.off_expire_s, self._poll_worst_s()), self._off_expired, key, at)]
-        hold_at = at - self._poll_worst_s()
-        if isinstance(self._client, RtuClient) and hold_at > loop.time():
-            timers.append(loop.call_at(hold_at, self._hold_polls))
-        self._offs[key] = (at, timers)
-        if hold_at <= loop.time():
-            self._hold_polls()  # now, not on the loop's next turn: the line thread may start a poll meanwhile
-
-    def _poll_worst_s(self) -> float:
-        """How long before an off-write a poll of a doubtful board must not start: one attempt
-        (its retries wait for the off-write) and its late answer, plus the slack."""
-        return 2 * (self.timeout_s + self.gap_s) + self.hold_margin_s
-
-    def _doubtful(self, board: Polled, now: float) -> bool:
-        return not board.online or now - self._missed.get(board, -self.doubt_s) < self.doubt_s
-
-    def _off_within(self, seconds: float, now: float, besides: Hashable | None = None) -> bool:
-        return any(at < now + seconds for key, (at, _t) in self._offs.items() if key != besides)
-
-    def _poll_held(self, board: Polled, now: float) -> bool:
-        return bool(self._offs) and self._doubtful(board, now) and self._off_within(self._poll_worst_s(), now)
-
-    def _command_held(self, req: Request, now: float) -> bool:
-        """A command to a doubtful board waits while an off-write falls due within its worst case."""
-        if not self._offs or (req.board.online if req.pulse else not self._doubtful(req.board, now)):
-            return False
-        worst = (req.attempts + 1) * (self.timeout_s + self.gap_s) + self.hold_margin_s
-        return self._off_within(worst, now, besides=req.off)
-
-    def _hold_polls(self) -> None:
-        """RTU: park the poll slots of doubtful boards now that an off-write is near."""
-        client = self._client
-        if not isinstance(client, RtuClient) or self._loop is None:
-            return
-        now = self._loop.time()
-        for b in self.boards:
-            if b.polling and not b.misconfigured and b not in self._held and self._poll_held(b, now):
-                client.park(b.poll_slot())
-                self._held.add(b)
-
-    def _release_polls(self) -> None:
-        """Resume what waited for off-writes that have gone (or never came)."""
-        client = self._client
-        if isinstance(client, RtuClient) and self._loop is not None:
-            now = self._loop.time()
-            for b in list(self._held):
-                if not self._poll_held(b, now):
-                    self._held.discard(b)
-                    if b.polling:
-                        client.resume(b.poll_slot(), b.due, None)
-        self._wake()  # held commands, and a TCP bus's held polls
-
-    def _forget_off(self, key: Hashable) -> bool:
-        entry = self._offs.pop(key, None)
-        if entry is None:
-            return False
-        for t in entry[1]:
-            t.cancel()
-        return True
-
-    def _off_sent(self, key: Hashable) -> None:
-        if self._forget_off(key):
-            self._release_polls()
-
-    def _off_expired(self, key: Hashable, at: float) -> None:
-        entry = self._offs.get(key)
-        if entry is not None and entry[0] == at:
-            log.debug("%s: the off-write %s expected at %.3f never came", self.name, key, at)
-            self._off_sent(key)
