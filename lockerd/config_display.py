@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lockerd.config_check import ID_EXPECT, ID_RE, Checker
+from lockerd.config_station import STATION
 from lockerd.drivers.options import MISSING, Opt
 
 LANGUAGES = ("en", "zh_Hans")
@@ -31,13 +32,9 @@ DISPLAY = {
     "room_prefix": Opt("str", "lockerd", doc="the controllers' topic prefix ([station] prefix)"),
     "room_site": Opt("str", "", doc="the site whose controllers the wall shows ('': [controller] site)"),
     "room_client_id": Opt("str", "", doc="MQTT client id of the display; default lockerd-display-<site>-<node>"),
-    "room_protocol": Opt("str", "5", choices=("5", "3.1.1")),
-    "room_username": Opt("str", ""),
-    "room_password_file": Opt("path", "", doc="file holding the broker password of room_username"),
-    "room_tls": Opt("bool", default=False),
-    "room_ca_file": Opt("path", ""),
-    "room_cert_file": Opt("path", ""),
-    "room_key_file": Opt("path", ""),
+    # How it reaches the broker: as the station link does ([station] protocol, username, tls, ...).
+    **{f"room_{key}": STATION[key] for key in ("protocol", "username", "password_file", "tls", "ca_file",
+                                                "cert_file", "key_file")},
     # plus "screens": named tables checked against SCREEN
 }
 
