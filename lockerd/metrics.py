@@ -67,7 +67,6 @@ class JournalMetrics(Collector):
         self.board_events: Counter[tuple[str, str]] = Counter()  # (driver, event) offline/unconfirmed/failed
         self.latency: Counter[float] = Counter()  # bucket upper bound -> scan → pulse count
         self.latency_sum = 0.0
-        self.latency_count = 0
         self.started_ts: float | None = None  # wall time of the running daemon's start, None when stopped
 
     def collect(self) -> Iterator[Metric]:
@@ -98,7 +97,6 @@ class JournalMetrics(Collector):
         elif kind == "lock.pulsed" and isinstance(data.get("latency_ms"), int | float):
             seconds = data["latency_ms"] / 1000
             self.latency_sum += seconds
-            self.latency_count += 1
             self.latency[next((b for b in LATENCY_BUCKETS if seconds <= b), float("inf"))] += 1
         elif kind == "daemon.started":
             self.started_ts = parse_time(ts)

@@ -46,12 +46,6 @@ class StateSource(Protocol):
     def on_state(self, callback: Any) -> None: ...
 
 
-class OverdueSource(Protocol):
-    """A state source that also knows the items overdue now (the daemon's controller does)."""
-
-    def overdue(self) -> list[dict[str, Any]]: ...
-
-
 # Events after which the overdue items may have changed: a reminder fired, a deadline ended or moved.
 OVERDUE_KINDS = ("reminder.", "deadline.")
 
@@ -241,7 +235,8 @@ class StationLink:
                             "error": self.journal.error, "held": self.journal.held}}
 
     def _publish_overdue(self) -> None:
-        """The items overdue now, retained: what a dashboard counts without reading every reminder."""
+        """The items overdue now, retained: what a dashboard counts without reading every reminder. Only a state
+        source that knows them has an ``overdue()`` (the daemon's controller does; a test's stand-in may not)."""
         overdue = getattr(self.state_source, "overdue", None)
         if overdue is None or self._stopped or not self.connected or self.conn is None:
             return
