@@ -156,7 +156,7 @@ class _Cabinets:
     """Checks cabinet after cabinet, remembering the compartments and channels already taken."""
 
     def __init__(self, c: Checker, drivers: dict[str, Section]):
-        self.c = c
+        self.checker = c
         self.drivers = drivers
         self.cabinets: dict[str, Cabinet] = {}
         self.comps: dict[str, Compartment] = {}
@@ -165,7 +165,7 @@ class _Cabinets:
         self.beyond: dict[tuple[str, str], list[int]] = {}
 
     def cabinet(self, cab_id: str, body: Any) -> None:
-        c, path = self.c, f"cabinets.{cab_id}"
+        c, path = self.checker, f"cabinets.{cab_id}"
         if not ID_RE.match(cab_id):
             c.problem(path, cab_id, f"a cabinet id that is {ID_EXPECT}")
         body = dict(body) if isinstance(body, dict) else body
@@ -189,7 +189,7 @@ class _Cabinets:
 
     def compartment(self, path: str, cab_id: str, opts: dict[str, Any], where: str, e: dict[str, Any]) -> str:
         """Check one compartment entry and keep it when sound; its id, or "" when it was not kept."""
-        c = self.c
+        c = self.checker
         if any(v is MISSING for v in e.values()):
             return ""
         cid = e["id"]
@@ -221,7 +221,7 @@ class _Cabinets:
     def channel(self, path: str, where: str, cid: str, e: dict[str, Any], opts: dict[str, Any], role: str,
                 name: str, drv: Any, ch: int) -> bool:
         """One lock or sensor of a compartment: a driver that exists, a channel it has, not taken."""
-        c = self.c
+        c = self.checker
         if drv is MISSING:
             return False
         if drv not in self.drivers:
@@ -253,7 +253,7 @@ class _Cabinets:
             limit = channels_of(self.drivers[drv], role)
             needs.append(f"{name.replace('_', ' ')} channels {first}-{max(chans)} of driver {drv!r}, which has "
                          f"{_fmt_channels(limit) if limit is not None else 'fewer'}")
-        self.c.problem(f"{path}.count", count, f"a count its drivers' channels hold: it needs {'; '.join(needs)}")
+        self.checker.problem(f"{path}.count", count, f"a count its drivers' channels hold: it needs {'; '.join(needs)}")
 
 
 def channels_of(d: Section, role: str) -> Channels | None:

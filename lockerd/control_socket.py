@@ -31,7 +31,7 @@ MAX_LINE = 4 * 1024 * 1024  # an import file travels in one line
 class ControlServer:
     def __init__(self, path: Path, controller: Controller):
         self.path = path
-        self.c = controller
+        self.controller = controller
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -85,15 +85,15 @@ class ControlServer:
         if problems := errors(args, cmd.args[CLI]):
             raise CommandError(f"{op}: {'; '.join(problems[:5])}")
         via = who.fields()
-        return await cmd.run(self.c, args, Context(CLI, by=via, via=via, peer=who))
+        return await cmd.run(self.controller, args, Context(CLI, by=via, via=via, peer=who))
 
     def _admin_only(self, op: str, who: peer.Peer) -> None:
         """Changing who may open what is for administrators, not for everyone who may use the socket."""
-        group = self.c.config.admin_group
+        group = self.controller.config.admin_group
         if who.is_admin(group):
             return
         error = (f"{op} changes people, badges and assignments: only root, the daemon's user"
                  + (f" or members of group {group}" if group else "") + f" may; {who.user} may not")
-        self.c.journal.append("control.refused", op=op, error=error, **who.fields())
+        self.controller.journal.append("control.refused", op=op, error=error, **who.fields())
         log.warning("control: %s by %s (uid %d) refused", op, who.user, who.uid)
         raise CommandError(error)

@@ -19,16 +19,16 @@ from lockerd.station.signing import Authority
 
 class StationHandler:
     def __init__(self, controller: Controller):
-        self.c = controller
+        self.controller = controller
 
     def vet(self, name: str, args: dict[str, Any]) -> Vetting:
         """The authority ``name`` needs with these args, a rule that refuses it outright, its args as journaled."""
         cmd = COMMANDS.get(name)
         need = cmd.authority if cmd is not None else None
-        reg = self.c.registry
+        reg = self.controller.registry
         refusal = None
         if name == "open":
-            slot = self.c.slots.get(str(args.get("compartment")))
+            slot = self.controller.slots.get(str(args.get("compartment")))
             if slot is not None and slot.cfg.kind == "evidence":
                 refusal = (f"compartment {slot.cfg.id} holds evidence: it never opens on a station command alone "
                            "(the officer and the case manager badge at the cabinet, or two signers order an "
@@ -47,7 +47,7 @@ class StationHandler:
         change), judged before the change: the role asked for, or the one the person has."""
         if name not in self.PEOPLE_COMMANDS:
             return None
-        reg = self.c.registry
+        reg = self.controller.registry
         if name == "revoke-badge":
             pid = reg.badges.get(reg.badge(str(args.get("code"))))
         else:
@@ -65,11 +65,12 @@ class StationHandler:
             raise CommandError(f"unknown command {name!r}")
         via = {"via": "station", "requested_by": meta.get("requested_by")} | {
             k: v for k, v in by.items() if k != "by"}  # an override names the command id and its signers
-        result = await cmd.run(self.c, args, Context(STATION, by=by, via=via, requested_by=meta.get("requested_by")))
+        ctx = Context(STATION, by=by, via=via, requested_by=meta.get("requested_by"))
+        result = await cmd.run(self.controller, args, ctx)
         if change is not None:
             # Who may co-sign evidence or an emergency open changed: the station is told, loudly.
             pid, role = change
-            badge = self.c.registry.badge(args["code"]) if "code" in args else None
-            self.c.journal.append("notice.authority_changed", people=(pid,) if pid else (), action=name,
+            badge = self.controller.registry.badge(args["code"]) if "code" in args else None
+            self.controller.journal.append("notice.authority_changed", people=(pid,) if pid else (), action=name,
                                   role=role, badge=badge, **by)
         return result
