@@ -220,15 +220,7 @@ async def _work(spec: dict[str, Any]) -> None:
 
     await asyncio.gather(*(produce(j) for _, j, _ in links))
 
-    async def delivered(journal: Journal, link: StationLink) -> bool:
-        assert link.outbox is not None
-        try:
-            await asyncio.wait_for(link.outbox.wait_saved(journal.last_seq), spec["drain_s"])
-        except TimeoutError:
-            return False
-        return True
-
-    done = await asyncio.gather(*(delivered(j, lk) for _, j, lk in links))
+    done = await asyncio.gather(*(delivered(j, lk, spec["drain_s"]) for _, j, lk in links))
     result = {node: {"last_seq": j.last_seq, "delivered": ok, "connects": lk.conn.connects if lk.conn else 0,
                      "broker": list(lk.conn.broker) if lk.conn and lk.conn.broker else None}
               for (node, j, lk), ok in zip(links, done, strict=True)}
@@ -286,6 +278,18 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+async def delivered(journal: Any, link: Any, within_s: float) -> bool:
+    """Has the broker acknowledged everything ``journal`` holds, within ``within_s``? (A Journal and its
+    StationLink: imported by the worker processes only.)"""
+    assert link.outbox is not None
+    await journal.flush()
+    try:
+        await asyncio.wait_for(link.outbox.wait_saved(journal.last_seq), within_s)
+    except TimeoutError:
+        return False
+    return True
 
 
 def judge(arrivals: dict[str, list[int]], want: dict[str, int]) -> dict[str, dict[str, int]]:

@@ -55,7 +55,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from broker import Mosquitto, station_config
-from cluster import judge
+from cluster import delivered, judge
 
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -106,16 +106,7 @@ async def _work(spec: dict[str, Any]) -> None:
     for _, j, _ in links:
         j.append("bench.end")
 
-    async def delivered(journal: Journal, link: StationLink) -> bool:
-        assert link.outbox is not None
-        await journal.flush()
-        try:
-            await asyncio.wait_for(link.outbox.wait_saved(journal.last_seq), spec["drain_s"])
-        except TimeoutError:
-            return False
-        return True
-
-    done = await asyncio.gather(*(delivered(j, lk) for _, j, lk in links))
+    done = await asyncio.gather(*(delivered(j, lk, spec["drain_s"]) for _, j, lk in links))
     lags.sort()
     result = {"cpu_s": cpu, "lag_p99": lags[int(0.99 * (len(lags) - 1))] if lags else 0.0,
               "lag_max": lags[-1] if lags else 0.0,
