@@ -39,32 +39,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from broker import free_port, wait_port
+from broker import free_port, station_config, wait_port
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 EPMD = shutil.which("epmd") or "/usr/bin/epmd"
-
-CONTROLLER_TOML = """
-[controller]
-site = "{site}"
-node = "{node}"
-control_socket = "{dir}/{node}.sock"
-[journal]
-path = "{dir}/{node}.db"
-[drivers.sim]
-type = "sim"
-channels = 4
-[cabinets.d]
-kind = "dossier"
-lock_driver = "sim"
-count = 4
-[station]
-brokers = {brokers}
-protocol = "3.1.1"
-allow_plaintext = true
-reconnect_max_s = 10
-"""
-
 
 # -- the cluster ----------------------------------------------------------------------------------------------
 
@@ -197,9 +175,8 @@ async def _work(spec: dict[str, Any]) -> None:
     d = Path(spec["dir"])
     links: list[tuple[str, Journal, StationLink]] = []
     for site, node, brokers in spec["controllers"]:
-        path = d / f"{node}.toml"
-        path.write_text(CONTROLLER_TOML.format(site=site, node=node, dir=d, brokers=json.dumps(brokers)))
-        conf = cfg.load(path)
+        # The tests' minimal station config (a sim board, the link in 3.1.1 mode), one file and journal per node.
+        conf = cfg.load(station_config(d, brokers, site=site, node=node, journal=f"{node}.db", protocol="3.1.1"))
         journal = Journal(conf.journal_path, Clock())
         if not journal.open():
             raise SystemExit(journal.error)
