@@ -408,6 +408,8 @@ class Controller:
                                 reason="journal unavailable", error=str(e), **command)
             return Outcome(accepted=False, message=msg, compartment=cid, reason="journal unavailable")
         session.grant_seq = grant.seq
+        # The storage's own share of the opening: a slow card or disk shows here, not as "lockerd is slow".
+        durable_ms = round((self.clock.monotonic() - now) * 1000, 3)
 
         bank = self.hw.lock_bank(slot.cfg.lock_driver)
         try:
@@ -416,7 +418,7 @@ class Controller:
             # No answer in time is not "no": a slow board may still switch the relay. The grant
             # stays open for the door, so an opening now is this grant's, not a forced door.
             self.journal.append("lock.unconfirmed", compartment=cid, grant_seq=grant.seq, error=str(e),
-                                driver=bank.name, channel=slot.cfg.lock)
+                                driver=bank.name, channel=slot.cfg.lock, durable_ms=durable_ms)
             slot.open_task = self.spawn(self.doors.expect_open(slot, session), f"expect-open-{cid}")
             self._changed(slot)
             return Outcome(accepted=True, message=f"opening {cid}, not confirmed by the board ({e}): pull the door",
@@ -425,12 +427,12 @@ class Controller:
             slot.session = None
             self.doors.set_fault(slot, "lock", str(e))
             self.journal.append("lock.failed", compartment=cid, grant_seq=grant.seq, error=str(e),
-                                driver=bank.name, channel=slot.cfg.lock)
+                                driver=bank.name, channel=slot.cfg.lock, durable_ms=durable_ms)
             return Outcome(accepted=False, message=f"refused: lock of {cid} did not respond ({e})", compartment=cid,
                            reason="lock failed")
         slot.pulsing = True
         self.journal.append("lock.pulsed", compartment=cid, grant_seq=grant.seq, ms=self.timing.pulse_ms,
-                            driver=bank.name, channel=slot.cfg.lock,
+                            driver=bank.name, channel=slot.cfg.lock, durable_ms=durable_ms,
                             latency_ms=round((self.clock.monotonic() - (req.scan.at if req.scan else now)) * 1000, 3))
         slot.open_task = self.spawn(self.doors.expect_open(slot, session), f"expect-open-{cid}")
         self.spawn(self.doors.relock(slot), f"relock-{cid}")

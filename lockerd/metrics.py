@@ -45,12 +45,36 @@ REFUSALS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((label, re.compile(pat
     ("journal_unavailable", r"^journal unavailable"),
     ("not_now", r"^not now|stopping|reloading|starting"),
 ))
-# Scan → pulse latency buckets, seconds: the safety path's budget is 5 ms.
+# Latency buckets, seconds: the safety path's budget is 5 ms, scan to pulse.
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 def refusal_kind(reason: str) -> str:
     return next((label for label, pattern in REFUSALS if pattern.search(reason)), "other")
+
+
+class Latencies:
+    """One latency histogram, in seconds, counted from a journal field given in milliseconds."""
+
+    def __init__(self, name: str, doc: str):
+        self.name, self.doc = name, doc
+        self.counts: Counter[float] = Counter()  # bucket upper bound -> count
+        self.total = 0.0
+
+    def observe(self, ms: Any) -> None:
+        if isinstance(ms, int | float) and not isinstance(ms, bool):
+            seconds = ms / 1000
+            self.total += seconds
+            self.counts[next((b for b in LATENCY_BUCKETS if seconds <= b), float("inf"))] += 1
+
+    def family(self, names: list[str], values: list[str]) -> Metric:
+        hist = HistogramMetricFamily(self.name, self.doc, labels=names)
+        cumulative, buckets = 0, []
+        for bound in (*LATENCY_BUCKETS, float("inf")):
+            cumulative += self.counts[bound]
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+        hist.add_metric(values, buckets, self.total)
+        return hist
 
 
 class JournalMetrics(Collector):
@@ -65,8 +89,9 @@ class JournalMetrics(Collector):
         self.alarms: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.board_events: Counter[tuple[str, str]] = Counter()  # (driver, event) offline/unconfirmed/failed
-        self.latency: Counter[float] = Counter()  # bucket upper bound -> scan → pulse count
-        self.latency_sum = 0.0
+        self.latency = Latencies("lockerd_scan_to_pulse_seconds", "Scan to lock pulse, the grant durable in between")
+        # The storage's share of each opening: an SD card wearing out shows here first.
+        self.durable = Latencies("lockerd_grant_durable_seconds", "A grant written to on disk, before its lock moved")
         self.started_ts: float | None = None  # wall time of the running daemon's start, None when stopped
 
     def collect(self) -> Iterator[Metric]:
@@ -94,10 +119,9 @@ class JournalMetrics(Collector):
             self.faults["wiring"] += 1
         elif kind in ("driver.offline", "lock.unconfirmed", "lock.failed"):
             self.board_events[(str(data.get("driver", "")), kind)] += 1
-        elif kind == "lock.pulsed" and isinstance(data.get("latency_ms"), int | float):
-            seconds = data["latency_ms"] / 1000
-            self.latency_sum += seconds
-            self.latency[next((b for b in LATENCY_BUCKETS if seconds <= b), float("inf"))] += 1
+        elif kind == "lock.pulsed":
+            self.latency.observe(data.get("latency_ms"))
+            self.durable.observe(data.get("durable_ms"))
         elif kind == "daemon.started":
             self.started_ts = parse_time(ts)
         elif kind == "daemon.stopped":
@@ -122,14 +146,8 @@ class JournalMetrics(Collector):
         yield counter("lockerd_faults", "Compartment faults raised, by kind", ["fault"], self.faults)
         yield counter("lockerd_board_errors", "A board gone offline, or a lock write unanswered or refused",
                       ["driver", "event"], self.board_events)
-        hist = HistogramMetricFamily("lockerd_scan_to_pulse_seconds",
-                                     "Scan to lock pulse, the grant durable in between", labels=names)
-        cumulative, buckets = 0, []
-        for bound in (*LATENCY_BUCKETS, float("inf")):
-            cumulative += self.latency[bound]
-            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
-        hist.add_metric(values, buckets, self.latency_sum)
-        yield hist
+        yield self.latency.family(names, values)
+        yield self.durable.family(names, values)
 
     def _gauges(self, conn: sqlite3.Connection) -> Iterator[Metric]:
         names, values = list(self.labels), list(self.labels.values())

@@ -42,6 +42,7 @@ async def test_a_shift_reads_as_counters_gauges_and_a_latency_histogram(tmp_path
         assert value(s, "lockerd_doors", state="open") == 1
         assert value(s, "lockerd_scan_to_pulse_seconds_count") == 1
         assert value(s, "lockerd_scan_to_pulse_seconds_bucket", le="+Inf") == 1
+        assert value(s, "lockerd_grant_durable_seconds_count") == 1  # the storage's share of that opening
         assert value(s, "lockerd_outbox_backlog_events") > 0  # no station link here: nothing acknowledged
         assert value(s, "lockerd_uptime_seconds") >= 0
         # The next scrape reads only what came since, and counts on from there.
