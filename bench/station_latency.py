@@ -33,18 +33,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -78,7 +81,7 @@ node = "{node}"
 control_socket = "lockerd.sock"
 
 [journal]
-path = "journal.db"
+path = "{journal}"
 
 [timing]
 pulse_ms = {pulse_ms}
@@ -313,22 +316,27 @@ def door_cycle(board: Board, station: Station, cid: str, channel: int, doors: li
         doors.append((t_got - t_set) / 1e6)
 
 
-def peers(folder: Path, poll_hz: float, broker_extra: str) -> tuple[Mosquitto, Board, SocatPair, Path]:
+def peers(folder: Path, poll_hz: float, broker_extra: str,
+          journal_dir: Path | None = None) -> tuple[Mosquitto, Board, SocatPair, Path]:
     """Broker, board and scanner started in ``folder``, and the daemon's config for them."""
     folder.mkdir()
+    journal = (journal_dir or folder) / f"{folder.name}-journal.db"
     broker = Mosquitto(folder, extra=broker_extra).start()
     board = Board()
     scanner = SocatPair(folder).start()
     conf = folder / "lockerd.toml"
     conf.write_text(CONFIG.format(site=SITE, node=NODE, pulse_ms=PULSE_MS, debounce_ms=DEBOUNCE_MS,
                                   board_port=board.port, poll_hz=poll_hz, count=COMPARTMENTS,
-                                  scanner=scanner.device, mqtt_port=broker.port) + signers_toml())
+                                  scanner=scanner.device, mqtt_port=broker.port, journal=journal)
+                    + signers_toml())
     return broker, board, scanner, conf
 
 
-def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY) -> dict[str, Any]:
-    broker, board, scanner, conf = peers(folder, poll_hz, broker_extra)
-    out: dict[str, Any] = {"scan": [], "open_coil": [], "open_reply": [], "door": [], "writes": [], "reads": 0}
+def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY,
+        journal_dir: Path | None = None) -> dict[str, Any]:
+    broker, board, scanner, conf = peers(folder, poll_hz, broker_extra, journal_dir)
+    out: dict[str, Any] = {"scan": [], "open_coil": [], "open_reply": [], "door": [], "writes": [], "reads": 0,
+                           "open_ids": []}
     station = Station(broker.port)
     start = station.mark()
     daemon, out["ready_ms"] = start_daemon(conf, folder / "lockerd.log")
@@ -375,6 +383,7 @@ def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY) 
             if not ons:
                 raise RuntimeError(f"no on-write for channel {ch} at the board: {reqs}")
             out["open_coil"].append((ons[0] - t_cmd) / 1e6)
+            out["open_ids"].append(command_id)
             out["open_reply"].append((t_reply - t_cmd) / 1e6)
             # What the open cost at the board up to its on-write (polls counted apart;
             # the generic board's off follows pulse_ms later, as a second write).
@@ -390,7 +399,18 @@ def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY) 
         scanner.stop()
         board.stop()
         broker.kill()
+    durable = durable_ms(Path(tomllib.loads(conf.read_text())["journal"]["path"]))
+    out["durable"] = [durable[i] for i in out["open_ids"]]
     return out
+
+
+def durable_ms(journal: Path) -> dict[str, float]:
+    """Per station command id: how long its grant took to reach the disk (``durable_ms`` of its pulse)."""
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+        rows = db.execute("SELECT json_extract(g.data, '$.command_id'), json_extract(p.data, '$.durable_ms') "
+                          "FROM events p JOIN events g ON g.seq = json_extract(p.data, '$.grant_seq') "
+                          "WHERE p.kind = 'lock.pulsed'").fetchall()
+    return {cid: ms for cid, ms in rows if cid is not None}
 
 
 def starts(folder: Path, n: int) -> list[float]:
@@ -416,10 +436,14 @@ def line(name: str, values: list[float], target: str = "") -> str:
 
 def report(r: dict[str, Any], hz: float, memory: bool) -> None:
     print(line("a. scan -> scan event at the station", r["scan"]))
-    print(line("b. open command -> coil on-write at the board", r["open_coil"], "target p50 <= 1 ms"))
+    print(line("b. open command -> coil on-write at the board", r["open_coil"], "target p50 <= 1.5 ms, p99 <= 5 ms"))
+    # The storage's share, from the daemon's own journal: the grant is on disk before the coil moves.
+    print(line("b. of which the grant written -> on disk (durable_ms)", r["durable"]))
+    print(line("b. the rest (command -> on-write minus durable_ms)",
+               [c - d for c, d in zip(r["open_coil"], r["durable"], strict=True)]))
     print(f"b. Modbus writes per open, command -> on-write: min {min(r['writes'])}, max {max(r['writes'])} "
           f"[target exactly 1]; door polls that landed in those windows: {r['reads']}")
-    print(line("c. open command -> reply at the station", r["open_reply"], "target p50 <= 5 ms"))
+    print(line("c. open command -> reply at the station", r["open_reply"], "target p50 <= 3 ms"))
     print(line(f"d. door input changed -> retained state at the station ({hz:g} Hz poll)", r["door"],
                "target p50 <= 60 ms"))
     if memory:
@@ -435,6 +459,9 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=5)
     p.add_argument("--nagle-cycles", type=int, default=40,
                    help="also run this many cycles (10 Hz) against Mosquitto's default set_tcp_nodelay false")
+    p.add_argument("--journal-dir", type=Path,
+                   help="put the journals here (a diagnostic: on tmpfs, whose fsync is no flush, the grant is "
+                        "not durable and the run shows what the path costs without the storage)")
     p.add_argument("--serve-board", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.serve_board:
@@ -444,7 +471,7 @@ def main() -> None:
     compile_like_an_install()
     with tempfile.TemporaryDirectory() as tmp:
         for i, hz in enumerate(a.poll_hz):
-            r = run(hz, a.cycles, Path(tmp) / f"run{i}")
+            r = run(hz, a.cycles, Path(tmp) / f"run{i}", journal_dir=a.journal_dir)
             print(f"-- poll {hz:g} Hz, debounce {DEBOUNCE_MS} ms, pulse {PULSE_MS} ms, {a.cycles} cycles, "
                   f"broker set_tcp_nodelay true ({where})")
             report(r, hz, memory=i == 0)
@@ -456,7 +483,8 @@ def main() -> None:
         print(f"e. process start -> 'ready' logged ({a.starts} restarts on an existing journal): median "
               f"{statistics.median(times):.0f} ms, max {max(times):.0f} ms [target <= 300 ms]; "
               f"first start, creating the journal: {first:.0f} ms")
-        print(f"(machine: {os.cpu_count()} cores, shared with other test runs; journal on {_fs(tmp)})")
+        print(f"(machine: {os.cpu_count()} cores, shared with other test runs; journal on "
+              f"{_fs(str(a.journal_dir or tmp))})")
 
 
 def _fs(path: str) -> str:
