@@ -14,6 +14,12 @@ from pathlib import Path
 from lockerd.errors import JournalError
 
 SCHEMA_VERSION = 4
+# SQLite's page cache per connection, in KiB (its default is 2,000). A
+# daemon runs for months on a board with little memory, and its connections
+# write at the right edge of the B-trees and read recent events: the OS keeps
+# the rest of the file cached anyway. Left at the default, each connection's
+# cache filled up in use and the idle daemon grew by about 2 MB per connection.
+CACHE_KIB = 512
 
 
 def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -27,6 +33,7 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     # last commits even in WAL mode.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     return conn
 
 
