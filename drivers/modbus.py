@@ -9,10 +9,10 @@ The parts live in their own modules, each depending only on those below it:
   ``Polled``, what the bus needs from a board;
 - :mod:`modbus_rtu`: the RTU client and its line thread;
 - :mod:`modbus_frame`: the RTU frame codec;
-- :mod:`modbus_tcp`: what a TCP bus needs from pymodbus.
+- :mod:`modbus_tcp`: the TCP client.
 
-Importing this module imports pymodbus too: :mod:`lockerd.needs` imports it
-to tell whether the ``modbus`` extra is installed.
+:mod:`lockerd.needs` imports this module to tell whether the Modbus drivers
+can be loaded.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from lockerd.drivers.modbus_board import WAVESHARE_FLASH_OFF, WAVESHARE_FLASH_ON
 from lockerd.drivers.modbus_bus import RTU_OPTIONS, TCP_OPTIONS, ModbusBus
 from lockerd.drivers.modbus_frame import rtu_frame_gap_ms
 from lockerd.drivers.modbus_request import DriverRefused
-from lockerd.drivers.modbus_tcp import WaveshareFlashRequest
 
 __all__ = [
     "RTU_OPTIONS",
@@ -31,7 +30,6 @@ __all__ = [
     "DriverRefused",
     "ModbusBoard",
     "ModbusBus",
-    "WaveshareFlashRequest",
     "rtu_frame_gap_ms",
     "waveshare_flash_units",
 ]

@@ -1,8 +1,8 @@
 """One Modbus bus (an RS-485 line or a TCP gateway) and the task that owns it.
 
 One :class:`ModbusBus` per ``[buses.NAME]`` section owns one client (the
-lean RTU client of :mod:`modbus_rtu` on a serial line, pymodbus's TCP client
-on a gateway) and one task. That task is the only thing that sends commands (lock
+lean RTU client of :mod:`modbus_rtu` on a serial line, the lean TCP client of
+:mod:`modbus_tcp` on a gateway) and one task. That task is the only thing that sends commands (lock
 on/off, all off): from a queue, one request in flight, a gap between frames, a
 timeout and a bounded number of attempts per request. Commands always go
 before polls, so a scan is never stuck behind a poll cycle, and off-writes go
@@ -37,6 +37,7 @@ from lockerd.drivers.modbus_line import LineLost
 from lockerd.drivers.modbus_line_side import RtuLineSide
 from lockerd.drivers.modbus_request import COMMON_ERRORS, Judge, Polled, Request
 from lockerd.drivers.modbus_rtu import RtuClient
+from lockerd.drivers.modbus_tcp import TcpClient
 from lockerd.drivers.options import BAUD_RATES, Opt, Spec, with_defaults
 from lockerd.drivers.wakeup import Wakeup
 
@@ -98,17 +99,7 @@ class ModbusBus(RtuLineSide, DoubtfulHolds, Driver):
         self.gap_s = float(gap_ms) / 1000
         self.where = str(o.get("device")) if kind == "rtu" else f"{o.get('host')}:{o['port']}"
         self._errors = COMMON_ERRORS
-        lost: tuple[type[Exception], ...] = (LineLost,)
-        garbled: tuple[type[Exception], ...] = (BadFrame,)
-        self._tcp: Any = None
-        if kind == "tcp":
-            from lockerd.drivers import modbus_tcp  # pymodbus: only a TCP bus needs it
-
-            self._tcp = modbus_tcp
-            self._errors += modbus_tcp.ERRORS
-            lost += modbus_tcp.LOST
-            garbled += modbus_tcp.GARBLED
-        self._judge = Judge(name, self.timeout_s, lost, garbled)
+        self._judge = Judge(name, self.timeout_s, (LineLost,), (BadFrame,))
         self.boards: list[Polled] = []
         self._task_sent = 0  # frames the task sent: commands, and the polls of a TCP bus (see transactions)
         self._polls_sent_before = 0  # poll frames sent by the RTU clients dropped so far
@@ -127,10 +118,10 @@ class ModbusBus(RtuLineSide, DoubtfulHolds, Driver):
         self._loop: asyncio.AbstractEventLoop | None = None
         # RTU: a command is queued or being performed, so the line thread starts no poll.
         self.line_held = False
-        # How long the task waits for a command's reply. The RTU line thread times a
-        # request from the moment it is sent, which may follow a poll in flight and the
-        # gap: the task's own bound only catches a client that never answers at all.
-        self._await_s = self.timeout_s if kind == "tcp" else 2 * self.timeout_s + self.gap_s + 0.25
+        # How long the task waits for a command's reply. Both clients time a request
+        # from the moment it is sent (on RTU that may follow a poll in flight and the
+        # gap): the task's own bound only catches a client that never answers at all.
+        self._await_s = 2 * self.timeout_s + self.gap_s + 0.25
 
     @property
     def client(self) -> Any:
@@ -164,7 +155,7 @@ class ModbusBus(RtuLineSide, DoubtfulHolds, Driver):
         self._closing = False
         try:
             await self._connect()
-        except Exception as e:  # start must not stop the daemon, whatever pymodbus does
+        except Exception as e:  # start must not stop the daemon, whatever goes wrong opening the bus
             log.exception("%s: opening %s failed", self.name, self.where)
             self._went_down(f"cannot open {self.where}: {e}")
         self._task = asyncio.create_task(self._run(), name=f"modbus-bus-{self.name}")
@@ -215,8 +206,6 @@ class ModbusBus(RtuLineSide, DoubtfulHolds, Driver):
 
     def flash_request(self, address: int, value: int, unit: int) -> Any:
         """A write-coil request carrying a raw value (a board's own command), for this bus's client."""
-        if self._tcp is not None:
-            return self._tcp.WaveshareFlashRequest(address, value, dev_id=unit)
         return RawCoilWrite(address, value, unit)
 
     def poll_soon(self, board: Polled) -> None:
@@ -288,11 +277,11 @@ class ModbusBus(RtuLineSide, DoubtfulHolds, Driver):
                 owner=self,
             )
         else:
-            self._client = self._tcp.client(str(self.options["host"]), int(self.options["port"]), self.timeout_s,
-                                            self.name)
+            self._client = TcpClient(str(self.options["host"]), int(self.options["port"]), timeout_s=self.timeout_s,
+                                     name=self.name)
         try:
             ok = bool(await self._client.connect())
-        except Exception as e:  # noqa: BLE001 - pymodbus returns False for most failures, raises anything for the rest
+        except Exception as e:  # noqa: BLE001 - the clients return False for the failures they know, not every one
             # Whatever it was, the bus reports itself offline and backs off; the task's
             # last-resort handler would retry every 0.1 s and report nothing.
             ok = False

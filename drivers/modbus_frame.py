@@ -87,9 +87,15 @@ def reply_length(fc: int, count: int) -> int:
 
 def decode(fc: int, unit: int, whole: bytes, count: int) -> RtuReply:
     """A whole, checked reply frame to a request of function ``fc`` for ``count`` items."""
-    r = RtuReply(fc, unit)
+    r = decode_pdu(fc, unit, whole[1:-2], count)  # unit and CRC stripped
     r.frame = whole
-    data = whole[2:-2]  # unit, function code and CRC stripped
+    return r
+
+
+def decode_pdu(fc: int, unit: int, pdu: bytes, count: int) -> RtuReply:
+    """A checked reply PDU (function code first) to a request of function ``fc`` for ``count`` items."""
+    r = RtuReply(fc, unit)
+    data = pdu[1:]
     if fc in (1, 2):
         table = BYTE_BITS
         bits: tuple[bool, ...] = ()

@@ -29,15 +29,14 @@ def needs(config: Config) -> list[Need]:
     if config.station is not None:
         out += [Need("paho.mqtt.client", "mqtt", "[station]"), Need("lockerd.station.link", "mqtt", "[station]")]
     for name, bus in config.buses.items():
-        out += [Need("pymodbus.client", "modbus", f"[buses.{name}]"),
-                Need("lockerd.drivers.modbus", "modbus", f"[buses.{name}]")]
+        out.append(Need("lockerd.drivers.modbus", "modbus", f"[buses.{name}]"))
         if bus.type == "rtu":
             out.append(Need("serial", "modbus", f"[buses.{name}] (RTU)"))
     for kind, sections in (("drivers", config.drivers), ("feedback", config.feedback)):
         for name, sec in sections.items():
             where = f"[{kind}.{name}]"
             if sec.type == "modbus":
-                out += [Need("pymodbus.client", "modbus", where), Need("lockerd.drivers.modbus", "modbus", where)]
+                out.append(Need("lockerd.drivers.modbus", "modbus", where))
             elif sec.type == "gpio":
                 out += [Need("gpiozero", "gpio", where), Need("lockerd.drivers.gpio", "gpio", where)]
                 if sec.options.get("pin_factory") == "lgpio":

@@ -17,14 +17,12 @@ from lockerd.drivers.modbus import (
     DriverRefused,
     ModbusBoard,
     ModbusBus,
-    WaveshareFlashRequest,
     waveshare_flash_units,
 )
+from lockerd.drivers.modbus_frame import RawCoilWrite, frame
 from lockerd.drivers.modbus_line import LineLost, next_poll_at
 from lockerd.drivers.modbus_rtu import RtuClient
 from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
-from pymodbus.framer.rtu import FramerRTU
-from pymodbus.pdu import DecodePDU
 
 from lockerd.clock import Clock
 from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
@@ -222,8 +220,8 @@ async def test_exception_response_gives_driver_error_and_no_coil_on(rig):
 
 async def test_waveshare_flash_encoding_matches_the_vendor_example():
     # Waveshare wiki, "Modbus RTU Relay" development protocol: relay 0 flash on for 700 ms at unit 1.
-    frame = FramerRTU(DecodePDU(is_server=False)).buildFrame(WaveshareFlashRequest(0x0200, 7, dev_id=1))
-    assert frame == bytes.fromhex("0105020000078db0")
+    request = RawCoilWrite(0x0200, 7, dev_id=1)  # what both clients frame for a flash
+    assert frame(1, bytes((request.function_code,)) + request.encode()) == bytes.fromhex("0105020000078db0")
     assert [waveshare_flash_units(ms) for ms in (20, 100, 101, 500, 5000)] == [1, 1, 2, 5, 50]
 
 
@@ -231,7 +229,7 @@ async def test_the_rtu_client_refuses_a_request_that_would_expect_no_reply():
     # pymodbus would send it and not wait; this client waits for every echo, so a
     # broadcast would only time out: it is refused before anything goes on the line.
     client = RtuClient("/dev/no-such-line", owner=None)
-    request = WaveshareFlashRequest(0x0200, 7, dev_id=0)
+    request = RawCoilWrite(0x0200, 7, dev_id=0)
     with pytest.raises(ValueError, match="waits for a reply to every request"):
         client.execute(no_response_expected=True, request=request)
 
