@@ -10,6 +10,7 @@ of the pymodbus reply objects the bus checks.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 EXCEPTION_FLAG = 0x80
 MAX_BITS = 2000  # the Modbus limits per request
@@ -189,6 +190,19 @@ class RawCoilWrite:
         if not 0 <= self.value <= 0xFFFF:
             raise ValueError(f"flash value {self.value} outside 0..65535")
         return struct.pack(">HH", self.address, self.value)
+
+
+def write_request_frame(no_response_expected: bool, request: Any) -> bytes:
+    """The frame of a write request object (``function_code``, ``dev_id``, ``encode()``), e.g. a flash pulse:
+    what both clients' ``execute`` sends."""
+    if no_response_expected:
+        # pymodbus would send and not wait; both clients wait for the board's echo of every
+        # write, so a broadcast would only time out: refused rather than misread.
+        raise ValueError("execute: this client waits for a reply to every request")
+    fc = int(request.function_code)
+    if fc not in (5, 6, 15, 16):
+        raise ValueError(f"execute: function {fc} is not a write this client frames")
+    return frame(int(request.dev_id), bytes((fc,)) + request.encode())
 
 
 def rtu_frame_gap_ms(baudrate: int) -> float:

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from lockerd.drivers import modbus_frame as codec
-from lockerd.drivers.modbus_frame import BadFrame, RtuReply, decode, frame, take_reply
+from lockerd.drivers.modbus_frame import BadFrame, RtuReply, decode, take_reply
 from lockerd.drivers.modbus_line import (
     Command,
     LateReplies,
@@ -242,15 +242,8 @@ class RtuClient:
 
     def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future[RtuReply]:
         """A request object of pymodbus's shape (``function_code``, ``dev_id``, ``encode()``), e.g. a flash pulse."""
-        if no_response_expected:
-            # pymodbus would send and not wait; every write this client frames waits for the
-            # board's echo, so a broadcast would only time out: refused rather than misread.
-            raise ValueError("execute: this client waits for a reply to every request")
-        fc = int(request.function_code)
-        if fc not in (5, 6, 15, 16):
-            raise ValueError(f"execute: function {fc} is not a write this client frames")
-        unit = int(request.dev_id)
-        return self.send(frame(unit, bytes((fc,)) + request.encode()), unit, fc, 1)
+        whole = codec.write_request_frame(no_response_expected, request)
+        return self.send(whole, whole[0], whole[1], 1)
 
     def send(self, request: bytes, unit: int, fc: int, count: int) -> asyncio.Future[RtuReply]:
         """Send one request frame, now if the line is free, else next; a future for its reply.

@@ -106,12 +106,7 @@ class TcpClient:
 
     def execute(self, no_response_expected: bool, request: Any) -> asyncio.Future[RtuReply]:
         """A request object with ``function_code``, ``dev_id`` and ``encode()`` (a board's own write, e.g. a flash)."""
-        if no_response_expected:
-            raise ValueError("execute: this client waits for a reply to every request")
-        fc = int(request.function_code)
-        if fc not in (5, 6, 15, 16):
-            raise ValueError(f"execute: function {fc} is not a write this client frames")
-        return self._send(codec.frame(int(request.dev_id), bytes((fc,)) + request.encode()), 1)
+        return self._send(codec.write_request_frame(no_response_expected, request), 1)
 
     def _send(self, rtu: bytes, count: int) -> asyncio.Future[RtuReply]:
         """Send the request an RTU frame carries (unit, PDU, CRC) as a TCP frame; a future for its reply."""
