@@ -11,7 +11,7 @@ Each request gets its own transaction id and a timer of ``timeout_s`` from
 the moment it is written. A reply is taken only for the request in flight
 with that id; one carrying the id of a request that timed out is a slow
 board answering late: it is dropped, and how late it came is kept, so the
-next timeout of that unit and function says "answers in about N ms" (a
+next timeout of that unit says "answers in about N ms" (a
 :class:`~lockerd.drivers.modbus_line.LateReply`), as on the RTU line. A
 stream that stops making sense (a header no Modbus TCP peer sends) cannot be
 resynchronised: the connection is dropped and the bus reconnects.
