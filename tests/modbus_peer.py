@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +333,18 @@ class RelayPeer:
 
 
 # -- reply manglers (RTU frames) ---------------------------------------------------------
+
+
+async def close_line(boards: Iterable[Any], bus: Any, peer: Any, pty: PtyPair | None = None) -> None:
+    """Take a test's Modbus line down in the daemon's order: the boards (their relays off), the bus, the peer,
+    then the pty."""
+    for b in boards:
+        await b.close()
+    if bus is not None:
+        await bus.close()
+    await peer.stop()
+    if pty is not None:
+        pty.stop()
 
 
 def bad_crc(frame: bytes) -> bytes:

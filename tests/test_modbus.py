@@ -22,7 +22,7 @@ from lockerd.drivers.modbus import (
 from lockerd.drivers.modbus_frame import RawCoilWrite, frame
 from lockerd.drivers.modbus_line import LineLost, next_poll_at
 from lockerd.drivers.modbus_rtu import RtuClient
-from modbus_peer import PtyPair, RelayPeer, bad_crc, leading_noise, truncated, wrong_unit
+from modbus_peer import PtyPair, RelayPeer, bad_crc, close_line, leading_noise, truncated, wrong_unit
 
 from lockerd.clock import Clock
 from lockerd.errors import DriverError, DriverTimeout, DriverUnavailable
@@ -40,12 +40,7 @@ class Rig:
         self.pty: PtyPair | None = None
 
     async def close(self) -> None:
-        for b in self.boards.values():
-            await b.close()
-        await self.bus.close()
-        await self.peer.stop()
-        if self.pty is not None:
-            self.pty.stop()
+        await close_line(self.boards.values(), self.bus, self.peer, self.pty)
 
 
 def make_boards(bus: ModbusBus, budget: PowerBudget, clock: Clock, **extra) -> dict[int, ModbusBoard]:

@@ -19,7 +19,7 @@ from lockerd.drivers.base import PowerBudget
 from lockerd.drivers.modbus_board import ModbusBoard
 from lockerd.drivers.modbus_bus import ModbusBus
 from lockerd.drivers.modbus_line import LateReply
-from modbus_peer import PtyPair, RelayPeer
+from modbus_peer import PtyPair, RelayPeer, close_line
 
 from lockerd.clock import Clock
 
@@ -57,12 +57,7 @@ class Line:
         return self.bus
 
     async def close(self) -> None:
-        for b in self.boards.values():
-            await b.close()
-        if self.bus is not None:
-            await self.bus.close()
-        await self.peer.stop()
-        self.pty.stop()
+        await close_line(self.boards.values(), self.bus, self.peer, self.pty)
 
 
 async def until(predicate, timeout_s: float = 5.0) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from lockerd.drivers.base import PowerBudget
 from lockerd.drivers.modbus import ModbusBoard, ModbusBus
-from modbus_peer import PtyPair, RelayPeer
+from modbus_peer import PtyPair, RelayPeer, close_line
 
 from lockerd.clock import Clock
 
@@ -39,12 +39,7 @@ class Line:
         self.peer, self.bus, self.boards, self.pty = peer, bus, boards, pty
 
     async def close(self) -> None:
-        for b in self.boards.values():
-            await b.close()
-        await self.bus.close()
-        await self.peer.stop()
-        if self.pty is not None:
-            self.pty.stop()
+        await close_line(self.boards.values(), self.bus, self.peer, self.pty)
 
 
 async def open_line(kind: str, folder: Path, **board_opts) -> Line:

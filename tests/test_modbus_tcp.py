@@ -24,6 +24,7 @@ from lockerd.drivers.modbus_bus import ModbusBus
 from lockerd.drivers.modbus_frame import BadFrame
 from lockerd.drivers.modbus_line import LateReply, LineLost
 from lockerd.drivers.modbus_tcp import TcpClient
+from modbus_peer import close_line
 
 from lockerd.clock import Clock
 
@@ -71,10 +72,7 @@ async def test_a_slow_board_on_tcp_is_said_once_to_answer_late_and_the_other_kee
         assert not any("bad reply" in m for m in lines), lines  # no late answer was taken for another's
         assert bus.client.late_s[(1, 2)] == pytest.approx(0.3, abs=0.15)
     finally:
-        for b in boards:
-            await b.close()
-        await bus.close()
-        await peer.stop()
+        await close_line(boards, bus, peer)
 
 
 def board_reply(tid: int, unit: int, pdu: bytes) -> bytes:
