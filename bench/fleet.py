@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,17 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # -- a worker process: a share of the controllers --------------------------------------------------------------
+
+async def ticks(t0: float, rate: float, seconds: float, lags: list[float]) -> AsyncIterator[int]:
+    """Tick numbers at ``rate`` per second from ``t0`` (CLOCK_MONOTONIC) for ``seconds``, each at its due
+    time, starting at a random phase; how late each came is added to ``lags``."""
+    k, phase = 0, random.uniform(0, 1 / rate)
+    while (due := t0 + phase + k / rate) < t0 + seconds:
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        lags.append(time.monotonic() - due)
+        yield k
+        k += 1
+
 
 async def _work(spec: dict[str, Any]) -> None:
     import logging
@@ -93,13 +105,11 @@ async def _work(spec: dict[str, Any]) -> None:
     cpu0 = time.process_time()
 
     async def produce(journal: Journal) -> int:
-        k, phase = 0, random.uniform(0, 1 / rate)
-        while (due := t0 + phase + k / rate) < t0 + seconds:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            lags.append(time.monotonic() - due)
+        offered = 0
+        async for k in ticks(t0, rate, seconds, lags):
             journal.append("bench.tick", n=k)
-            k += 1
-        return k
+            offered += 1
+        return offered
 
     appended = await asyncio.gather(*(produce(j) for _, j, _ in links))
     cpu = time.process_time() - cpu0
@@ -246,13 +256,11 @@ async def _work_lean(spec: dict[str, Any]) -> None:
     cpu0 = time.process_time()
 
     async def produce(c: LeanController) -> int:
-        k, phase = 0, random.uniform(0, 1 / rate)
-        while (due := t0 + phase + k / rate) < t0 + seconds:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-            lags.append(time.monotonic() - due)
+        offered = 0
+        async for k in ticks(t0, rate, seconds, lags):
             await c.event("bench.tick", n=k)
-            k += 1
-        return k
+            offered += 1
+        return offered
 
     appended = await asyncio.gather(*(produce(c) for c in ctrls))
     cpu = time.process_time() - cpu0
