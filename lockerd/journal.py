@@ -45,6 +45,7 @@ from lockerd.journal_chain import (
 )
 from lockerd.journal_outage import HELD_RETRY_S, Holding, Outage, spill_path_for
 from lockerd.journal_schema import SCHEMA_VERSION, connect, migrate
+from lockerd.journal_snapshot import Snapshotter
 from lockerd.journal_writer import (
     Batch,
     Control,
@@ -189,6 +190,7 @@ class Journal:
             raise
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the writer checkpoints when idle (see journal_writer)
         self._reader = connect(self.path)
+        writer.snapshots = Snapshotter(self.path, self._queue.put)
         self._thread = threading.Thread(target=writer.run, name="journal-writer", daemon=True)
         self._thread.start()
 

@@ -29,6 +29,7 @@ from lockerd import projection
 from lockerd.clock import Clock, iso_utc
 from lockerd.errors import JournalError
 from lockerd.journal_chain import EVENT_COLUMNS, GENESIS, Event, canonical, chain_hash
+from lockerd.journal_snapshot import SnapshotTaken, Snapshotter, encode_tables
 from lockerd.projection import StateOp, apply_state
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ class Control:
     future: asyncio.Future[None] | None = None
 
 
-# What the loop hands the writer at once (None: stop).
+# What the loop hands the writer at once; a snapshot the snapshot thread took; None: stop.
 Batch = list[Pending | Control]
-Requests = queue.SimpleQueue[Batch | None]
+Requests = queue.SimpleQueue[Batch | SnapshotTaken | None]
 
 
 def new_fields(clock: Clock, boot: str, **kw: Any) -> dict[str, Any]:
@@ -87,7 +88,7 @@ class WriterState:
 
     last_seq: int = 0
     last_hash: str = GENESIS
-    snapshot_seq: int = 0  # the seq of the newest journal.snapshot
+    snapshot_seq: int = 0  # the seq of the newest journal.snapshot event
     error: str | None = "not opened"
     commits: int = 0
     checkpoints: int = 0
@@ -114,6 +115,9 @@ class Writer:
         self.clock = clock
         self.boot = boot
         self.hooks = hooks
+        # Set by the journal once the thread may run: snapshots are taken beside it.
+        self.snapshots: Snapshotter | None = None
+        self._taken: SnapshotTaken | None = None  # handed over, not yet committed
 
     def commit_alone(self, item: Pending) -> Event:
         """Write one event in a transaction of its own (the writer thread, or before it starts)."""
@@ -138,21 +142,23 @@ class Writer:
         return ev
 
     def write_snapshot(self, baseline: bool = False) -> Event:
-        """Snapshot the state tables into the chain (see lockerd/projection.py)."""
-        tables = projection.dump(self.conn)
-        body = canonical(tables)
-        data: dict[str, Any] = {"digest": projection.digest_of(body), "rows": {t: len(r) for t, r in tables.items()}}
+        """Snapshot the state tables into the chain now, on this connection (at open, before the thread)."""
+        body, rows = encode_tables(self.conn)
+        return self._commit_snapshot(SnapshotTaken.of(self.state.last_seq, body, rows), baseline)
+
+    def _commit_snapshot(self, taken: SnapshotTaken, baseline: bool = False) -> Event:
+        data: dict[str, Any] = {"digest": taken.digest, "rows": taken.rows, "state_seq": taken.state_seq}
         if baseline:
             data["baseline"] = True
         item = Pending(projection.SNAPSHOT_KIND, new_fields(self.clock, self.boot, data=data), (), None)
-        item.fields["body"] = body  # stored beside the event, not in it: only its digest is chained
+        item.fields["body"] = taken.stored  # stored beside the event, not in it: only its digest is chained
         ev = self.commit_alone(item)
         self.state.snapshot_seq = ev.seq
         return ev
 
     def run(self) -> None:
-        """The writer thread: batches from the queue until None, checkpointing while idle."""
-        conn, st = self.conn, self.state
+        """The writer thread: batches from the queue until None; snapshots and checkpoints when idle."""
+        st = self.state
         since = 0  # commits since the last checkpoint
         try:
             while True:
@@ -162,30 +168,45 @@ class Writer:
                     self._checkpoint()
                     since = 0
                     continue
-                if first is None:
-                    return
-                batch = list(first)
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        items = self.requests.get_nowait()
-                    except queue.Empty:
-                        break
-                    if items is None:
-                        stop = True
-                        break
-                    batch.extend(items)
-                self._write_batch(batch)
-                since += 1
-                if st.last_seq - st.snapshot_seq >= projection.SNAPSHOT_EVERY and self.requests.empty():
-                    self._snapshot_now()
+                batch, stop = self._collect(first)
+                if batch:
+                    self._write_batch(batch)
+                    since += 1
+                if self.requests.empty() and self._taken is not None:
+                    # Its own commit, and only while nothing waits: a grant never shares it.
+                    self._snapshot_now(self._taken)
+                    self._taken = None
+                    since += 1
+                if (st.last_seq - st.snapshot_seq >= projection.SNAPSHOT_EVERY and self.snapshots is not None
+                        and self._taken is None):
+                    self.snapshots.request()
                 if since >= CHECKPOINT_FORCED_COMMITS:
                     self._checkpoint()
                     since = 0
                 if stop:
                     return
         finally:
-            conn.close()
+            if self.snapshots is not None:
+                self.snapshots.stop()
+            self.conn.close()
+
+    def _collect(self, first: Batch | SnapshotTaken | None) -> tuple[Batch, bool]:
+        """Every request waiting, as one batch (up to MAX_BATCH); True when told to stop."""
+        batch: Batch = []
+        item = first
+        while True:
+            if item is None:
+                return batch, True
+            if isinstance(item, SnapshotTaken):
+                self._taken = item
+            else:
+                batch.extend(item)
+            if len(batch) >= MAX_BATCH:
+                return batch, False
+            try:
+                item = self.requests.get_nowait()
+            except queue.Empty:
+                return batch, False
 
     def _write_batch(self, batch: Batch) -> None:
         conn, st = self.conn, self.state
@@ -244,14 +265,15 @@ class Writer:
         if kept:
             self.hooks.failed(kept, msg)
 
-    def _snapshot_now(self) -> None:
-        # While nothing waits: the dump is a few ms, and never inside a grant's commit.
+    def _snapshot_now(self, taken: SnapshotTaken) -> None:
         try:
-            ev = self.write_snapshot()
+            ev = self._commit_snapshot(taken)
         except (sqlite3.Error, OSError, JournalError) as e:
-            log.warning("journal: snapshot failed (tried again after the next commit): %s", e)
-            return
-        self.hooks.published([ev])
+            log.warning("journal: snapshot failed (asked again after the next commit): %s", e)
+        else:
+            self.hooks.published([ev])
+        if self.snapshots is not None:
+            self.snapshots.committed()
 
     def _checkpoint(self) -> None:
         try:

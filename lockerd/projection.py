@@ -6,8 +6,10 @@ event's hashed record. So the tables are exactly the fold of the chain's
 operations. Replaying all of a long journal at every start would cost
 seconds; instead the writer snapshots the tables every ``SNAPSHOT_EVERY``
 events, in a ``journal.snapshot`` event whose hashed data holds the digest of
-the snapshot's body. At start, the tables are checked against the last
-snapshot with the operations of every event after it replayed (in temporary
+the snapshot's body and the seq the tables stood at (``state_seq``: the
+snapshot is read beside the writer, lockerd/journal_snapshot.py). At start,
+the tables are checked against the last snapshot with the operations of
+every event after its ``state_seq`` replayed (in temporary
 tables, through the same SQL the writer uses, so SQLite's typing is the
 same on both sides). Any difference, such as a row edited with sqlite3 under a
 stopped daemon, is named, and the rebuilt rows win.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,22 @@ def digest_of(body: str) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def pack(body: str) -> bytes:
+    """A snapshot's body as stored: zlib at its fastest level.
+
+    The rows repeat their column names and values: 20,000 items are 5.3 MB
+    of text and 0.3 MB packed (18 ms, with the GIL released). Every snapshot
+    is written twice, to the WAL and then by the checkpoint, so this is the
+    SD card's wear and the length of the snapshot's own commit.
+    """
+    return zlib.compress(body.encode(), 1)
+
+
+def unpack(stored: str | bytes) -> str:
+    """The body of a stored snapshot; journals from before packing stored the text itself."""
+    return zlib.decompress(stored).decode() if isinstance(stored, bytes) else stored
+
+
 def check(conn: sqlite3.Connection, tables: dict[str, str] = STATE_TABLES) -> Check:
     """Compare the state tables with the last snapshot plus the operations journaled after it.
 
@@ -109,15 +128,25 @@ def check(conn: sqlite3.Connection, tables: dict[str, str] = STATE_TABLES) -> Ch
         if last_event is not None:
             result.differences.append(f"the snapshot of seq {last_event[0]} is missing from the snapshots table")
     else:
-        seq, digest, body = snap
+        seq, digest, stored = snap
         result = Check(seq)
+        try:
+            body = unpack(stored)
+        except (zlib.error, UnicodeDecodeError):
+            body = ""  # damaged: fails the digest below, "changed after it was taken"
         row = conn.execute("SELECT kind, data FROM events WHERE seq = ?", (seq,)).fetchone()
-        if row is None or row[0] != SNAPSHOT_KIND or json.loads(row[1]).get("digest") != digest:
+        data = json.loads(row[1]) if row is not None and row[0] == SNAPSHOT_KIND else {}
+        # The tables as of state_seq (taken beside the writer: lockerd/journal_snapshot.py);
+        # a snapshot without it is older and was taken in line, as of its own seq.
+        state_seq = data.get("state_seq", seq)
+        if data.get("digest") != digest or not isinstance(state_seq, int) or not 0 <= state_seq <= seq:
             result.differences.append(f"the snapshot at seq {seq} is not the one its journal.snapshot event names")
         elif digest_of(body) != digest:
             result.differences.append(f"the snapshot at seq {seq} was changed after it was taken")
         elif last_event is not None and last_event[0] != seq:
             result.differences.append(f"the snapshot of seq {last_event[0]} is missing from the snapshots table")
+        else:
+            seq = state_seq
     problem = chain_problem(conn, max(seq - 1, 0))
     if problem:
         result.differences.append(problem)
