@@ -43,7 +43,7 @@ def cmd_check_config(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from lockerd.demo import main as demo_main
 
-    return demo_main(a.config, keep=a.keep)
+    return demo_main(a.config, folder=a.dir, keep=a.keep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_audit.add_commands(sub)
 
     sp = sub.add_parser("demo", help="run the demo station and play a short shift")
-    sp.add_argument("-c", "--config", default=str(Path(__file__).resolve().parent.parent / "config" / "demo.toml"))
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--dir", type=Path, help="the demo station's folder (default: var/demo in a checkout, "
+                                                "else ~/.local/state/lockerd-demo)")
+    where.add_argument("-c", "--config", help="run this config instead of the demo station's own")
     sp.add_argument("--keep", action="store_true", help="keep the previous demo journal")
     sp.set_defaults(func=cmd_demo)
     return p

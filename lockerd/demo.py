@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -20,8 +21,51 @@ from lockerd import peer
 from lockerd.daemon import Daemon, setup_logging
 from lockerd.drivers.base import DoorState
 
-DATA = Path(__file__).resolve().parent.parent / "config" / "demo-data.json"
 PAUSE = 1.6  # seconds between steps, so a person can follow (and past the scanner's repeat window)
+CONFIG, DATA = "demo.toml", "demo-data.json"
+# The first line of the demo config: a folder whose demo.toml starts so is one `lockerd demo` made.
+MARK = "# The demo station:"
+HERE = Path(__file__).resolve().parent
+
+
+def demo_files() -> Path:
+    """The folder of the demo station's config and data: the installed package's, or a checkout's config/."""
+    packaged = HERE / "demo_station"  # pyproject.toml installs config/ there
+    return packaged if (packaged / CONFIG).is_file() else HERE.parent / "config"
+
+
+def default_folder() -> Path:
+    """Where the demo station lives: a checkout's var/demo (its README's commands use it), else the user's state."""
+    if (HERE.parent / "config" / CONFIG).is_file() and (HERE.parent / "pyproject.toml").is_file():
+        return HERE.parent / "var" / "demo"
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "lockerd-demo"
+
+
+def prepare(folder: Path, keep: bool = False) -> Path:
+    """The demo station's config in ``folder`` with its state beside it (journal, sim boards, socket).
+
+    A fresh station each run unless ``keep``. Only a folder the demo made (or an empty one) is wiped.
+    """
+    config = folder / CONFIG
+    if folder.is_dir() and any(folder.iterdir()):
+        ours = config.is_file() and config.read_text().startswith(MARK)
+        if not ours and folder != HERE.parent / "var" / "demo":  # a checkout's var/demo from before the copy
+            raise SystemExit(f"lockerd demo: {folder} holds files that are not a demo station's; "
+                             "choose another --dir")
+        if not keep:
+            shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = demo_files()
+    # The shipped config keeps its state in ../var/demo/ (a checkout's layout): here it is beside the config.
+    config.write_text((source / CONFIG).read_text().replace('"../var/demo/', '"'))
+    shutil.copyfile(source / DATA, folder / DATA)
+    return config
+
+
+def lockerd_command() -> str:
+    """How the person who ran the demo runs lockerd again (for the commands it prints)."""
+    exe = Path(sys.argv[0])
+    return str(exe) if exe.name == "lockerd" else f"{sys.executable} -m lockerd"
 
 
 def say(text: str) -> None:
@@ -63,9 +107,10 @@ async def play(daemon: Daemon, pause: float = PAUSE) -> None:
         else:
             print(f"    (compartment {compartment} did not open)")
 
-    say(f"Importing people, badges and dossier assignments from {DATA.name}")
-    if DATA.exists():
-        print(f"    {await do('import', text=DATA.read_text(), name=str(DATA), by='demo')}")
+    data = daemon.config.path.parent / DATA
+    say(f"Importing people, badges and dossier assignments from {data.name}")
+    if data.exists():
+        print(f"    {await do('import', text=data.read_text(), name=str(data), by='demo')}")
     await step("Officer Berg deposits dossier D-2026-0417 (assigned to her compartment d01)")
     await open_door("D-2026-0417", "d01")
     await step("... puts it in and closes the door")
@@ -93,16 +138,16 @@ async def play(daemon: Daemon, pause: float = PAUSE) -> None:
     await step("... and shuts it again")
     await shut("d07")
     await asyncio.sleep(0.2)
-    cfg = daemon.config
+    cfg, me = daemon.config, lockerd_command()
     say("Demo shift done. The daemon keeps running: in another terminal try")
-    print(f"    .venv/bin/lockerd sim scan D-2026-0431 --pull -c {cfg.path}   # officer Okafor's dossier -> d02")
-    print(f"    .venv/bin/lockerd sim close d02 -c {cfg.path}")
-    print(f"    .venv/bin/lockerd status -c {cfg.path}")
-    print(f"    .venv/bin/lockerd history -c {cfg.path}")
-    print(f"    .venv/bin/lockerd verify -c {cfg.path}")
-    print(f"    .venv/bin/lockerd chain-of-custody E-2026-0090 -c {cfg.path}   # with the cabinet camera's stills")
-    print(f"    .venv/bin/lockerd occupancy -c {cfg.path}")
-    print(f"    .venv/bin/lockerd export -o shift.csv -c {cfg.path} && .venv/bin/lockerd verify-export shift.csv "
+    print(f"    {me} sim scan D-2026-0431 --pull -c {cfg.path}   # officer Okafor's dossier -> d02")
+    print(f"    {me} sim close d02 -c {cfg.path}")
+    print(f"    {me} status -c {cfg.path}")
+    print(f"    {me} history -c {cfg.path}")
+    print(f"    {me} verify -c {cfg.path}")
+    print(f"    {me} chain-of-custody E-2026-0090 -c {cfg.path}   # with the cabinet camera's stills")
+    print(f"    {me} occupancy -c {cfg.path}")
+    print(f"    {me} export -o shift.csv -c {cfg.path} && {me} verify-export shift.csv "
           f"-c {cfg.path}")
     print("    Press Ctrl-C here to stop the daemon.", flush=True)
 
@@ -115,8 +160,15 @@ async def _main(cfg: config_mod.Config, pause: float, stay: bool) -> int:
     await daemon.start()
     screens = _screens(cfg) if stay else None
     try:
-        await play(daemon, pause)
-        if stay:
+        # Ctrl-C stops the demo at once, in the middle of the shift too.
+        playing = asyncio.create_task(play(daemon, pause))
+        stopping = asyncio.create_task(daemon.stopping.wait())
+        await asyncio.wait({playing, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (playing, stopping):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if stay and not daemon.stopping.is_set():
             if screens is not None:
                 d = cfg.display
                 first = next(iter(cfg.scanners), next(iter(cfg.cabinets), ""))
@@ -140,12 +192,17 @@ def _screens(cfg: config_mod.Config) -> subprocess.Popen[bytes] | None:
         return None
 
 
-def main(config_path: str, keep: bool = False, pause: float = PAUSE, stay: bool = True) -> int:
-    cfg = config_mod.load(config_path)
+def main(config_path: str | None = None, folder: Path | None = None, keep: bool = False, pause: float = PAUSE,
+         stay: bool = True) -> int:
+    """The demo station in ``folder`` (see prepare), or as ``config_path`` says, then the scripted shift."""
+    if config_path is None:
+        cfg = config_mod.load(prepare(folder or default_folder(), keep))
+    else:
+        cfg = config_mod.load(config_path)
+        state = cfg.journal_path.parent
+        if not keep and state.exists() and state.name == "demo":
+            shutil.rmtree(state)  # a fresh station each run; --keep to continue the last one
     setup_logging("warning")
-    state = cfg.journal_path.parent
-    if not keep and state.exists() and state.name == "demo":
-        shutil.rmtree(state)  # a fresh station each run; --keep to continue the last one
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_main(cfg, pause, stay))
     return 0

@@ -107,3 +107,25 @@ def daemon_comes_online(lockerd: Path, folder: Path, mosquitto: Mosquitto, recor
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def demo_plays(lockerd: Path, folder: Path) -> None:
+    """The installed ``lockerd demo`` sets up its station in ``folder``, plays the first deposit, stops on Ctrl-C."""
+    proc = subprocess.Popen([str(lockerd), "demo", "--dir", str(folder / "demo")], cwd=folder, env=outside_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stdout:  # ends if the demo dies; the test's timeout bounds a hang
+            seen.append(line)
+            if "result: open d01" in line:
+                break
+        assert seen and "result: open d01" in seen[-1], "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, "".join(seen) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (folder / "demo" / "demo.toml").is_file() and (folder / "demo" / "journal.db").is_file()

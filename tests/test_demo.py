@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from lockerd import config as config_mod
 from lockerd.clock import Clock
 from lockerd.daemon import Daemon
-from lockerd.demo import play
+from lockerd.demo import MARK, play, prepare
 from lockerd.journal import Journal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ async def test_the_scripted_shift_deposits_checks_out_returns_refuses_and_opens_
     (tmp_path / "config").mkdir()
     cfg_path = tmp_path / "config" / "demo.toml"
     cfg_path.write_text(fast)
+    shutil.copyfile(ROOT / "config" / "demo-data.json", tmp_path / "config" / "demo-data.json")
     daemon = Daemon(config_mod.load(cfg_path), Clock())
     await daemon.start()
     try:
@@ -70,3 +72,27 @@ async def test_the_scripted_shift_deposits_checks_out_returns_refuses_and_opens_
     assert [e.data["granted"] for e in evidence_doors] == [True, True]
     forced_doors = [e for e in events if e.compartment == "d07" and e.kind.startswith("door.")]
     assert [e.data["granted"] for e in forced_doors] == [False, False]
+
+
+def test_the_demo_station_is_set_up_in_a_folder_of_its_own(tmp_path: Path) -> None:
+    """What `lockerd demo --dir` (and an installed `lockerd demo`) runs: the shipped config, its state beside it."""
+    folder = tmp_path / "demo-here"
+    cfg = config_mod.load(prepare(folder))
+    assert cfg.path.parent == folder
+    assert cfg.journal_path.parent == folder and cfg.control_socket.parent == folder
+    assert (folder / "demo-data.json").read_text() == (ROOT / "config" / "demo-data.json").read_text()
+    (folder / "journal.db").write_text("the last run")
+    prepare(folder, keep=True)
+    assert (folder / "journal.db").read_text() == "the last run"
+    prepare(folder)
+    assert not (folder / "journal.db").exists()  # a fresh station each run
+
+
+def test_the_demo_never_wipes_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("years of work")
+    with pytest.raises(SystemExit, match="not a demo station's"):
+        prepare(folder)
+    assert (folder / "thesis.txt").read_text() == "years of work"
+    assert (ROOT / "config" / "demo.toml").read_text().startswith(MARK)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from broker import Mosquitto, Recorder
-from installed import RUNTIME_LOCK, check_modules, clean_copy, daemon_comes_online, run, tree_modules
+from installed import RUNTIME_LOCK, check_modules, clean_copy, daemon_comes_online, demo_plays, run, tree_modules
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,7 @@ def test_the_installed_wheel_runs_a_daemon_with_a_station_link(wheel: Path, tmp_
     where = check_modules(python, home)
     assert where.is_relative_to(env_dir), f"lockerd was imported from {where}, not from the fresh venv"
     daemon_comes_online(env_dir / "bin" / "lockerd", home / "station", mosquitto, recorders)
+    demo_plays(env_dir / "bin" / "lockerd", home)
 
 
 def test_the_wheel_carries_the_screens_catalogs_and_pages(wheel: Path) -> None:
