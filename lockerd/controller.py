@@ -431,9 +431,10 @@ class Controller:
             return Outcome(accepted=False, message=f"refused: lock of {cid} did not respond ({e})", compartment=cid,
                            reason="lock failed")
         slot.pulsing = True
+        # Scan -> pulse for a scan; a command has no scan, and its grant's share is durable_ms.
+        scanned = {} if req.scan is None else {"latency_ms": round((self.clock.monotonic() - req.scan.at) * 1000, 3)}
         self.journal.append("lock.pulsed", compartment=cid, grant_seq=grant.seq, ms=self.timing.pulse_ms,
-                            driver=bank.name, channel=slot.cfg.lock, durable_ms=durable_ms,
-                            latency_ms=round((self.clock.monotonic() - (req.scan.at if req.scan else now)) * 1000, 3))
+                            driver=bank.name, channel=slot.cfg.lock, durable_ms=durable_ms, **scanned)
         slot.open_task = self.spawn(self.doors.expect_open(slot, session), f"expect-open-{cid}")
         self.spawn(self.doors.relock(slot), f"relock-{cid}")
         self._changed(slot)

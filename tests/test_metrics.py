@@ -32,17 +32,19 @@ async def test_a_shift_reads_as_counters_gauges_and_a_latency_histogram(tmp_path
         await rig.clock.advance(0.05)
         await rig.scan("D-1")  # a deposit: grant, pulse
         await rig.scan("NOPE-42")  # refused: unknown code
+        await rig.c.remote_open("d02", "test", {"command_id": "c1", "requested_by": "nowak"})  # no scan
         await rig.flush()
         s = scrape(metrics)
-        assert value(s, "lockerd_scans_total") == 2 and value(s, "lockerd_grants_total") == 1
-        assert value(s, "lockerd_pulses_total") == 1
+        assert value(s, "lockerd_scans_total") == 2 and value(s, "lockerd_grants_total") == 2
+        assert value(s, "lockerd_pulses_total") == 2
         assert value(s, "lockerd_refusals_total", reason="unknown_code") == 1
         assert value(s, "lockerd_alarms_total", alarm="forced") == 1
         assert value(s, "lockerd_alarms_waiting") == 1
         assert value(s, "lockerd_doors", state="open") == 1
+        # Scan to pulse is the scan's alone: the station's open had no scan to count from.
         assert value(s, "lockerd_scan_to_pulse_seconds_count") == 1
         assert value(s, "lockerd_scan_to_pulse_seconds_bucket", le="+Inf") == 1
-        assert value(s, "lockerd_grant_durable_seconds_count") == 1  # the storage's share of that opening
+        assert value(s, "lockerd_grant_durable_seconds_count") == 2  # the storage's share of each opening
         assert value(s, "lockerd_outbox_backlog_events") > 0  # no station link here: nothing acknowledged
         assert value(s, "lockerd_uptime_seconds") >= 0
         # The next scrape reads only what came since, and counts on from there.
