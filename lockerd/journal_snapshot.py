@@ -103,15 +103,23 @@ class Snapshotter:
         self._wake: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # "take", or None: stop
         self._thread: threading.Thread | None = None
         self._slice_start = 0.0
+        self._unstarted = False  # a thread could not be started: said once
 
     def request(self) -> None:
         """Take a snapshot now (the writer's thread). Ignored while one is under way."""
         if self.busy:
             return
-        self.busy = True
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="journal-snapshot", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="journal-snapshot", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as e:  # no thread to be had: the writer goes on regardless
+                if not self._unstarted:
+                    log.warning("journal: no snapshot thread (tried again after each commit): %s", e)
+                self._unstarted = True
+                return
+            self._thread = thread
+        self.busy = True
         self._wake.put("take")
 
     def committed(self) -> None:
