@@ -152,3 +152,23 @@ async def test_a_damaged_packed_snapshot_is_named_and_nothing_is_rebuilt_from_it
     conn.close()
     assert found.differences == [f"the snapshot at seq {seq} was changed after it was taken"]
     assert found.repair == []
+
+
+async def test_no_snapshot_thread_to_be_had_costs_no_grant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(projection, "SNAPSHOT_EVERY", 2)
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    j = Journal(tmp_path / "j.db")
+    assert j.open()  # its writer thread starts before threads run out
+    monkeypatch.setattr(journal_snapshot.threading.Thread, "start", refused)
+    try:
+        grants = [await asyncio.wait_for(j.append_durable("access.granted", compartment="d01"), 5) for _ in range(6)]
+    finally:
+        monkeypatch.undo()
+        j.close()
+    assert [g.seq for g in grants] == [1, 2, 3, 4, 5, 6]
+    assert [r.message for r in caplog.records if "no snapshot thread" in r.message] == [
+        "journal: no snapshot thread (tried again after each commit): can't start new thread"]
