@@ -388,15 +388,19 @@ class Journal:
             return False
         return self.open()
 
-    def execute(self, sql: str, *params: Any) -> asyncio.Future[None]:
-        """Run a non-event statement on the writer (outbox cursor and the like)."""
+    def execute(self, sql: str, *params: Any, durable: bool = True) -> asyncio.Future[None]:
+        """Run a non-event statement on the writer (outbox cursor and the like).
+
+        ``durable=False`` is for what may be undone by a power cut because it
+        is redone (the outbox cursor): committed alone, it costs no flush.
+        """
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         fut.add_done_callback(_log_unretrieved)
         if self._thread is None:
             fut.set_exception(JournalError(self.error or "journal closed"))
         else:
-            self._gather(loop, Control(sql, params, fut))
+            self._gather(loop, Control(sql, params, fut, durable))
         return fut
 
     async def flush(self) -> None:

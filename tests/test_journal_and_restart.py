@@ -270,3 +270,24 @@ async def test_a_journal_whose_commit_failed_writes_again_once_the_cause_is_gone
         assert j.healthy and ev.seq == 2
     finally:
         j.close()
+
+
+async def test_the_outbox_cursor_alone_costs_no_flush_and_events_still_do(tmp_path):
+    """A commit of nothing but redoable statements runs with synchronous=NORMAL (no fdatasync); the next one with an
+    event is FULL again, and that flush carries the cursor to disk with it (WAL)."""
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    mode = "UPDATE outbox SET delivered = (SELECT synchronous FROM pragma_synchronous) WHERE id = 1"
+    try:
+        await j.execute(mode, durable=False)
+        assert j.query("SELECT delivered FROM outbox")[0][0] == 1  # NORMAL
+        ev = j.append("door.opened", compartment="d01")
+        flushed = j.execute(mode, durable=False)  # shares the event's commit: flushed with it
+        await ev
+        await flushed
+        assert j.query("SELECT delivered FROM outbox")[0][0] == 2  # FULL
+        await j.execute(mode, durable=False)
+        await j.execute(mode)
+        assert j.query("SELECT delivered FROM outbox")[0][0] == 2  # back to FULL for everything else
+    finally:
+        j.close()

@@ -250,7 +250,8 @@ class Outbox:
             return
         self._saving = True
         target = self.acked
-        fut = self.journal.execute(CURSOR_SQL, target)
+        # Not flushed on its own: a cursor a power cut sets back re-sends some events, with the same ids.
+        fut = self.journal.execute(CURSOR_SQL, target, durable=False)
         fut.add_done_callback(lambda f: self._saved(f, target))
 
     def _saved(self, fut: Any, target: int) -> None:
