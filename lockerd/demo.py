@@ -26,6 +26,7 @@ CONFIG, DATA = "demo.toml", "demo-data.json"
 # The first line of the demo config: a folder whose demo.toml starts so is one `lockerd demo` made.
 MARK = "# The demo station:"
 HERE = Path(__file__).resolve().parent
+CHECKOUT_DEMO = HERE.parent / "var" / "demo"  # in a checkout, where config/demo.toml keeps its state
 
 
 def demo_files() -> Path:
@@ -37,7 +38,7 @@ def demo_files() -> Path:
 def default_folder() -> Path:
     """Where the demo station lives: a checkout's var/demo (its README's commands use it), else the user's state."""
     if (HERE.parent / "config" / CONFIG).is_file() and (HERE.parent / "pyproject.toml").is_file():
-        return HERE.parent / "var" / "demo"
+        return CHECKOUT_DEMO
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "lockerd-demo"
 
 
@@ -49,7 +50,7 @@ def prepare(folder: Path, keep: bool = False) -> Path:
     config = folder / CONFIG
     if folder.is_dir() and any(folder.iterdir()):
         ours = config.is_file() and config.read_text().startswith(MARK)
-        if not ours and folder != HERE.parent / "var" / "demo":  # a checkout's var/demo from before the copy
+        if not ours and folder != CHECKOUT_DEMO:  # a checkout's var/demo from before the copy
             raise SystemExit(f"lockerd demo: {folder} holds files that are not a demo station's; "
                              "choose another --dir")
         if not keep:

@@ -13,8 +13,9 @@ seq is the snapshot's ``state_seq``, while the writer goes on committing. The
 thread encodes the rows one at a time and pauses briefly every half
 millisecond of work, so the loop and the writer get the interpreter when
 they need it. It then hashes and packs the body (both release the GIL) and
-hands it to the writer, which commits it when nothing else is waiting. The snapshot's event names ``state_seq``, and the
-check at start replays the operations of every event after it.
+hands it to the writer, which commits it when nothing else is waiting. The
+snapshot's event names ``state_seq``, and the check at start replays the
+operations of every event after it.
 """
 
 from __future__ import annotations
