@@ -43,6 +43,10 @@ SLICE_S = 0.0005
 PAUSE_S = 0.0002
 
 
+class Abandoned(Exception):
+    """The journal is closing: the snapshot under way is dropped, not finished (the next start needs none)."""
+
+
 @dataclass(frozen=True)
 class SnapshotTaken:
     """The state tables as of the event ``state_seq``, encoded and packed, for the writer to commit."""
@@ -105,6 +109,7 @@ class Snapshotter:
         self._thread: threading.Thread | None = None
         self._slice_start = 0.0
         self._unstarted = False  # a thread could not be started: said once
+        self._closing = False
 
     def request(self) -> None:
         """Take a snapshot now (the writer's thread). Ignored while one is under way."""
@@ -129,11 +134,14 @@ class Snapshotter:
 
     def stop(self) -> None:
         if self._thread is not None:
+            self._closing = True  # a snapshot under way stops at its next pause: a close never waits it out
             self._wake.put(None)
             self._thread.join()
             self._thread = None
 
     def _pause(self) -> None:
+        if self._closing:
+            raise Abandoned
         now = time.perf_counter()
         if now - self._slice_start >= SLICE_S:
             time.sleep(PAUSE_S)  # releases the GIL long enough for a waiting thread to take it
@@ -147,6 +155,8 @@ class Snapshotter:
                     conn = conn or connect(self.path, readonly=True)
                     self._slice_start = time.perf_counter()
                     taken = take(conn, self._pause)
+                except Abandoned:
+                    return
                 except (sqlite3.Error, OSError, ValueError, TypeError) as e:
                     log.warning("journal: snapshot failed (asked again after the next commit): %s", e)
                     self.busy = False

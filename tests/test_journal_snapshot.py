@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,36 @@ async def test_no_snapshot_thread_to_be_had_costs_no_grant(tmp_path: Path, monke
     assert [g.seq for g in grants] == [1, 2, 3, 4, 5, 6]
     assert [r.message for r in caplog.records if "no snapshot thread" in r.message] == [
         "journal: no snapshot thread (tried again after each commit): can't start new thread"]
+
+
+async def test_closing_the_journal_drops_a_snapshot_under_way_instead_of_waiting_it_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(projection, "SNAPSHOT_EVERY", 800)
+    monkeypatch.setattr(journal_snapshot, "PAUSE_S", 0.2)  # 800 rows: about 5 s of pauses alone
+    reading = threading.Event()
+    real = journal_snapshot.encode_tables
+
+    def noted(conn: sqlite3.Connection, pause: Any = None) -> tuple[str, dict[str, int]]:
+        reading.set()
+        return real(conn, pause)
+
+    monkeypatch.setattr(journal_snapshot, "encode_tables", noted)
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        for n in range(800):
+            j.append("item.assigned", state=[item(f"D-{n}")])
+        await j.flush()
+        assert await asyncio.to_thread(reading.wait, 10)
+    finally:
+        started = time.monotonic()
+        j.close()
+        closed_in = time.monotonic() - started
+    assert closed_in < 1.0, f"close waited {closed_in:.2f} s for the snapshot"
+    conn = sqlite3.connect(tmp_path / "j.db")
+    try:
+        snapshots = conn.execute("SELECT count(*) FROM events WHERE kind = ?", (projection.SNAPSHOT_KIND,))
+        assert snapshots.fetchone() == (0,)
+        assert projection.check(conn).differences == []  # the next start replays from the start instead
+    finally:
+        conn.close()
