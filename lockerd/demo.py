@@ -26,18 +26,19 @@ CONFIG, DATA = "demo.toml", "demo-data.json"
 # The first line of the demo config: a folder whose demo.toml starts so is one `lockerd demo` made.
 MARK = "# The demo station:"
 HERE = Path(__file__).resolve().parent
+CHECKOUT_CONFIG = HERE.parent / "config"  # in a checkout: the demo station's own files
 CHECKOUT_DEMO = HERE.parent / "var" / "demo"  # in a checkout, where config/demo.toml keeps its state
 
 
 def demo_files() -> Path:
     """The folder of the demo station's config and data: the installed package's, or a checkout's config/."""
     packaged = HERE / "demo_station"  # pyproject.toml installs config/ there
-    return packaged if (packaged / CONFIG).is_file() else HERE.parent / "config"
+    return packaged if (packaged / CONFIG).is_file() else CHECKOUT_CONFIG
 
 
 def default_folder() -> Path:
     """Where the demo station lives: a checkout's var/demo (its README's commands use it), else the user's state."""
-    if (HERE.parent / "config" / CONFIG).is_file() and (HERE.parent / "pyproject.toml").is_file():
+    if (CHECKOUT_CONFIG / CONFIG).is_file() and (HERE.parent / "pyproject.toml").is_file():
         return CHECKOUT_DEMO
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "lockerd-demo"
 

@@ -70,14 +70,12 @@ def encode_tables(conn: sqlite3.Connection, pause: Callable[[], None] | None = N
     parts = ["{"]
     rows: dict[str, int] = {}
     for n, table in enumerate(sorted(STATE_TABLES)):
-        cur = conn.execute(f"SELECT * FROM {table} ORDER BY {STATE_TABLES[table]}")
-        cols = [d[0] for d in cur.description]
         parts.append(("," if n else "") + canonical(table) + ":[")
         count = 0
-        for row in cur:
+        for row in projection.table_rows(conn, table, STATE_TABLES[table]):
             if count:
                 parts.append(",")
-            parts.append(canonical(dict(zip(cols, row, strict=True))))
+            parts.append(canonical(row))
             count += 1
             if pause is not None and not count % 32:
                 pause()

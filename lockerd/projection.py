@@ -25,6 +25,7 @@ import hashlib
 import json
 import sqlite3
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,15 +78,18 @@ class Check:
     repair: list[StateOp] = field(default_factory=list)
 
 
+def table_rows(conn: sqlite3.Connection, table: str, pk: str, schema: str = "main") -> Iterator[dict[str, Any]]:
+    """The rows of one state table, in primary-key order, one at a time."""
+    cur = conn.execute(f"SELECT * FROM {schema}.{table} ORDER BY {pk}")
+    cols = [d[0] for d in cur.description]
+    for row in cur:
+        yield dict(zip(cols, row, strict=True))
+
+
 def dump(conn: sqlite3.Connection, tables: dict[str, str] = STATE_TABLES,
          schema: str = "main") -> dict[str, list[dict[str, Any]]]:
     """Every row of every state table, in primary-key order."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for table, pk in tables.items():
-        cur = conn.execute(f"SELECT * FROM {schema}.{table} ORDER BY {pk}")
-        cols = [d[0] for d in cur.description]
-        out[table] = [dict(zip(cols, row, strict=True)) for row in cur]
-    return out
+    return {table: list(table_rows(conn, table, pk, schema)) for table, pk in tables.items()}
 
 
 def canonical_empty(tables: dict[str, str]) -> str:
