@@ -318,7 +318,13 @@ class Journal:
         journal cannot be written this raises JournalError at once, and the
         lock stays shut.
         """
-        return await self.append(kind, keep=False, **kw)
+        fut = self.append(kind, keep=False, **kw)
+        # Its caller waits for it next, so nothing later can share its
+        # commit: hand it to the writer now, not behind what the loop has
+        # queued already (the command's MQTT ack, another task's step), which
+        # then runs while the writer commits.
+        self._hand_over()
+        return await fut
 
     # -- an outage: events held in memory ------------------------------------------
 
@@ -429,7 +435,9 @@ class Journal:
 
     def _published(self, events: list[Event]) -> None:
         if self._listeners and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._notify, events)
+            # One hop more on the loop: the tasks this commit wakes (a grant's,
+            # its lock waiting) run before the observers publish and count it.
+            self._loop.call_soon_threadsafe(self._loop.call_soon, self._notify, events)
 
     def _failed(self, kept: list[Pending], reason: str) -> None:
         if self._loop is not None:

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from rig import close_rig, fill_disk, make_rig
@@ -289,5 +292,58 @@ async def test_the_outbox_cursor_alone_costs_no_flush_and_events_still_do(tmp_pa
         await j.execute(mode, durable=False)
         await j.execute(mode)
         assert j.query("SELECT delivered FROM outbox")[0][0] == 2  # back to FULL for everything else
+    finally:
+        j.close()
+
+
+def _wait_until(done: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    """Block the loop (as a busy loop would be) until the writer thread has done something, or time out."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0005)
+    return True
+
+
+async def test_a_grant_is_committed_while_work_queued_before_it_runs(tmp_path):
+    """A durable append goes to the writer at once: work the loop queued earlier (an MQTT ack going out, another
+    task's step) runs beside the commit instead of ahead of it. Before, the grant waited behind all of it."""
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        before = j.commits
+        committed_meanwhile: list[bool] = []
+        loop = asyncio.get_running_loop()
+        loop.call_soon(lambda: committed_meanwhile.append(_wait_until(lambda: j.commits > before)))
+        grant = await j.append_durable("access.granted", compartment="d01", people=("p1",))
+        assert committed_meanwhile == [True]
+        assert grant.seq == j.last_seq
+    finally:
+        j.close()
+
+
+async def test_the_task_a_commit_wakes_runs_before_the_commits_observers(tmp_path, monkeypatch):
+    """The grant's task (its lock waiting) resumes before the observers of that commit (the outbox publishing it,
+    the metrics) take the loop. Before, every observer ran first."""
+    j = Journal(tmp_path / "j.db")
+    posted = threading.Event()
+    published = j._published
+
+    def posting(events: list) -> None:
+        published(events)
+        posted.set()
+
+    monkeypatch.setattr(j, "_published", posting)  # the writer's hook, bound when it starts
+    assert j.open()
+    order: list[str] = []
+    j.subscribe(lambda events: order.extend("observer" for e in events if e.kind == "access.granted"))
+    try:
+        # Hold the loop until the writer has posted both the grant's result and its observers.
+        asyncio.get_running_loop().call_soon(lambda: _wait_until(posted.is_set))
+        await j.append_durable("access.granted", compartment="d01", people=("p1",))
+        order.append("resumed")
+        await j.flush()
+        assert order == ["resumed", "observer"]
     finally:
         j.close()
