@@ -57,3 +57,20 @@ async def test_station_commands_reach_the_real_handler(tmp_path: Path, mosquitto
         grants = [e for e in events if e["kind"] == "access.granted"]
         assert grants and grants[-1]["data"]["command_id"] == opened
         await wait_for(rec, lambda r: {e["seq"] for e in events} <= r.seqs_on("/events"), 10)
+
+
+@pytest.mark.asyncio
+async def test_an_opens_reply_goes_out_before_the_state_it_changed(tmp_path: Path, mosquitto: Mosquitto,
+                                                                   recorders: list[Recorder]) -> None:
+    """The station waits on the reply; the compartment's new state follows it. Before, the state went first and
+    the reply waited behind it on the wire."""
+    async with station_daemon(tmp_path, mosquitto, recorders) as (_daemon, station, rec):
+        opened = station.send("open", {"compartment": "d02", "reason": "inspection"})
+        await wait_for(rec, lambda r: reply_for(r, opened) and any(s["lock"] == "released"
+                                                                   for s in r.on("/state/d02")), 10)
+        with rec.cond:
+            arrived = list(rec.parsed)
+        reply_at = next(i for i, (t, b) in enumerate(arrived) if t.endswith("/reply") and b["id"] == opened)
+        released_at = next(i for i, (t, b) in enumerate(arrived)
+                           if t.endswith("/state/d02") and b["lock"] == "released")
+        assert reply_at < released_at, arrived[min(reply_at, released_at):]

@@ -77,6 +77,7 @@ class StationLink:
         self._worker: asyncio.Task | None = None
         self._replay_mids: set[int] = set()
         self._replay_progress = asyncio.Event()
+        self._states_due: dict[str, dict[str, Any]] = {}  # compartment -> its state, to publish after this step
         self._stopped = False
         if not self.enabled:
             return
@@ -208,8 +209,21 @@ class StationLink:
             self.conn.publish(self.topics.info, _json(self._info()), qos=1, retain=True)
 
     def _on_state(self, state: dict[str, Any]) -> None:
+        # Published once the step that changed it has run: a command's reply
+        # (queued in that step) goes out first, and a compartment changed
+        # twice in one step is published once, as the step left it.
+        cid = state.get("compartment")
+        if self._stopped or not self.connected or not isinstance(cid, str):
+            return
+        if not self._states_due:
+            asyncio.get_running_loop().call_soon(self._publish_states_due)
+        self._states_due[cid] = state
+
+    def _publish_states_due(self) -> None:
+        due, self._states_due = self._states_due, {}
         if not self._stopped and self.connected:
-            self._publish_state(state)
+            for state in due.values():
+                self._publish_state(state)
 
     # -- payloads ----------------------------------------------------------------------------
 
