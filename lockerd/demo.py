@@ -64,6 +64,18 @@ def prepare(folder: Path, keep: bool = False) -> Path:
     return config
 
 
+def clear_checkout_state(state: Path) -> bool:
+    """Wipe a checkout's var/demo (config/demo.toml's state) for a fresh run; True if it was that folder.
+
+    Any other state folder is a station's journal, whatever its name: it is never deleted.
+    """
+    if state.resolve() != CHECKOUT_DEMO.resolve():
+        return False
+    if state.exists():
+        shutil.rmtree(state)
+    return True
+
+
 def lockerd_command() -> str:
     """How the person who ran the demo runs lockerd again (for the commands it prints)."""
     exe = Path(sys.argv[0])
@@ -201,9 +213,8 @@ def main(config_path: str | None = None, folder: Path | None = None, keep: bool 
         cfg = config_mod.load(prepare(folder or default_folder(), keep))
     else:
         cfg = config_mod.load(config_path)
-        state = cfg.journal_path.parent
-        if not keep and state.exists() and state.name == "demo":
-            shutil.rmtree(state)  # a fresh station each run; --keep to continue the last one
+        if not keep and not clear_checkout_state(cfg.journal_path.parent):
+            print(f"lockerd demo: playing on the journal in {cfg.journal_path.parent} as it is (nothing is wiped)")
     setup_logging("warning")
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(_main(cfg, pause, stay))

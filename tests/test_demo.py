@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lockerd import config as config_mod
+from lockerd import demo
 from lockerd.clock import Clock
 from lockerd.daemon import Daemon
 from lockerd.demo import MARK, play, prepare
@@ -96,3 +97,28 @@ def test_the_demo_never_wipes_a_folder_it_did_not_make(tmp_path: Path) -> None:
         prepare(folder)
     assert (folder / "thesis.txt").read_text() == "years of work"
     assert (ROOT / "config" / "demo.toml").read_text().startswith(MARK)
+
+
+@pytest.mark.parametrize("checkout", [False, True])
+def test_demo_with_a_config_wipes_only_the_checkouts_own_demo_state(tmp_path: Path, monkeypatch, checkout) -> None:
+    """`lockerd demo -c FILE` on a station whose journal folder happens to be named demo keeps that journal; only
+    the checkout's var/demo (config/demo.toml's state) starts fresh. Before, any folder named demo was deleted."""
+    state = tmp_path / "demo"
+    state.mkdir()
+    (state / "journal.db").write_text("a station's records")
+    (tmp_path / "config").mkdir()
+    cfg_path = tmp_path / "config" / "demo.toml"
+    cfg_path.write_text((ROOT / "config" / "demo.toml").read_text().replace('"../var/demo/', f'"{state}/'))
+    shutil.copyfile(ROOT / "config" / "demo-data.json", tmp_path / "config" / "demo-data.json")
+    if checkout:
+        monkeypatch.setattr(demo, "CHECKOUT_DEMO", state)
+    played = []
+
+    async def shift(cfg, pause, stay):
+        played.append(cfg.journal_path)
+        return 0
+
+    monkeypatch.setattr(demo, "_main", shift)
+    assert demo.main(str(cfg_path), stay=False) == 0
+    assert played == [state / "journal.db"]
+    assert (state / "journal.db").exists() is not checkout
