@@ -9,6 +9,7 @@ and exports). What they share is in :mod:`lockerd.cli_support`.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ from lockerd.cli_support import load_runnable_config, with_config
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    gc.disable()  # until the daemon is ready: see lockerd.daemon.settle_heap
     cfg = load_runnable_config(a.config)
     from lockerd.daemon import run
 
