@@ -421,7 +421,8 @@ class Journal:
         # first one and commit it alone while the step that appended it went
         # on to append its grant: two fsyncs in a row before the lock moved
         # (one remote open in five here). The hand-over waits for the step to
-        # yield instead, which a grant does at once by awaiting its future.
+        # yield instead; a durable append (the grant) hands over at once, as
+        # its step awaits it next (see append_durable).
         self._gathered.append(item)
         if len(self._gathered) == 1:
             loop.call_soon(self._hand_over)
