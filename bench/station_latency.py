@@ -17,7 +17,14 @@ c. ``open`` command published -> its reply at the station;
 d. door sensor changed at the board (discrete input) -> the retained
    compartment state with the new door at the station (poll rate given);
 e. resident memory of the idle daemon with the link and the board, and
-   process start -> ready (interpreter and imports included).
+   process start -> ready (interpreter and imports included);
+w. with --wire, b again from packets captured on lo (bench/wirecap.py):
+   the broker's hop and the daemon's own share apart from the board
+   process's wake-up, and the three slowest opens taken apart.
+
+Each run also prints what the host took from the machine (steal) and the
+time spent waiting on the disk while the opens ran: a run whose tail lies
+there says so.
 
 Each cycle: scan a dossier (the door opens and closes), then a remote open
 of the same compartment (the door opens and closes), with random pauses so
@@ -26,7 +33,7 @@ each change lands at any phase of the door polls, as it does in use.
 The broker runs with ``set_tcp_nodelay true`` (as docs/station-server.md
 advises); a shorter run against Mosquitto's default shows what Nagle costs.
 
-Run: .venv/bin/python bench/station_latency.py [--cycles 150] [--poll-hz 10 20] [--nagle-cycles 40]
+Run: .venv/bin/python bench/station_latency.py [--cycles 150] [--poll-hz 10 20] [--nagle-cycles 40] [--wire]
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from benchstats import compile_like_an_install, pct
+from wirecap import Capture, Segment
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -293,6 +301,13 @@ def stop_daemon(proc: subprocess.Popen) -> None:
     proc.wait(20)
 
 
+def cpu_ticks() -> dict[str, float]:
+    """Seconds of the machine's time so far, from /proc/stat: what the host took (steal) and disk waits."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    hz = os.sysconf("SC_CLK_TCK")
+    return {"steal": int(fields[7]) / hz, "iowait": int(fields[4]) / hz, "idle": int(fields[3]) / hz}
+
+
 def rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
@@ -333,10 +348,11 @@ def peers(folder: Path, poll_hz: float, broker_extra: str,
 
 
 def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY,
-        journal_dir: Path | None = None) -> dict[str, Any]:
+        journal_dir: Path | None = None, wire: bool = False) -> dict[str, Any]:
     broker, board, scanner, conf = peers(folder, poll_hz, broker_extra, journal_dir)
     out: dict[str, Any] = {"scan": [], "open_coil": [], "open_reply": [], "door": [], "writes": [], "reads": 0,
-                           "open_ids": []}
+                           "open_ids": [], "open_channels": []}
+    capture = None
     station = Station(broker.port)
     start = station.mark()
     daemon, out["ready_ms"] = start_daemon(conf, folder / "lockerd.log")
@@ -357,7 +373,10 @@ def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY,
         station.wait(start, lambda t, b: t.endswith("/presence") and b["state"] == "online", 10)
         time.sleep(2.0)
         out["rss_idle"] = rss_mb(daemon.pid)
+        if wire:
+            capture = Capture(folder / "lo.pcap", [broker.port, board.port]).start()
         board.requests()
+        ticks = cpu_ticks()
         for n in range(cycles):
             ch = n % COMPARTMENTS
             cid = cids[ch]
@@ -384,6 +403,7 @@ def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY,
                 raise RuntimeError(f"no on-write for channel {ch} at the board: {reqs}")
             out["open_coil"].append((ons[0] - t_cmd) / 1e6)
             out["open_ids"].append(command_id)
+            out["open_channels"].append(ch)
             out["open_reply"].append((t_reply - t_cmd) / 1e6)
             # What the open cost at the board up to its on-write (polls counted apart;
             # the generic board's off follows pulse_ms later, as a second write).
@@ -391,9 +411,15 @@ def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY,
             out["writes"].append(sum(1 for r in before if r[2] in (5, 15)))
             out["reads"] += sum(1 for r in before if r[2] in (1, 2, 4))
             door_cycle(board, station, cid, ch, out["door"])
+        out["machine"] = {k: cpu_ticks()[k] - v for k, v in ticks.items()}
         time.sleep(1.0)
         out["rss_after"] = rss_mb(daemon.pid)
+        if capture is not None:
+            out["wire"] = on_the_wire(capture.stop(), out, broker.port, board.port,
+                                      station.client.socket().getsockname()[1])
     finally:
+        if capture is not None:
+            capture.close()
         stop_daemon(daemon)
         station.close()
         scanner.stop()
@@ -402,6 +428,32 @@ def run(poll_hz: float, cycles: int, folder: Path, broker_extra: str = NODELAY,
     durable = durable_ms(Path(tomllib.loads(conf.read_text())["journal"]["path"]))
     out["durable"] = [durable[i] for i in out["open_ids"]]
     return out
+
+
+def on_the_wire(segments: list[Segment], out: dict[str, Any], broker_port: int, board_port: int,
+                station_port: int) -> dict[str, list[float]]:
+    """Per open, from the kernel's timestamps: the broker's hop, the daemon's share, the station's reply.
+
+    ``publish``: the station's PUBLISH on its way to the broker; ``relayed``:
+    the broker's PUBLISH of it to the daemon; ``write``: the daemon's Modbus
+    write-coil-on for the channel (function 5, value FF00); ``reply``: the
+    reply delivered to the station.
+    """
+    wire: dict[str, list[float]] = {"total": [], "broker": [], "daemon": [], "reply": []}
+    for cid, ch in zip(out["open_ids"], out["open_channels"], strict=True):
+        key = cid.encode()
+        publish = next(s for s in segments if s.dst == broker_port and key in s.payload)
+        relayed = next(s for s in segments if s.src == broker_port and s.dst != station_port
+                       and key in s.payload and s.ns >= publish.ns)
+        write = next(s for s in segments if s.dst == board_port and s.ns >= relayed.ns and len(s.payload) >= 12
+                     and s.payload[7] == 5 and s.payload[8:12] == ch.to_bytes(2, "big") + b"\xff\x00")
+        reply = next(s for s in segments if s.dst == station_port and key in s.payload
+                     and b"/reply" in s.payload and s.ns >= write.ns)
+        wire["total"].append((write.ns - publish.ns) / 1e6)
+        wire["broker"].append((relayed.ns - publish.ns) / 1e6)
+        wire["daemon"].append((write.ns - relayed.ns) / 1e6)
+        wire["reply"].append((reply.ns - publish.ns) / 1e6)
+    return wire
 
 
 def durable_ms(journal: Path) -> dict[str, float]:
@@ -444,6 +496,22 @@ def report(r: dict[str, Any], hz: float, memory: bool) -> None:
     print(f"b. Modbus writes per open, command -> on-write: min {min(r['writes'])}, max {max(r['writes'])} "
           f"[target exactly 1]; door polls that landed in those windows: {r['reads']}")
     print(line("c. open command -> reply at the station", r["open_reply"], "target p50 <= 3 ms"))
+    m = r["machine"]
+    print(f"   the machine during the opens: {m['steal']:.2f} s of CPU taken by the host (steal), "
+          f"{m['iowait']:.2f} s waiting on the disk, {m['idle']:.1f} s idle (2 cores)")
+    if "wire" in r:
+        w = r["wire"]
+        print(line("w. on the wire (tcpdump on lo): station's PUBLISH -> Modbus on-write", w["total"],
+                   "target p99 <= 5 ms"))
+        print(line("w. of which the broker: station's PUBLISH -> its PUBLISH to the daemon", w["broker"]))
+        print(line("w. of which the daemon: PUBLISH in -> Modbus on-write out (grant fsync included)", w["daemon"]))
+        print(line("w. station's PUBLISH -> reply delivered to the station", w["reply"]))
+        board_wake = [b - t for b, t in zip(r["open_coil"], w["total"], strict=True)]
+        print(line("w. the rest of b: the station's publish call and the board process's wake-up", board_wake))
+        slow = sorted(range(len(w["total"])), key=lambda i: w["total"][i])[-3:]
+        for i in reversed(slow):
+            print(f"   slow open: {w['total'][i]:.2f} ms on the wire = broker {w['broker'][i]:.2f} + daemon "
+                  f"{w['daemon'][i]:.2f} (of which the grant's durable_ms {r['durable'][i]:.2f})")
     print(line(f"d. door input changed -> retained state at the station ({hz:g} Hz poll)", r["door"],
                "target p50 <= 60 ms"))
     if memory:
@@ -462,16 +530,20 @@ def main() -> None:
     p.add_argument("--journal-dir", type=Path,
                    help="put the journals here (a diagnostic: on tmpfs, whose fsync is no flush, the grant is "
                         "not durable and the run shows what the path costs without the storage)")
+    p.add_argument("--wire", action="store_true",
+                   help="also time each open from packets captured on lo (tcpdump; root or CAP_NET_RAW)")
     p.add_argument("--serve-board", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.serve_board:
         asyncio.run(serve_board())
         return
+    if a.wire and (why := Capture.available()):
+        p.error(f"--wire: {why}")
     where = "Modbus TCP board on loopback, serial scanner on a pty, Mosquitto on loopback"
     compile_like_an_install()
     with tempfile.TemporaryDirectory() as tmp:
         for i, hz in enumerate(a.poll_hz):
-            r = run(hz, a.cycles, Path(tmp) / f"run{i}", journal_dir=a.journal_dir)
+            r = run(hz, a.cycles, Path(tmp) / f"run{i}", journal_dir=a.journal_dir, wire=a.wire)
             print(f"-- poll {hz:g} Hz, debounce {DEBOUNCE_MS} ms, pulse {PULSE_MS} ms, {a.cycles} cycles, "
                   f"broker set_tcp_nodelay true ({where})")
             report(r, hz, memory=i == 0)
@@ -479,10 +551,11 @@ def main() -> None:
             r = run(10.0, a.nagle_cycles, Path(tmp) / "nagle", broker_extra="")
             print(f"-- the same at 10 Hz, {a.nagle_cycles} cycles, Mosquitto as shipped (set_tcp_nodelay false)")
             report(r, 10.0, memory=False)
-        first, *times = starts(Path(tmp) / "starts", a.starts)
-        print(f"e. process start -> 'ready' logged ({a.starts} restarts on an existing journal): median "
-              f"{statistics.median(times):.0f} ms, max {max(times):.0f} ms [target <= 300 ms]; "
-              f"first start, creating the journal: {first:.0f} ms")
+        if a.starts > 0:
+            first, *times = starts(Path(tmp) / "starts", a.starts)
+            print(f"e. process start -> 'ready' logged ({a.starts} restarts on an existing journal): median "
+                  f"{statistics.median(times):.0f} ms, max {max(times):.0f} ms [target <= 300 ms]; "
+                  f"first start, creating the journal: {first:.0f} ms")
         print(f"(machine: {os.cpu_count()} cores, shared with other test runs; journal on "
               f"{_fs(str(a.journal_dir or tmp))})")
 
