@@ -46,6 +46,7 @@ from lockerd.journal_chain import (
 from lockerd.journal_outage import HELD_RETRY_S, Holding, Outage, spill_path_for
 from lockerd.journal_schema import SCHEMA_VERSION, connect, migrate
 from lockerd.journal_snapshot import Snapshotter
+from lockerd.journal_wal import WalCheckpointer
 from lockerd.journal_writer import (
     Batch,
     Control,
@@ -117,7 +118,7 @@ class Journal:
 
     @property
     def checkpoints(self) -> int:
-        """WAL checkpoints the writer ran while idle."""
+        """WAL checkpoints run while the writer was idle."""
         return self._state.checkpoints
 
     @property
@@ -188,9 +189,10 @@ class Journal:
         except BaseException:
             conn.close()
             raise
-        conn.execute("PRAGMA wal_autocheckpoint=0")  # the writer checkpoints when idle (see journal_writer)
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run when the writer is idle (journal_wal)
         self._reader = connect(self.path)
         writer.snapshots = Snapshotter(self.path, self._queue.put)
+        writer.wal = WalCheckpointer(self.path, writer.checkpointed)
         self._thread = threading.Thread(target=writer.run, name="journal-writer", daemon=True)
         self._thread.start()
 

@@ -30,15 +30,17 @@ from lockerd.clock import Clock, iso_utc
 from lockerd.errors import JournalError
 from lockerd.journal_chain import EVENT_COLUMNS, GENESIS, Event, canonical, chain_hash
 from lockerd.journal_snapshot import SnapshotTaken, Snapshotter, encode_tables
+from lockerd.journal_wal import WalCheckpointer
 from lockerd.projection import StateOp, apply_state
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 # Checkpoints (copying the WAL back into the database, with fsyncs of their
-# own) run while the writer is idle. SQLite's automatic one lands inside
-# whichever commit crosses its threshold, and that commit may be a grant with
-# a lock waiting on it (milliseconds here, far more on an SD card).
+# own) are asked for while the writer is idle, and run beside it (see
+# journal_wal). SQLite's automatic one lands inside whichever commit crosses
+# its threshold, and that commit may be a grant with a lock waiting on it
+# (milliseconds here, far more on an SD card).
 CHECKPOINT_AFTER_COMMITS = 50  # a few hundred pages: a short checkpoint
 CHECKPOINT_IDLE_S = 0.02  # this long without a request counts as idle
 # Never idle that long (a steady stream of scans): checkpoint anyway, before
@@ -117,8 +119,9 @@ class Writer:
         self.clock = clock
         self.boot = boot
         self.hooks = hooks
-        # Set by the journal once the thread may run: snapshots are taken beside it.
+        # Set by the journal once the thread may run: snapshots are taken and the WAL checkpointed beside it.
         self.snapshots: Snapshotter | None = None
+        self.wal: WalCheckpointer | None = None
         self._taken: SnapshotTaken | None = None  # handed over, not yet committed
 
     def commit_alone(self, item: Pending) -> Event:
@@ -190,6 +193,8 @@ class Writer:
         finally:
             if self.snapshots is not None:
                 self.snapshots.stop()
+            if self.wal is not None:
+                self.wal.stop()
             self.conn.close()
 
     def _collect(self, first: Batch | SnapshotTaken | None) -> tuple[Batch, bool]:
@@ -293,12 +298,18 @@ class Writer:
             self.snapshots.committed()
 
     def _checkpoint(self) -> None:
+        if self.wal is not None and self.wal.request():
+            return
         try:
             self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as e:
             # Nothing is lost: the WAL keeps the rows, and the next idle spell tries again.
             log.warning("journal: checkpoint failed: %s", e)
             return
+        self.checkpointed()
+
+    def checkpointed(self) -> None:
+        """A checkpoint went through: the writer's own, or the WAL thread's (called on that thread)."""
         self.state.checkpoints += 1
 
     def _resolve(self, fut: asyncio.Future[Any] | None, result: Any = None, exc: Exception | None = None) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 from rig import close_rig, fill_disk, make_rig
 
-from lockerd import importer, journal_writer
+from lockerd import importer, journal_wal, journal_writer
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal, chain_hash, verify
 
@@ -243,6 +243,50 @@ async def test_the_writer_checkpoints_once_idle(tmp_path, monkeypatch):
                 await asyncio.sleep(0.01)
         assert (await j.append_durable("scan", raw="after")).seq == 6  # and writes on
     finally:
+        j.close()
+    assert verify(tmp_path / "j.db").ok
+
+
+async def test_a_grant_commits_while_a_checkpoint_is_under_way(tmp_path, monkeypatch):
+    """The WAL is checkpointed on a thread and connection of its own: a grant never waits for the rest of one."""
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 3)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.01)
+    inside, release = threading.Event(), threading.Event()
+    ran_on: list[str] = []
+
+    class HeldCheckpoint:
+        """The checkpoint's connection, whose checkpoint waits for the test's word before it runs."""
+
+        def __init__(self, conn: sqlite3.Connection):
+            self.conn = conn
+
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            ran_on.append(threading.current_thread().name)
+            inside.set()
+            release.wait(10)
+            return self.conn.execute(sql)
+
+        def close(self) -> None:
+            self.conn.close()
+
+    real_connect = journal_wal.connect
+    monkeypatch.setattr(journal_wal, "connect", lambda path: HeldCheckpoint(real_connect(path)))
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        for n in range(3):
+            await j.append_durable("scan", raw=str(n))
+        assert await asyncio.to_thread(inside.wait, 5)  # idle: the checkpoint began, and holds
+        async with asyncio.timeout(2):
+            grant = await j.append_durable("access.granted", compartment="d01")
+        assert grant.seq == 4 and j.checkpoints == 0  # committed with the checkpoint still under way
+        release.set()
+        async with asyncio.timeout(5):
+            while j.checkpoints == 0:
+                await asyncio.sleep(0.01)
+        assert ran_on == ["journal-wal"]
+    finally:
+        release.set()
         j.close()
     assert verify(tmp_path / "j.db").ok
 

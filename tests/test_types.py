@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".mypy_cache"  # kept between runs: a second run checks only what changed
 # The package lockerd.drivers lives in drivers/: mypy finds it, and the core modules checked with
 # it, in a tree of links. A checked module importing anything of lockerd not linked here fails.
-JOURNAL = ["journal", "journal_chain", "journal_schema", "journal_writer", "journal_snapshot", "journal_outage",
-           "journal_export", "projection", "checkpoints", "secretfile"]
+JOURNAL = ["journal", "journal_chain", "journal_schema", "journal_writer", "journal_snapshot", "journal_wal",
+           "journal_outage", "journal_export", "projection", "checkpoints", "secretfile"]
 LINKS = {
     "lockerd/__init__.py": "lockerd/__init__.py",
     "lockerd/py.typed": "lockerd/py.typed",
