@@ -32,6 +32,17 @@ from lockerd.journal_schema import connect
 log = logging.getLogger(__name__)
 
 
+def checkpoint(conn: sqlite3.Connection) -> bool:
+    """One PASSIVE checkpoint on ``conn``; False when it failed (said in the log)."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    except sqlite3.Error as e:
+        # Nothing is lost: the WAL keeps the rows, and the next idle spell asks again.
+        log.warning("journal: checkpoint failed: %s", e)
+        return False
+    return True
+
+
 class WalCheckpointer:
     """The thread that checkpoints the WAL when the writer asks; one checkpoint at a time."""
 
@@ -59,7 +70,7 @@ class WalCheckpointer:
         return True
 
     def stop(self) -> None:
-        """Let a checkpoint under way finish, then close (before the writer's connection, which closes last)."""
+        """Let a checkpoint under way finish, then close this connection (the writer closes its own after)."""
         if self._thread is not None:
             self._wake.put(None)
             self._thread.join()
@@ -71,14 +82,12 @@ class WalCheckpointer:
             while self._wake.get() is not None:
                 try:
                     conn = conn or connect(self.path)
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except (sqlite3.Error, OSError) as e:
-                    # Nothing is lost: the WAL keeps the rows, and the next idle spell asks again.
-                    log.warning("journal: checkpoint failed: %s", e)
+                    log.warning("journal: no connection to checkpoint on (asked again when idle): %s", e)
                 else:
-                    self.done()
-                finally:
-                    self._busy = False
+                    if checkpoint(conn):
+                        self.done()
+                self._busy = False
         finally:
             if conn is not None:
                 conn.close()

@@ -30,7 +30,7 @@ from lockerd.clock import Clock, iso_utc
 from lockerd.errors import JournalError
 from lockerd.journal_chain import EVENT_COLUMNS, GENESIS, Event, canonical, chain_hash
 from lockerd.journal_snapshot import SnapshotTaken, Snapshotter, encode_tables
-from lockerd.journal_wal import WalCheckpointer
+from lockerd.journal_wal import WalCheckpointer, checkpoint
 from lockerd.projection import StateOp, apply_state
 
 log = logging.getLogger(__name__)
@@ -300,13 +300,8 @@ class Writer:
     def _checkpoint(self) -> None:
         if self.wal is not None and self.wal.request():
             return
-        try:
-            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as e:
-            # Nothing is lost: the WAL keeps the rows, and the next idle spell tries again.
-            log.warning("journal: checkpoint failed: %s", e)
-            return
-        self.checkpointed()
+        if checkpoint(self.conn):  # no thread to run it beside: here, then
+            self.checkpointed()
 
     def checkpointed(self) -> None:
         """A checkpoint went through: the writer's own, or the WAL thread's (called on that thread)."""
