@@ -184,10 +184,7 @@ async def _main(cfg: config_mod.Config, pause: float, stay: bool) -> int:
                 await task
         if stay and not daemon.stopping.is_set():
             if screens is not None:
-                d = cfg.display
-                first = next(iter(cfg.scanners), next(iter(cfg.cabinets), ""))
-                print(f"    Screens (lockerd-display, read-only): http://{d.bind}:{d.port}/cabinet/{first}   "
-                      f"http://{d.bind}:{d.port}/wall", flush=True)
+                print(screens_line(cfg, screens), flush=True)
             await daemon.stopping.wait()
     finally:
         if screens is not None:
@@ -195,6 +192,17 @@ async def _main(cfg: config_mod.Config, pause: float, stay: bool) -> int:
             screens.wait(5)
         await daemon.stop()
     return 0
+
+
+def screens_line(cfg: config_mod.Config, screens: subprocess.Popen[bytes]) -> str:
+    """Where the screens are, or that they stopped: their address is given only while they run."""
+    code = screens.poll()
+    if code is not None:
+        return f"    (the screens stopped, exit code {code}: see above)"
+    d = cfg.display
+    first = next(iter(cfg.scanners), next(iter(cfg.cabinets), ""))
+    return (f"    Screens (lockerd-display, read-only): http://{d.bind}:{d.port}/cabinet/{first}   "
+            f"http://{d.bind}:{d.port}/wall")
 
 
 def _screens(cfg: config_mod.Config) -> subprocess.Popen[bytes] | None:

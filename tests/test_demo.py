@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,27 @@ def test_demo_with_a_config_wipes_only_the_checkouts_own_demo_state(tmp_path: Pa
     assert demo.main(str(cfg_path), stay=False) == 0
     assert played == [state / "journal.db"]
     assert (state / "journal.db").exists() is not checkout
+
+
+def test_the_screens_address_is_given_only_while_the_screens_run(tmp_path: Path) -> None:
+    """A demo whose screens died (their extra not installed, their port taken) says so, not where to browse."""
+    cfg = config_mod.load(prepare(tmp_path / "demo", keep=False))
+    stopped = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stopped.wait(30)
+        assert demo.screens_line(cfg, stopped) == "    (the screens stopped, exit code 2: see above)"
+        assert "http://127.0.0.1:8470/wall" in demo.screens_line(cfg, running)
+    finally:
+        running.kill()
+        running.wait()
+
+
+def test_lockerd_display_without_its_extra_says_so_in_one_line() -> None:
+    """As the demo starts it (python -m lockerd.display), with aiohttp not importable: one sentence, exit 2."""
+    hide = ("import runpy, sys; sys.modules['aiohttp'] = None; "
+            "runpy.run_module('lockerd.display', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == ("lockerd-display needs the Python module aiohttp, which cannot be imported: "
+                        "install lockerd[display]\n")

@@ -2,6 +2,6 @@
 
 import sys
 
-from lockerd.display.server import main
+from lockerd.display import main
 
 sys.exit(main())
