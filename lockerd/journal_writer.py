@@ -258,9 +258,14 @@ class Writer:
                 conn.execute("ROLLBACK")
             self._batch_failed(batch, f"journal write failed: {e}")
             return
-        if st.error is not None:
-            log.warning("journal: writing again")
-        st.error = None
+        # Only a commit that wrote events shows that events can be written:
+        # on a full disk an outbox cursor's move (an existing row) or an empty
+        # flush still commits, and taking that for health made the journal
+        # flap between "failed" and "writing again" with each PUBACK.
+        if done:
+            if st.error is not None:
+                log.warning("journal: writing again")
+            st.error = None
         st.commits += 1
         st.last_seq, st.last_hash = seq, prev
         bad = {id(item): reason for item, reason in refused}

@@ -16,6 +16,7 @@ from rig import close_rig, fill_disk, make_rig
 from lockerd import importer, journal_wal, journal_writer
 from lockerd.errors import CommandError, JournalError
 from lockerd.journal import Journal, chain_hash, verify
+from lockerd.station.outbox import CURSOR_SQL
 
 pytestmark = pytest.mark.asyncio
 
@@ -128,7 +129,28 @@ async def test_full_disk_refuses_to_unlock_and_keeps_running(tmp_path):
             with contextlib.suppress(JournalError):
                 await r.journal.execute("PRAGMA max_page_count = 1073741823")
                 break
+        # That statement wrote no event, so the journal does not call itself
+        # healthy yet: within the second, grants wait for the next probe.
+        await r.clock.advance(1.0)
         assert (await r.scan("D-3")).pulsed
+    finally:
+        await close_rig(r)
+
+
+async def test_a_commit_without_events_does_not_call_a_full_disk_healthy(tmp_path):
+    """On a full disk the outbox cursor's move (an existing row) and an empty flush still commit.
+
+    Neither shows that events can be written: taking them for health made the
+    journal flap between "failed" and "writing again" with every PUBACK.
+    """
+    r = await make_rig(tmp_path)
+    try:
+        await fill_disk(r.journal)
+        await r.journal.execute(CURSOR_SQL, 0, durable=False)
+        await r.journal.flush()
+        assert not r.journal.healthy and "full" in r.journal.error
+        with pytest.raises(JournalError):
+            await r.journal.append_durable("test.after")
     finally:
         await close_rig(r)
 
