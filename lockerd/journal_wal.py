@@ -52,6 +52,7 @@ class WalCheckpointer:
         self._busy = False  # asked and not yet finished: a second ask is dropped
         self._wake: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # "checkpoint", or None: stop
         self._thread: threading.Thread | None = None
+        self._no_thread_said = False  # the fallback is said once, not at every idle spell
 
     def request(self) -> bool:
         """Checkpoint soon, on this thread (called from the writer's). False: no thread, checkpoint yourself."""
@@ -62,7 +63,10 @@ class WalCheckpointer:
             try:
                 thread.start()
             except RuntimeError as e:
-                log.warning("journal: no checkpoint thread, the writer checkpoints itself: %s", e)
+                # Tried again at the next idle spell: the process may be at its thread limit only for now.
+                if not self._no_thread_said:
+                    log.warning("journal: no checkpoint thread, the writer checkpoints itself: %s", e)
+                    self._no_thread_said = True
                 return False
             self._thread = thread
         self._busy = True

@@ -8,6 +8,7 @@ import json
 import sqlite3
 import threading
 import time
+import types
 from collections.abc import Callable
 
 import pytest
@@ -309,6 +310,35 @@ async def test_a_grant_commits_while_a_checkpoint_is_under_way(tmp_path, monkeyp
         assert ran_on == ["journal-wal"]
     finally:
         release.set()
+        j.close()
+    assert verify(tmp_path / "j.db").ok
+
+
+async def test_without_a_checkpoint_thread_the_writer_checkpoints_and_says_so_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 1)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.01)
+    tried: list[str] = []
+
+    class NoThread(threading.Thread):
+        """The process is at its thread limit (only journal_wal sees this)."""
+
+        def start(self) -> None:
+            tried.append(self.name)
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(journal_wal, "threading", types.SimpleNamespace(Thread=NoThread))
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        for spell in (1, 2, 3):
+            await j.append_durable("scan", raw=str(spell))
+            async with asyncio.timeout(5):
+                while j.checkpoints < spell:  # the writer's own, once it has been idle
+                    await asyncio.sleep(0.01)
+        assert tried == ["journal-wal"] * 3  # asked for again at each idle spell
+        said = [r for r in caplog.records if "no checkpoint thread" in r.getMessage()]
+        assert len(said) == 1
+    finally:
         j.close()
     assert verify(tmp_path / "j.db").ok
 
