@@ -30,6 +30,16 @@ def _children() -> dict[int, str]:
 
 
 @pytest.fixture(autouse=True)
+def _spill_files_stay_in_the_test(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journal that cannot be written spills to $RUNTIME_DIRECTORY, else the temp folder: keep it in the test's.
+
+    Without this, each run of the suite left a spill file in /tmp: a rig
+    whose journal is unusable spills what it held when it closes.
+    """
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+
+
+@pytest.fixture(autouse=True)
 def _no_subprocess_outlives_its_test() -> Iterator[None]:
     """Kill and reap whatever a test started and left running (a failure midway, a missing finally).
 
