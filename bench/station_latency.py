@@ -436,10 +436,12 @@ def on_the_wire(segments: list[Segment], out: dict[str, Any], broker_port: int, 
 
     ``publish``: the station's PUBLISH on its way to the broker; ``relayed``:
     the broker's PUBLISH of it to the daemon; ``write``: the daemon's Modbus
-    write-coil-on for the channel (function 5, value FF00); ``reply``: the
-    reply delivered to the station.
+    write-coil-on for the channel (function 5, value FF00); ``answered``: the
+    board's answer to it; ``sent``: the daemon's PUBLISH of the command's
+    reply; ``reply``: that reply delivered to the station.
     """
-    wire: dict[str, list[float]] = {"total": [], "broker": [], "daemon": [], "reply": []}
+    wire: dict[str, list[float]] = {"total": [], "broker": [], "daemon": [], "reply": [], "board": [],
+                                    "after": [], "back": []}
     for cid, ch in zip(out["open_ids"], out["open_channels"], strict=True):
         key = cid.encode()
         publish = next(s for s in segments if s.dst == broker_port and key in s.payload)
@@ -447,8 +449,15 @@ def on_the_wire(segments: list[Segment], out: dict[str, Any], broker_port: int, 
                        and key in s.payload and s.ns >= publish.ns)
         write = next(s for s in segments if s.dst == board_port and s.ns >= relayed.ns and len(s.payload) >= 12
                      and s.payload[7] == 5 and s.payload[8:12] == ch.to_bytes(2, "big") + b"\xff\x00")
+        answered = next(s for s in segments if s.src == board_port and s.ns >= write.ns and len(s.payload) >= 12
+                        and s.payload[:2] == write.payload[:2])  # the same MBAP transaction id
+        sent = next(s for s in segments if s.dst == broker_port and key in s.payload and b"/reply" in s.payload
+                    and s.ns >= write.ns)
         reply = next(s for s in segments if s.dst == station_port and key in s.payload
                      and b"/reply" in s.payload and s.ns >= write.ns)
+        wire["board"].append((answered.ns - write.ns) / 1e6)
+        wire["after"].append((sent.ns - answered.ns) / 1e6)
+        wire["back"].append((reply.ns - sent.ns) / 1e6)
         wire["total"].append((write.ns - publish.ns) / 1e6)
         wire["broker"].append((relayed.ns - publish.ns) / 1e6)
         wire["daemon"].append((write.ns - relayed.ns) / 1e6)
@@ -506,6 +515,9 @@ def report(r: dict[str, Any], hz: float, memory: bool) -> None:
         print(line("w. of which the broker: station's PUBLISH -> its PUBLISH to the daemon", w["broker"]))
         print(line("w. of which the daemon: PUBLISH in -> Modbus on-write out (grant fsync included)", w["daemon"]))
         print(line("w. station's PUBLISH -> reply delivered to the station", w["reply"]))
+        print(line("w. after the on-write: the board process answers it", w["board"]))
+        print(line("w. after the on-write: the board's answer -> the daemon's reply PUBLISH out", w["after"]))
+        print(line("w. after the on-write: the daemon's reply PUBLISH -> delivered to the station", w["back"]))
         board_wake = [b - t for b, t in zip(r["open_coil"], w["total"], strict=True)]
         print(line("w. the rest of b: the station's publish call and the board process's wake-up", board_wake))
         slow = sorted(range(len(w["total"])), key=lambda i: w["total"][i])[-3:]
