@@ -28,7 +28,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +140,7 @@ class Connection:
         self.connects = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = -1
+        self._in_callbacks = 0  # inside paho's on_connect/on_message/on_publish (see publish)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mqtt-connect")
         self._task: asyncio.Task | None = None
         self._misc: asyncio.Task | None = None
@@ -398,10 +399,11 @@ class Connection:
                   f"connected to {host}:{port} (session present: {flags.session_present})", logging.INFO)
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(True)
-        try:
-            self.on_connect(bool(flags.session_present))
-        except Exception:
-            log.exception("station: on_connect failed")
+        with self._in_callback():
+            try:
+                self.on_connect(bool(flags.session_present))
+            except Exception:
+                log.exception("station: on_connect failed")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if client is not self.client:
@@ -415,17 +417,27 @@ class Connection:
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if client is not self.client:
             return
-        try:
-            self.on_message(msg)
-        except Exception:
-            log.exception("station: message on %s failed", msg.topic)
+        with self._in_callback():
+            try:
+                self.on_message(msg)
+            except Exception:
+                log.exception("station: message on %s failed", msg.topic)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         if client is not self.client:
             return
         # MQTT v5 only: a 3.1.1 broker acknowledges a publish its ACL drops.
         refused = str(reason) if reason is not None and getattr(reason, "is_failure", False) else None
-        self.on_publish(mid, refused)
+        with self._in_callback():
+            self.on_publish(mid, refused)
+
+    @contextlib.contextmanager
+    def _in_callback(self) -> Iterator[None]:
+        self._in_callbacks += 1
+        try:
+            yield
+        finally:
+            self._in_callbacks -= 1
 
     # -- use -------------------------------------------------------------------------------
 
@@ -437,6 +449,13 @@ class Connection:
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             return None
+        if not self._in_callbacks and self._on_thread():
+            # Driven by our loop, paho only asks for the socket's writability,
+            # so the packet waited a loop pass behind every callback ready
+            # then: 0.5 ms at p50 for a command's reply. Written now, as paho
+            # writes when it runs its own loop; never from inside one of its
+            # callbacks, where paho holds the lock its write path takes again.
+            client.loop_write()
         return info.mid
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
