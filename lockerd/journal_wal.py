@@ -85,13 +85,24 @@ class WalCheckpointer:
         try:
             while self._wake.get() is not None:
                 try:
-                    conn = conn or connect(self.path)
-                except (sqlite3.Error, OSError) as e:
-                    log.warning("journal: no connection to checkpoint on (asked again when idle): %s", e)
-                else:
-                    if checkpoint(conn):
-                        self.done()
-                self._busy = False
+                    conn = self._once(conn)
+                except Exception:
+                    # A surprise must not end the thread with the flag set: every later ask would
+                    # be dropped, and the WAL would grow without bound.
+                    log.exception("journal: checkpoint failed unexpectedly (asked again when idle)")
+                finally:
+                    self._busy = False
         finally:
             if conn is not None:
                 conn.close()
+
+    def _once(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """One checkpoint; the connection to keep for the next (made now when there is none)."""
+        try:
+            conn = conn or connect(self.path)
+        except (sqlite3.Error, OSError) as e:
+            log.warning("journal: no connection to checkpoint on (asked again when idle): %s", e)
+            return None
+        if checkpoint(conn):
+            self.done()
+        return conn

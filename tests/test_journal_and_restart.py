@@ -343,6 +343,38 @@ async def test_without_a_checkpoint_thread_the_writer_checkpoints_and_says_so_on
     assert verify(tmp_path / "j.db").ok
 
 
+async def test_a_surprise_in_a_checkpoint_does_not_stop_the_next(tmp_path, monkeypatch, caplog):
+    """The thread's "busy" flag, left set by an exception, dropped every later ask: the WAL grew without bound."""
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 1)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.01)
+    real, calls = journal_wal.checkpoint, []
+
+    def first_one_fails(conn: sqlite3.Connection) -> bool:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise MemoryError("the checkpoint's surprise")
+        return real(conn)
+
+    monkeypatch.setattr(journal_wal, "checkpoint", first_one_fails)
+    j = Journal(tmp_path / "j.db")
+    assert j.open()
+    try:
+        await j.append_durable("scan", raw="1")
+        async with asyncio.timeout(5):
+            while not calls:  # the first idle spell asked, and the checkpoint failed
+                await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            while j.checkpoints == 0:  # each later commit and idle spell asks again
+                await j.append_durable("scan", raw="2")
+                await asyncio.sleep(0.05)
+        assert set(calls) == {"journal-wal"}
+        assert [r.getMessage() for r in caplog.records if "unexpectedly" in r.getMessage()] == [
+            "journal: checkpoint failed unexpectedly (asked again when idle)"]
+    finally:
+        j.close()
+    assert verify(tmp_path / "j.db").ok
+
+
 async def test_a_journal_whose_commit_failed_writes_again_once_the_cause_is_gone(tmp_path):
     """A failed commit is not forever: with the cause gone, the next probe write lands, no restart, no other write."""
     from lockerd.clock import ManualClock
