@@ -12,6 +12,7 @@ import types
 from collections.abc import Callable
 
 import pytest
+from broker import until
 from rig import close_rig, fill_disk, make_rig
 
 from lockerd import importer, journal_wal, journal_writer
@@ -270,10 +271,15 @@ async def test_the_writer_checkpoints_once_idle(tmp_path, monkeypatch):
     assert verify(tmp_path / "j.db").ok
 
 
+def checkpoint_soon(monkeypatch: pytest.MonkeyPatch, after_commits: int) -> None:
+    """The writer asks for a checkpoint after this many commits and 10 ms idle (not 50 and 20 ms)."""
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", after_commits)
+    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.01)
+
+
 async def test_a_grant_commits_while_a_checkpoint_is_under_way(tmp_path, monkeypatch):
     """The WAL is checkpointed on a thread and connection of its own: a grant never waits for the rest of one."""
-    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 3)
-    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.01)
+    checkpoint_soon(monkeypatch, 3)
     inside, release = threading.Event(), threading.Event()
     ran_on: list[str] = []
 
@@ -305,8 +311,7 @@ async def test_a_grant_commits_while_a_checkpoint_is_under_way(tmp_path, monkeyp
         assert grant.seq == 4 and j.checkpoints == 0  # committed with the checkpoint still under way
         release.set()
         async with asyncio.timeout(5):
-            while j.checkpoints == 0:
-                await asyncio.sleep(0.01)
+            await until(lambda: j.checkpoints > 0)
         assert ran_on == ["journal-wal"]
     finally:
         release.set()
@@ -315,8 +320,7 @@ async def test_a_grant_commits_while_a_checkpoint_is_under_way(tmp_path, monkeyp
 
 
 async def test_without_a_checkpoint_thread_the_writer_checkpoints_and_says_so_once(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 1)
-    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.01)
+    checkpoint_soon(monkeypatch, 1)
     tried: list[str] = []
 
     class NoThread(threading.Thread):
@@ -333,8 +337,7 @@ async def test_without_a_checkpoint_thread_the_writer_checkpoints_and_says_so_on
         for spell in (1, 2, 3):
             await j.append_durable("scan", raw=str(spell))
             async with asyncio.timeout(5):
-                while j.checkpoints < spell:  # the writer's own, once it has been idle
-                    await asyncio.sleep(0.01)
+                await until(lambda n=spell: j.checkpoints >= n)  # the writer's own, once it has been idle
         assert tried == ["journal-wal"] * 3  # asked for again at each idle spell
         said = [r for r in caplog.records if "no checkpoint thread" in r.getMessage()]
         assert len(said) == 1
@@ -345,8 +348,7 @@ async def test_without_a_checkpoint_thread_the_writer_checkpoints_and_says_so_on
 
 async def test_a_surprise_in_a_checkpoint_does_not_stop_the_next(tmp_path, monkeypatch, caplog):
     """The thread's "busy" flag, left set by an exception, dropped every later ask: the WAL grew without bound."""
-    monkeypatch.setattr(journal_writer, "CHECKPOINT_AFTER_COMMITS", 1)
-    monkeypatch.setattr(journal_writer, "CHECKPOINT_IDLE_S", 0.01)
+    checkpoint_soon(monkeypatch, 1)
     real, calls = journal_wal.checkpoint, []
 
     def first_one_fails(conn: sqlite3.Connection) -> bool:
@@ -361,8 +363,7 @@ async def test_a_surprise_in_a_checkpoint_does_not_stop_the_next(tmp_path, monke
     try:
         await j.append_durable("scan", raw="1")
         async with asyncio.timeout(5):
-            while not calls:  # the first idle spell asked, and the checkpoint failed
-                await asyncio.sleep(0.01)
+            await until(lambda: bool(calls))  # the first idle spell asked, and the checkpoint failed
         async with asyncio.timeout(5):
             while j.checkpoints == 0:  # each later commit and idle spell asks again
                 await j.append_durable("scan", raw="2")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from broker import Mosquitto, Recorder
+from broker import Mosquitto, Recorder, until
 
 from lockerd.station.mqtt import Connection, Settings
 
@@ -21,8 +21,7 @@ async def connected(mosquitto: Mosquitto, **callbacks: Any) -> AsyncIterator[Con
     conn.start()
     try:
         async with asyncio.timeout(10):
-            while not conn.connected:
-                await asyncio.sleep(0.01)
+            await until(lambda: conn.connected)
         yield conn
     finally:
         await conn.stop()
